@@ -1,0 +1,49 @@
+# The one task runner: the README, CI and people call these targets.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-unit up down bench lint format clean
+
+install: $(STAMP)   ## create .venv and install omnicart with its dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the 2.13.0 CPU wheel here (a loose requirement would pull a multi-GB CUDA build)
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install       ## set up, then run the main job end to end on the embedded default
+	OMNICART_CONFIG=infra/config/demo.yaml $(BIN)/omnicart demo
+
+test: install       ## set up, then run every test (unit and integration with real services)
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+test-unit: install
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not integration"
+
+up: install
+	OMNICART_CONFIG=infra/config/demo.yaml $(BIN)/omnicart up
+
+down: install
+	OMNICART_CONFIG=infra/config/demo.yaml $(BIN)/omnicart down
+
+bench: install      ## e.g. make bench ARGS="recommend --dataset online_retail_ii --json bench.json"
+	$(BIN)/omnicart bench $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .omnicart

@@ -1,0 +1,157 @@
+"""The ``omnicart`` command: run the demo, start and stop the local services, manage models, run benchmarks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omnicart.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="omnicart — the MLOps platform for e-commerce AI. Start with `omnicart demo`.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(help="Inspect, promote and roll back registered models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _print_services(statuses) -> None:
+    table = Table(title="services (all on loopback)")
+    for column in ("service", "url", "state", "log"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(s.name, s.url, "[green]running[/]" if s.running else "[red]stopped[/]", str(s.log))
+    console.print(table)
+
+
+@app.command()
+def up(
+    only: Annotated[
+        list[str] | None, typer.Option(help="Start only these: airflow, ray, mlflow, evidently, mail.")
+    ] = None,
+) -> None:
+    """Start Airflow standalone, Ray with Serve, the MLflow UI, the Evidently UI and the mail sink on 127.0.0.1."""
+    from omnicart import orchestration, services
+
+    settings = _settings()
+    with console.status("starting services (Airflow takes a minute the first time)…"):
+        statuses = services.up(settings, orchestration.dags_folder(), only=only)
+    _print_services(statuses)
+    password = services.airflow_admin_password(settings)
+    if password:
+        console.print(f"Airflow UI login: [bold]admin[/] / [bold]{password}[/]")
+
+
+@app.command()
+def down() -> None:
+    """Stop every service that `omnicart up` started."""
+    from omnicart import services
+
+    stopped = services.down(_settings())
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show which local services run, and where."""
+    from omnicart import services
+
+    _print_services(services.status(_settings()))
+
+
+@app.command()
+def demo(
+    services_: Annotated[
+        bool, typer.Option("--services/--no-services", help="Start the local services (needed for the final curl).")
+    ] = True,
+) -> None:
+    """Run the main job end to end on the embedded default: simulate → ingest → Feast → Ray Train → MLflow →
+    Ray Serve → Evidently → email. Safe to run again."""
+    from omnicart import demo as demo_mod
+
+    report = demo_mod.run(_settings(), start_services=services_, console=console)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@models_app.command("list")
+def models_list(family: Annotated[str, typer.Argument(help="recommend")] = "recommend") -> None:
+    """List a family's registered versions and which one is champion."""
+    from omnicart import registry
+
+    settings = _settings()
+    mlc = registry.client(settings)
+    champion = registry.champion_version(settings, family)
+    table = Table(title=f"{registry.model_name(family)}")
+    for column in ("version", "aliases", "run", "created"):
+        table.add_column(column)
+    for mv in sorted(mlc.search_model_versions(f"name='{registry.model_name(family)}'"), key=lambda v: int(v.version)):
+        aliases = ", ".join(mv.aliases) or ("champion" if mv.version == champion else "")
+        created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000).isoformat(timespec="seconds")
+        table.add_row(mv.version, aliases, mv.run_id, created)
+    console.print(table)
+
+
+@models_app.command("rollback")
+def models_rollback(family: Annotated[str, typer.Argument(help="recommend")]) -> None:
+    """Point `champion` back at the previous champion, and redeploy."""
+    from omnicart import registry
+
+    settings = _settings()
+    try:
+        version = registry.rollback(settings, family)
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"{family}: champion is now version {version}")
+
+
+BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving")
+
+
+@app.command()
+def bench(
+    family: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHMARKS)}.")],
+    dataset: Annotated[str | None, typer.Option(help="A public dataset in ../shared/datasets.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", help="Canonical input file (CSV or Parquet).")] = None,
+    items: Annotated[Path | None, typer.Option(help="Canonical items file.")] = None,
+    split: Annotated[str | None, typer.Option(help="Temporal cut (YYYY-MM-DD) for --input.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Protocol variant, e.g. reqa or intent.")] = None,
+    seed: Annotated[int, typer.Option(help="Simulator seed (identity, drift).")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the PROTOCOLS.md JSON here.")] = None,
+) -> None:
+    """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
+    from benchmarks import runner
+
+    if family not in BENCHMARKS:
+        console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
+        raise typer.Exit(2)
+    try:
+        result = runner.run(
+            _settings(), family, dataset=dataset, input=input, items=items, split=split, protocol=protocol, seed=seed
+        )
+    except runner.NotAvailable as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(2) from exc
+    runner.print_result(result, console)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {json_path}")
+    raise typer.Exit(0 if all(g["pass"] for g in result["gates"]) else 1)
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()

@@ -1,0 +1,98 @@
+"""Date-partitioned Parquet tables: ``<root>/<table>/dt=YYYY-MM-DD/part.parquet``.
+
+One file per day keeps every daily task idempotent: a re-run replaces that day's partition atomically, so a reader
+never sees a half-written file and a backfill equals the daily runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from omnicart.schemas import C
+
+PART_FILE = "part.parquet"
+_PREFIX = f"{C.dt}="
+
+
+def _table_dir(root: Path, table: str) -> Path:
+    if not table or table in {".", ".."} or "/" in table or "\\" in table:
+        raise ValueError(f"invalid table name: {table!r}")
+    return Path(root) / table
+
+
+def partition_dir(root: Path, table: str, day: date) -> Path:
+    """The directory holding one day's partition of a table."""
+    return _table_dir(root, table) / f"{_PREFIX}{day.isoformat()}"
+
+
+def write_partition(root: Path, table: str, day: date, df: pd.DataFrame) -> Path:
+    """Write ``df`` as the table's partition for ``day``, atomically replacing any earlier one; returns the file."""
+    directory = partition_dir(root, table, day)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / PART_FILE
+    # A temp file in the same directory makes os.replace an atomic rename on the same filesystem.
+    fd, tmp_name = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp_name, engine="pyarrow", index=False)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def partitions(root: Path, table: str) -> list[date]:
+    """The days for which the table has a partition, sorted."""
+    table_dir = _table_dir(root, table)
+    if not table_dir.is_dir():
+        return []
+    days = []
+    for child in table_dir.iterdir():
+        if not child.name.startswith(_PREFIX) or not (child / PART_FILE).is_file():
+            continue
+        try:
+            days.append(date.fromisoformat(child.name[len(_PREFIX) :]))
+        except ValueError:
+            continue  # not one of ours
+    return sorted(days)
+
+
+def read_table(
+    root: Path,
+    table: str,
+    start: date | None = None,
+    end: date | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Rows of the partitions with ``start <= dt <= end`` (either bound optional), in date order.
+
+    Returns an empty DataFrame (with ``columns`` if given) when no partition matches. No ``dt`` column is added.
+    """
+    days = [d for d in partitions(root, table) if (start is None or d >= start) and (end is None or d <= end)]
+    cols = list(columns) if columns is not None else None
+    frames = [pq.read_table(partition_dir(root, table, d) / PART_FILE, columns=cols).to_pandas() for d in days]
+    if not frames:
+        return pd.DataFrame(columns=cols or [])
+    # Empty partitions carry no rows and, concatenated, would only blur the dtypes of the others.
+    nonempty = [f for f in frames if len(f)] or frames[:1]
+    if len(nonempty) == 1:
+        return nonempty[0]
+    return pd.concat(nonempty, ignore_index=True)
+
+
+def delete_partition(root: Path, table: str, day: date) -> bool:
+    """Remove the table's partition for ``day``; returns whether there was one."""
+    directory = partition_dir(root, table, day)
+    if not directory.exists():
+        return False
+    shutil.rmtree(directory)
+    return True

@@ -1,0 +1,129 @@
+"""MLflow: log runs, register model versions, promote by alias, load the champion, roll back.
+
+One registered model per family (``omnicart-<family>``). The alias ``champion`` is what serving loads; each
+promotion moves the former champion to ``previous``, so a rollback is one alias move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnicart.settings import Settings
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+def model_name(family: str) -> str:
+    return f"omnicart-{family}"
+
+
+def client(settings: Settings) -> Any:
+    """An MlflowClient on the settings' tracking store; experiments keep artifacts under home/mlartifacts."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+
+
+def _experiment_id(settings: Settings, family: str) -> str:
+    mlc = client(settings)
+    name = f"omnicart/{family}"
+    experiment = mlc.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (settings.mlflow_artifacts / family).resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return mlc.create_experiment(name, artifact_location=location.as_uri())
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A logged run and the model version registered from it."""
+
+    run_id: str
+    version: str
+    model_uri: str
+
+
+def log_model(
+    settings: Settings,
+    family: str,
+    python_model: Any,
+    *,
+    artifacts: Mapping[str, str | Path],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
+) -> Registered:
+    """Log one training run (params, metrics, tags, the pyfunc model with its artifacts) and register a version."""
+    import mlflow
+
+    client(settings)
+    with mlflow.start_run(experiment_id=_experiment_id(settings, family)) as run:
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tags(dict(tags or {}))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            registered_model_name=model_name(family),
+        )
+    version = str(info.registered_model_version)
+    return Registered(run.info.run_id, version, f"models:/{model_name(family)}/{version}")
+
+
+def champion_version(settings: Settings, family: str) -> str | None:
+    """The version the ``champion`` alias points at, or None before the first promotion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(settings).get_model_version_by_alias(model_name(family), CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def version_metrics(settings: Settings, family: str, version: str) -> dict[str, float]:
+    """Metrics of the run that produced a model version."""
+    mlc = client(settings)
+    run_id = mlc.get_model_version(model_name(family), version).run_id
+    return dict(mlc.get_run(run_id).data.metrics)
+
+
+def promote(settings: Settings, family: str, version: str) -> None:
+    """Make ``version`` the champion; the former champion becomes ``previous``."""
+    mlc = client(settings)
+    current = champion_version(settings, family)
+    if current is not None and current != version:
+        mlc.set_registered_model_alias(model_name(family), PREVIOUS, current)
+    mlc.set_registered_model_alias(model_name(family), CHAMPION, version)
+
+
+def rollback(settings: Settings, family: str) -> str:
+    """Restore the previous champion; returns the version now serving. Raises when there is none."""
+    mlc = client(settings)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = str(mlc.get_model_version_by_alias(model_name(family), PREVIOUS).version)
+    except MlflowException as exc:
+        raise LookupError(f"{family}: no previous champion to roll back to") from exc
+    current = champion_version(settings, family)
+    mlc.set_registered_model_alias(model_name(family), CHAMPION, previous)
+    if current is not None:
+        mlc.set_registered_model_alias(model_name(family), PREVIOUS, current)
+    return previous
+
+
+def load(settings: Settings, family: str, alias: str = CHAMPION) -> Any:
+    """The family's predictor object (the pyfunc's python model) behind ``alias``."""
+    import mlflow
+
+    client(settings)
+    return mlflow.pyfunc.load_model(f"models:/{model_name(family)}@{alias}").unwrap_python_model()

@@ -1,0 +1,165 @@
+"""One typed, frozen settings object for the whole platform.
+
+Values come, highest first, from constructor arguments, ``OMNICART_*`` environment variables, an optional YAML
+file (``OMNICART_CONFIG``, e.g. ``infra/config/demo.yaml``) and the defaults below. All state lives under
+``home``. Constructing Settings writes nothing; directories are made by the code that writes into them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one place; passed down explicitly, never read from env elsewhere."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNICART_", frozen=True, extra="forbid")
+
+    # --- where state lives, and how strict we are ---
+    home: Path = Field(
+        Path(".omnicart"), description="Root of all state: lake, feature store, registry, reports, mail."
+    )
+    mode: Literal["demo", "prod"] = Field(
+        "demo", description="demo generates missing secrets; prod refuses to run without them."
+    )
+
+    # --- shop simulator ---
+    seed: int = 7
+    sim_customers: int = Field(1000, ge=10)
+    sim_items: int = Field(120, ge=10)
+    sim_days: int = Field(21, ge=2)
+    sim_start: dt.date = dt.date(2026, 1, 1)
+    sim_events_per_customer_day: float = Field(0.6, gt=0)
+    drift_kind: Literal["none", "new_segment", "price_shock", "new_category", "channel_outage"] = "none"
+    drift_day: int | None = Field(None, ge=1, description="Day index (0 = sim_start) from which drift is injected.")
+
+    # --- secrets (SecretStr; in demo mode generated once under home/secrets/) ---
+    pseudonym_key: SecretStr | None = None
+    api_key: SecretStr | None = None
+
+    # --- services, all on loopback by default ---
+    host: str = "127.0.0.1"
+    serve_port: int = 8000
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+    ray_dashboard_port: int = 8265
+    evidently_port: int = 8001
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    ray_address: str | None = Field(None, description="Ray cluster to join; None starts Ray in-process.")
+    mlflow_tracking_uri: str | None = Field(None, description="None means SQLite under home.")
+
+    # --- training and serving ---
+    top_k: int = Field(10, ge=1, le=100)
+    recent_items_n: int = Field(10, ge=1)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+
+    # --- monitoring and alerts ---
+    drift_reference_days: int = Field(7, ge=1)
+    drift_threshold: float = Field(
+        0.15, gt=0, description="Evidently distance (Wasserstein, Jensen-Shannon) above which a column has drifted."
+    )
+    alert_from: str = "omnicart@localhost"
+    alert_to: tuple[str, ...] = ("ml-team@localhost",)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("OMNICART_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    # --- derived locations ---
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def landing_dir(self) -> Path:
+        """Raw channel files as the shop delivers them (may hold PII)."""
+        return self.home_dir / "landing"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home_dir / "lake"
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self.home_dir / "ground_truth"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home_dir / "feast"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home_dir / "reports"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.home_dir / "mail"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home_dir / "airflow"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home_dir / "mlartifacts"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.home_dir / "ray_results"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.host}:{self.serve_port}"
+
+    @property
+    def sim_end(self) -> dt.date:
+        return self.sim_start + dt.timedelta(days=self.sim_days - 1)
+
+    def secret(self, name: Literal["pseudonym_key", "api_key"]) -> str:
+        """The secret's value; in demo mode a missing one is generated once and kept under home/secrets/."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        if self.mode != "demo":
+            raise RuntimeError(f"OMNICART_{name.upper()} is required outside demo mode; set it from your secret store.")
+        path = self.home_dir / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once at the edge (CLI, DAG task, Serve replica)."""
+    return Settings()

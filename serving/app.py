@@ -1,0 +1,75 @@
+"""The Ray Serve application: one FastAPI ingress (OpenAPI docs at /docs), API key required, thin handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from omnicart.settings import Settings
+from serving.recommend import FEATURE_REFS, RecommendRequest, RecommendResponse, RecommendService
+
+APP_NAME = "omnicart"
+
+api = FastAPI(
+    title="omnicart",
+    description="Recommendations (and, as families land, support answers and prices) for every shop channel.",
+    version="0.1.0",
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with a JSON body that names each offending field."""
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+
+
+@serve.deployment(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(api)
+class Ingress:
+    """Loads the champions from the registry and answers the HTTP endpoints."""
+
+    def __init__(self, settings: Settings) -> None:
+        from omnicart import registry
+        from omnicart.featurestore import feature_store, online_features
+        from omnicart.schemas import C
+
+        self.settings = settings
+        self.api_key = settings.secret("api_key")
+        store = feature_store(settings)
+        version = registry.champion_version(settings, "recommend")
+        self.recommender = RecommendService(
+            load_model=lambda: registry.load(settings, "recommend"),
+            read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
+            model_version=version,
+        )
+
+    def _check_key(self, x_api_key: str | None) -> None:
+        if x_api_key != self.api_key:
+            raise HTTPException(status_code=401, detail={"error": "missing or invalid API key", "field": "X-API-Key"})
+
+    @api.get("/health")
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "models": {"recommend": self.recommender.model_version}}
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:
+        self._check_key(x_api_key)
+        return self.recommender.recommend(body)
+
+
+def deploy(settings: Settings) -> str:
+    """Start Serve's HTTP proxy on settings.host:serve_port (if not yet) and (re)deploy the app; returns its URL."""
+    from omnicart.raycluster import ensure_ray
+
+    ensure_ray(settings)
+    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    serve.run(Ingress.bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    return settings.serve_url

@@ -1,0 +1,121 @@
+"""The walking skeleton end to end: the shop_daily DAG run by Airflow on a small simulated shop."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+import pytest
+
+from omnicart import lake, orchestration, registry, schemas
+from omnicart.featurestore import feature_store, online_features
+from omnicart.schemas import C, F
+from tests.integration.conftest import mails
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def clean_run(platform):
+    """The DAG for the last clean day, rebuilding the history before it."""
+    s = platform.settings
+    day = s.sim_start + dt.timedelta(days=s.sim_days - 2)
+    run = orchestration.run_dag("shop_daily", day, conf={"history_days": s.sim_days - 2})
+    return day, run
+
+
+def test_dag_succeeds_through_every_task(clean_run):
+    _, run = clean_run
+    states = orchestration.task_states(run)
+    assert str(run.state) == "success", states
+    assert set(states.values()) == {"success"}
+
+
+def test_lake_holds_no_raw_pii(platform, clean_run):
+    from omnicart.datasets.simulator import ShopSimulator
+
+    s = platform.settings
+    customers = ShopSimulator(s).customers()
+    emails = set(customers[C.email].dropna().head(50))
+    lake_customers = lake.read_table(s.lake_dir, schemas.CUSTOMERS)
+    assert len(lake_customers) > 0
+    assert not emails & set(lake_customers[C.email].dropna())
+    assert lake_customers[C.email].dropna().str.startswith("tok_").all()
+
+
+def test_customer_features_are_read_online(platform, clean_run):
+    s = platform.settings
+    day, _ = clean_run
+    events = lake.read_table(s.lake_dir, schemas.EVENTS, day, day)
+    customer = events[C.customer_id].iloc[0]
+    refs = [f"{F.customer_view}:{C.segment}", f"{F.customer_view}:{F.recent_items}"]
+    row = online_features(feature_store(s), refs, C.customer_id, [customer])[0]
+    assert row[C.segment] in {"bargain", "family", "premium", "trend", "student"} or isinstance(row[C.segment], str)
+    assert row[F.recent_items], "an active customer has recent items online"
+
+
+def test_model_registered_as_champion(platform, clean_run):
+    assert registry.champion_version(platform.settings, "recommend") is not None
+
+
+def _post(settings, body, key=True):
+    headers = {"X-API-Key": settings.secret("api_key")} if key else {}
+    return httpx.post(f"{settings.serve_url}/recommend", json=body, headers=headers, timeout=30)
+
+
+def test_recommend_known_customer(platform, clean_run):
+    s = platform.settings
+    day, _ = clean_run
+    events = lake.read_table(s.lake_dir, schemas.EVENTS, day, day)
+    customer = events[C.customer_id].iloc[0]
+    response = _post(s, {"customer_id": customer, "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    items = [i["item_id"] for i in body["items"]]
+    catalog = set(lake.read_table(s.lake_dir, schemas.ITEMS)[C.item_id])
+    assert len(items) == 5 and len(set(items)) == 5 and set(items) <= catalog
+    assert body["source"] == "personal"
+    assert all(i["reason"] for i in body["items"])
+
+
+def test_recommend_requires_api_key(platform, clean_run):
+    response = _post(platform.settings, {"customer_id": "C000001"}, key=False)
+    assert response.status_code == 401
+    assert response.json()["detail"]["field"] == "X-API-Key"
+
+
+def test_recommend_malformed_body_names_the_field(platform, clean_run):
+    response = _post(platform.settings, {"customer_id": "C000001", "k": "many"})
+    assert response.status_code == 422
+    assert [f["field"] for f in response.json()["fields"]] == ["k"]
+    response = _post(platform.settings, {"k": 3})
+    assert response.status_code == 422
+    assert "customer_id" in [f["field"] for f in response.json()["fields"]]
+
+
+def test_unknown_customer_gets_popular_items(platform, clean_run):
+    response = _post(platform.settings, {"customer_id": "nobody-we-know", "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["source"] == "popular" and len(body["items"]) == 4
+
+
+def test_clean_day_sends_no_mail(platform, clean_run):
+    assert mails(platform.settings.mail_dir) == []
+
+
+def test_drift_day_emails_the_report(platform, clean_run):
+    s = platform.settings
+    drift_day = s.sim_start + dt.timedelta(days=s.drift_day)
+    run = orchestration.run_dag("shop_daily", drift_day, conf={"history_days": 0})
+    assert str(run.state) == "success", orchestration.task_states(run)
+    sent = mails(s.mail_dir)
+    assert len(sent) == 1
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.default).parsebytes(sent[0].read_bytes())
+    assert "drift" in message["Subject"].lower() and str(drift_day) in message["Subject"]
+    assert C.price in message.get_body(("plain",)).get_content()
+    attachments = [part for part in message.iter_attachments() if part.get_content_type() == "text/html"]
+    assert attachments and len(attachments[0].get_content()) > 10_000

@@ -1,0 +1,62 @@
+"""One code path for the DAG and the CLI: build the dataset, train, evaluate, register, promote if better."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from omnicart import registry
+from omnicart.settings import Settings
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What one training run of a family produced and decided."""
+
+    family: str
+    version: str
+    metrics: dict[str, float]
+    champion_metric: float | None
+    promoted: bool
+    champion_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
+    """Train the recommender on the days before ``as_of`` and promote it when it beats the champion on ``as_of``."""
+    from training import recommend
+
+    dataset = recommend.build_dataset(settings, as_of)
+    model = recommend.train(settings, dataset)
+    evaluation = recommend.evaluate(model, dataset, k=settings.top_k)
+    metrics = {f"{name}.{metric}": value for name, values in evaluation.items() for metric, value in values.items()}
+    gate = f"model.{recommend.GATE_METRIC}"
+
+    champion = registry.champion_version(settings, recommend.FAMILY)
+    champion_metric = None
+    if champion is not None:
+        current = registry.load(settings, recommend.FAMILY)
+        champion_metric = recommend.evaluate(current, dataset, k=settings.top_k)["model"][recommend.GATE_METRIC]
+    promoted = champion_metric is None or metrics[gate] >= champion_metric
+
+    registered = registry.log_model(
+        settings,
+        recommend.FAMILY,
+        recommend.Recommender(),
+        artifacts={"model_dir": model.model_dir_},
+        params={"as_of": as_of.isoformat(), "train_start": dataset.train_start.isoformat(), "k": settings.top_k},
+        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
+        tags={"feature_service": recommend.FEATURE_SERVICE, "data_window": f"{dataset.train_start}..{as_of}"},
+    )
+    if promoted:
+        registry.promote(settings, recommend.FAMILY, registered.version)
+    return TrainOutcome(
+        family=recommend.FAMILY,
+        version=registered.version,
+        metrics=metrics,
+        champion_metric=champion_metric,
+        promoted=promoted,
+        champion_version=registered.version if promoted else str(champion),
+    )

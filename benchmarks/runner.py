@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,8 @@ from rich.table import Table
 
 from omnicart.settings import Settings
 
-# family → callable(settings, **options) → (dataset, protocol, rows, gates); filled in as families land
-RUNNERS: dict[str, Callable[..., tuple[str, str, list[dict], list[dict]]]] = {}
+# Each benchmark is a module ``benchmarks/<family>.py`` with
+#   run(settings, *, dataset, input, items, split, protocol, seed) -> (dataset_name, protocol, rows, gates)
 
 
 class NotAvailable(RuntimeError):
@@ -28,11 +28,14 @@ def gate(metric: str, model: float, baseline: float, target: float, higher_is_be
 
 
 def run(settings: Settings, family: str, **options: Any) -> dict[str, Any]:
-    runner = RUNNERS.get(family)
-    if runner is None:
-        raise NotAvailable(f"`omnicart bench {family}` is not implemented yet (its issue is still open).")
+    try:
+        module = importlib.import_module(f"benchmarks.{family}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"benchmarks.{family}":
+            raise
+        raise NotAvailable(f"`omnicart bench {family}` is not implemented yet (its issue is still open).") from exc
     started = time.perf_counter()
-    dataset, protocol, rows, gates = runner(settings, **options)
+    dataset, protocol, rows, gates = module.run(settings, **options)
     return {
         "benchmark": family,
         "dataset": dataset,

@@ -6,6 +6,8 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
+# keeps every Ray process on the loopback address it is given (Ray 2.60 otherwise swaps in the LAN address)
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: install demo test test-unit up down bench lint format clean
 

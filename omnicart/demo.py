@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from omnicart import lake, orchestration, schemas
+from omnicart.raycluster import JOIN_ENV
 from omnicart.schemas import C
 from omnicart.settings import Settings, get_settings
 
@@ -47,6 +48,8 @@ def run(settings: Settings, *, start_services: bool, console: Console) -> DemoRe
 
     dags = orchestration.dags_folder()
     if start_services:
+        # Before anything imports Ray: the DAG's tasks run in this process and join the head that `up` starts.
+        os.environ.update(JOIN_ENV)
         with console.status("starting Airflow, Ray + Serve, MLflow, Evidently and the mail sink on 127.0.0.1…"):
             statuses = services.up(settings, dags)
         # DAG tasks run in this process and read their settings from the environment: join the Ray just started.
@@ -85,8 +88,10 @@ def run(settings: Settings, *, start_services: bool, console: Console) -> DemoRe
     password = services.airflow_admin_password(settings) if start_services else None
     if password:
         lines.append(f"Airflow login:    admin / {password}")
-    lines += ["", "Try it:", curl, "", f"API docs: {settings.serve_url}/docs   Stop everything: omnicart down"]
+    lines += ["", f"API docs: {settings.serve_url}/docs   Stop everything: omnicart down"]
     console.print(Panel("\n".join(lines), title="omnicart demo " + ("[green]ok[/]" if ok else "[red]failed[/]")))
+    console.print("Try it:")
+    print(curl)  # plain print: a terminal-width wrap would break copy and paste
     return DemoReport(ok, states, reports, mails, curl)
 
 

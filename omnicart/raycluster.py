@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 from omnicart.settings import Settings
+
+# Ray 2.60 swaps a loopback node address for the LAN address (and binds every interface) unless this is "0".
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# A head started by `ray start` (omnicart up) uses token auth; joining it by address needs the mode named.
+JOIN_ENV = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token"}
 
 
 def ensure_ray(settings: Settings) -> None:
     """Connect to ``settings.ray_address``, or start a local Ray bound to ``settings.host``; no-op when connected."""
+    # Ray reads these from the process environment, some at import (workers inherit them); the user's values win.
+    for key, value in (JOIN_ENV if settings.ray_address else LOOPBACK_ENV).items():
+        os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():

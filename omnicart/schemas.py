@@ -17,6 +17,9 @@ IDENTITIES: Final = "identities"
 # --- tables derived for features ---
 CUSTOMER_FEATURES: Final = "customer_features"
 ITEM_FEATURES: Final = "item_features"
+# --- tables written by ingest (see omnicart/ingest/) ---
+QUARANTINE: Final = "quarantine"  # rows that failed validation, with reason, source file and line
+IDENTITY_MAP: Final = "identity_map"  # daily snapshot: identifier token -> resolved customer id
 
 
 class C:
@@ -61,6 +64,15 @@ class C:
     competitor_price: Final = "competitor_price"
     units_sold: Final = "units_sold"
 
+    # pricing: the canonical demand file of `omnicart bench pricing --input` (PROTOCOLS.md) and the pricing family
+    series_id: Final = "series_id"  # one demand series, e.g. (store, product)
+    product_id: Final = "product_id"
+    store_id: Final = "store_id"
+    period: Final = "period"  # the pricing period (a date: day or week start)
+    units: Final = "units"  # units sold in the period
+    promo: Final = "promo"  # 1 when the product was on promotion / display
+    pack_oz: Final = "pack_oz"  # pack size in ounces (dominicks_beer)
+
     # support
     question: Final = "question"
     answer: Final = "answer"
@@ -73,6 +85,27 @@ class C:
     competitor_elasticity: Final = "competitor_elasticity"
     cycle_days: Final = "cycle_days"
     offset_days: Final = "offset_days"
+
+    # ingest: quarantine rows and the identity map
+    source_file: Final = "source_file"
+    source_line: Final = "source_line"  # 1-based line (CSV, JSON lines) or row (Parquet) in the source file
+    source_table: Final = "source_table"  # the lake table the row was meant for
+    reason: Final = "reason"
+    detail: Final = "detail"
+    record: Final = "record"  # the quarantined row, pseudonymised, as JSON
+    id_kind: Final = "id_kind"  # which identifier column a token came from (email, device_id, ...)
+    resolved_id: Final = "resolved_id"  # the stable customer id identity resolution assigns
+    shared: Final = "shared"  # an identifier the over-merge guards kept out of every cluster
+
+    # public datasets and recommendation inputs
+    order_id: Final = "order_id"  # one basket / invoice
+    rating: Final = "rating"
+    image_embedding: Final = "image_embedding"  # optional item column: a fixed-length vector per item
+
+
+# The canonical interaction file of `omnicart bench recommend --input` (PROTOCOLS.md) names these columns.
+INPUT_USER: Final = "user_id"
+INPUT_TIMESTAMP: Final = "timestamp"
 
 
 # Personal data columns: never written to the lake in clear text.

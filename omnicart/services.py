@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnicart.raycluster import JOIN_ENV
 from omnicart.settings import Settings
 
 SERVICES = ("mail", "mlflow", "evidently", "ray", "airflow")
@@ -34,7 +35,7 @@ RAY_GCS_PORT = 6379
 # address and binds GCS, raylet and agents there or on every interface; the first switch makes Ray treat the node
 # as loopback-only (a client without it resolves 127.0.0.1 to the LAN address and never connects). Ray turns token
 # auth on by default only for ``address="auto"``; with an explicit address the client must ask for it.
-RAY_CLIENT_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+RAY_CLIENT_ENV = JOIN_ENV
 
 _TIMEOUTS = {"mail": 30.0, "mlflow": 90.0, "evidently": 60.0, "ray": 120.0, "airflow": 300.0}
 
@@ -291,7 +292,12 @@ def _specs(settings: Settings, dags_folder: Path | None = None) -> dict[str, _Sp
             h,
             settings.airflow_port,
             airflow_command(settings, b / "airflow"),
-            env=airflow_env(settings, dags_folder) if dags_folder is not None else {},
+            # DAG tasks run by the scheduler join the Ray head, so what they deploy outlives the task
+            env={
+                **(airflow_env(settings, dags_folder) if dags_folder is not None else {}),
+                **RAY_CLIENT_ENV,
+                "OMNICART_RAY_ADDRESS": settings.ray_address or ray_address(settings),
+            },
             ready=_airflow_healthy(f"{airflow_url}/api/v2/monitor/health"),
         ),
     }
@@ -540,3 +546,8 @@ def airflow_admin_password(settings: Settings) -> str | None:
     except (OSError, ValueError):
         return None
     return passwords.get("admin") if isinstance(passwords, dict) else None
+
+
+def ray_address(settings: Settings) -> str:
+    """The GCS address of the head that `up` starts, for ``OMNICART_RAY_ADDRESS``."""
+    return f"{settings.host}:{RAY_GCS_PORT}"

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     alert_from: str = "omnicart@localhost"
     alert_to: tuple[str, ...] = ("ml-team@localhost",)
 
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        """Resolved once, so processes with another working directory (Ray workers, Airflow tasks) agree."""
+        return value.expanduser().resolve()
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -93,7 +99,7 @@ class Settings(BaseSettings):
     # --- derived locations ---
     @property
     def home_dir(self) -> Path:
-        return self.home.expanduser().resolve()
+        return self.home
 
     @property
     def landing_dir(self) -> Path:

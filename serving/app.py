@@ -31,12 +31,29 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
 
 
+def _bind_internal_grpc_to(host: str) -> None:
+    """Ray Serve 2.60 opens each replica's inter-deployment gRPC server on "[::]:0" (every interface), with no
+    setting to change it; rebind it to ``host`` so that nothing of ours listens beyond loopback by default."""
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "__omnicart_host__", None) == host:
+        return
+
+    def add_port(server: Any, address: str) -> Any:
+        return original(server, address.replace("[::]", host, 1))
+
+    add_port.__omnicart_host__ = host  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_port
+
+
 @serve.deployment(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
     """Loads the champions from the registry and answers the HTTP endpoints."""
 
     def __init__(self, settings: Settings) -> None:
+        _bind_internal_grpc_to(settings.host)
         from omnicart import registry
         from omnicart.featurestore import feature_store, online_features
         from omnicart.schemas import C

@@ -17,10 +17,10 @@ def run(
 ) -> tuple[Path, dict[str, Any]]:
     """Run ``loop(config)`` on one Ray Train worker; the worker saves its model files into a directory and reports
     it as a checkpoint (see ``report_directory``). Returns the checkpoint copied to ``output`` and the metrics."""
+    ensure_ray(settings)  # first: it sets Ray's environment before Ray is imported
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ensure_ray(settings)
     trainer = TorchTrainer(
         loop,
         train_loop_config=config,

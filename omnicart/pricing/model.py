@@ -1,0 +1,439 @@
+"""The demand model: XGBoost on log units, never increasing in the own price, with elasticities and drivers.
+
+prediction(log units) = prior(product) × log(price / usual price)  +  trees(features)
+
+The first term is a per-product own-price elasticity from the log-log fit (shrunk toward the pooled slope and capped
+at zero), passed to XGBoost as a base margin; the trees model the rest with a monotone non-increasing constraint on
+every price feature. Both parts are non-increasing in the own price, so the sum is too, for every product and context.
+Elasticities are read off the model (slope of log expected units over a ±10 % price grid) with an uncertainty band;
+drivers come from XGBoost TreeSHAP (``pred_contribs=True``). Saved as plain files: booster.json, model.json,
+state.parquet (the last periods of every series, for lags at serving time) and elasticities.json.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omnicart.pricing import features as fx
+from omnicart.pricing.baselines import LogLog
+from omnicart.schemas import C
+
+FORMAT_VERSION = 1
+_BOOSTER, _META, _STATE, _ELASTICITIES = "booster.json", "model.json", "state.parquet", "elasticities.json"
+PRIOR_LABEL = "own-price elasticity (product prior)"
+Z90 = 1.6449
+
+
+class DemandModel:
+    """Expected units per (product, store, period) at any candidate price; scikit-learn manners."""
+
+    def __init__(
+        self,
+        n_estimators: int = 400,
+        learning_rate: float = 0.1,
+        max_depth: int = 8,
+        min_child_weight: float = 20.0,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        gamma: float = 1.0,
+        max_bin: int = 128,
+        early_stopping_rounds: int = 30,
+        validation_share: float = 0.1,
+        elasticity_prior: bool = True,
+        prior_strength: float = 0.1,
+        max_train_rows: int | None = None,
+        device: str = "cpu",
+        nthread: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.gamma = gamma
+        self.max_bin = max_bin
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_share = validation_share
+        self.elasticity_prior = elasticity_prior
+        self.prior_strength = prior_strength
+        self.max_train_rows = max_train_rows
+        self.device = device
+        self.nthread = nthread
+        self.seed = seed
+
+    # --- fitting ------------------------------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
+
+    def _xgb_params(self) -> dict[str, Any]:
+        return {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "device": self.device,
+            "eta": self.learning_rate,
+            "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "lambda": self.reg_lambda,
+            # A minimum split gain keeps the monotone trees from fitting noise one-sidedly: under a non-increasing
+            # constraint, noise splits can only add negative price slope, which biases elasticities downward.
+            "gamma": self.gamma,
+            "max_bin": self.max_bin,
+            "seed": self.seed,
+            "nthread": self.nthread or os.cpu_count() or 1,
+            "monotone_constraints": "(" + ",".join("-1" if n in fx.PRICE_FEATURES else "0" for n in self.spec_.names) + ")",
+        }
+
+    def fit(self, frame: pd.DataFrame) -> DemandModel:
+        """Fit on a canonical demand table (history of every series; units observed on every row)."""
+        import xgboost as xgb
+
+        fx.require_columns(frame)
+        frame = frame[frame[C.units].notna() & (frame[C.price] > 0)].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError("no rows with units and a positive price to fit the demand model on")
+        self.spec_ = fx.fit_spec(frame)
+        loglog = LogLog.fit(frame, self.spec_.target)
+        if self.elasticity_prior:
+            prior = loglog.shrunk(self.prior_strength).clip(upper=0.0)
+            se = loglog.stderr_.replace(np.inf, np.nan)
+        else:
+            prior = pd.Series(0.0, index=loglog.elasticity_.index)
+            se = pd.Series(np.nan, index=loglog.elasticity_.index)
+        self.prior_ = prior.reindex(self.spec_.products).fillna(0.0).to_numpy(np.float64)
+        self.prior_se_ = se.reindex(self.spec_.products).to_numpy(np.float64)
+
+        feats = fx.build(frame, self.spec_)
+        rows = np.flatnonzero(np.isfinite(feats.y))
+        periods = fx._period_number(frame[C.period], self.spec_.period_kind)
+        if self.max_train_rows and len(rows) > self.max_train_rows:
+            keep = np.random.default_rng(self.seed).choice(len(rows), self.max_train_rows, replace=False)
+            rows = np.sort(rows[keep])
+        distinct = np.unique(periods[rows])
+        n_valid = int(len(distinct) * self.validation_share) if self.early_stopping_rounds else 0
+        cut = distinct[-n_valid] if n_valid >= 1 else np.inf
+        train_rows, valid_rows = rows[periods[rows] < cut], rows[periods[rows] >= cut]
+        dtrain = self._dmatrix(feats.take(train_rows), label=True)
+        evals = [(dtrain, "train")]
+        if len(valid_rows):
+            evals.append((self._dmatrix(feats.take(valid_rows), label=True), "valid"))
+        booster = xgb.train(
+            self._xgb_params(),
+            dtrain,
+            num_boost_round=self.n_estimators,
+            evals=evals,
+            early_stopping_rounds=self.early_stopping_rounds if len(valid_rows) else None,
+            verbose_eval=False,
+        )
+        best = getattr(booster, "best_iteration", None)
+        self.best_iteration_ = int(best) if best is not None else self.n_estimators - 1
+        self.booster_ = booster[: self.best_iteration_ + 1]
+        fitted = self._predict(feats.take(rows))
+        resid = feats.y[rows] - fitted
+        self.residual_std_ = float(np.std(resid))
+        self.smearing_ = float(np.mean(np.exp(resid)))  # Duan's smearing: E[units] from predicted log units
+        valid_pred = self._predict(feats.take(valid_rows)) if len(valid_rows) else np.zeros(0)
+        self.validation_rmse_ = (
+            float(np.sqrt(np.mean((feats.y[valid_rows] - valid_pred) ** 2))) if len(valid_rows) else float("nan")
+        )
+        self.n_train_rows_ = len(rows)
+        keep_cols = [c for c in (*fx.CANONICAL, *fx.OPTIONAL, *self.spec_.extras) if c in frame.columns]
+        self.state_ = fx.history_tail(frame[keep_cols])
+        self.elasticities_ = self.elasticities(frame, features=feats)
+        return self
+
+    # --- prediction ---------------------------------------------------------------------------------------------
+    def _margin(self, feats: fx.Features, log_prices: np.ndarray) -> np.ndarray:
+        known = feats.product >= 0
+        prior = np.where(known, self.prior_[np.maximum(feats.product, 0)], 0.0)
+        margin = prior * (log_prices - feats.log_med)
+        return np.where(np.isfinite(margin), margin, 0.0)
+
+    def _dmatrix(self, feats: fx.Features, prices: np.ndarray | None = None, label: bool = False) -> Any:
+        import xgboost as xgb
+
+        X = feats.X if prices is None else feats.at_prices(prices)
+        log_p = feats.log_price if prices is None else np.log(np.asarray(prices, dtype=np.float64))
+        return xgb.DMatrix(
+            X,
+            label=feats.y if label else None,
+            base_margin=self._margin(feats, log_p),
+            feature_names=self.spec_.names,
+            feature_types=self.spec_.types,
+            enable_categorical=True,
+            missing=np.nan,
+            nthread=self.nthread or os.cpu_count() or 1,
+        )
+
+    def _predict(self, feats: fx.Features, prices: np.ndarray | None = None) -> np.ndarray:
+        if len(feats) == 0:
+            return np.zeros(0)
+        return self.booster_.predict(self._dmatrix(feats, prices)).astype(np.float64)
+
+    def features(self, frame: pd.DataFrame) -> fx.Features:
+        """Feature rows of ``frame`` (lags from its own earlier rows)."""
+        return fx.build(frame, self.spec_)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted log units (log1p when the training data had zero-sales periods) for every row of ``frame``."""
+        return self._predict(self.features(frame))
+
+    def predict_features(self, feats: fx.Features, prices: np.ndarray | None = None) -> np.ndarray:
+        return self._predict(feats, prices)
+
+    def expected_units(self, feats: fx.Features, prices: np.ndarray | None = None) -> np.ndarray:
+        """Expected units sold of each feature row at ``prices`` (one per row; default: the row's own price)."""
+        return fx.units_from_target(self._predict(feats, prices), self.spec_.target, self.smearing_)
+
+    # --- elasticities -------------------------------------------------------------------------------------------
+    def row_elasticities(self, feats: fx.Features, rel_step: float = 0.1, points: int = 5) -> np.ndarray:
+        """Arc elasticity of each row: OLS slope of log expected units on log price over price × [1 ± rel_step]."""
+        if len(feats) == 0:
+            return np.zeros(0)
+        log_f = np.linspace(np.log1p(-rel_step), np.log1p(rel_step), points)
+        price = np.exp(feats.log_price)
+        n = len(feats)
+        rep = feats.take(np.repeat(np.arange(n), points))
+        units = self.expected_units(rep, np.repeat(price, points) * np.tile(np.exp(log_f), n)).reshape(n, points)
+        log_u = np.log(np.maximum(units, 1e-9))
+        xc = log_f - log_f.mean()
+        return (log_u - log_u.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+
+    def elasticities(
+        self,
+        frame: pd.DataFrame,
+        *,
+        features: fx.Features | None = None,
+        rows: np.ndarray | None = None,
+        rows_per_product: int = 40,
+        n_boot: int = 200,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Per product: own-price elasticity (mean over its latest rows) with a 90 % band.
+
+        The band combines the bootstrap spread over the product's store-periods with the prior's standard error
+        (in quadrature), so it widens where contexts disagree and where the product's price rarely moved.
+        """
+        feats = features if features is not None else self.features(frame)
+        candidates = np.arange(len(frame)) if rows is None else np.asarray(rows)
+        sample = (
+            pd.DataFrame(
+                {
+                    "row": candidates,
+                    "product": frame[C.product_id].astype(str).to_numpy()[candidates],
+                    "t": fx._period_number(frame[C.period], self.spec_.period_kind)[candidates],
+                }
+            )
+            .sort_values(["product", "t"], kind="stable")
+            .groupby("product", sort=False)
+            .tail(rows_per_product)
+        )
+        slopes = self.row_elasticities(feats.take(sample["row"].to_numpy()))
+        rng = np.random.default_rng(seed)
+        code = {p: i for i, p in enumerate(self.spec_.products)}
+        out = []
+        for product, idx in sample.groupby("product", sort=True).indices.items():
+            values = slopes[idx]
+            boot = values[rng.integers(len(values), size=(n_boot, len(values)))].mean(axis=1)
+            lo, hi = np.quantile(boot, [0.05, 0.95])
+            mean = float(values.mean())
+            se = self.prior_se_[code[product]] if product in code else np.nan
+            extra = Z90 * se if np.isfinite(se) else 0.0
+            out.append(
+                {
+                    C.product_id: product,
+                    C.elasticity: mean,
+                    "low": float(mean - np.hypot(mean - lo, extra)),
+                    "high": float(mean + np.hypot(hi - mean, extra)),
+                    "rows": len(values),
+                }
+            )
+        return pd.DataFrame(out, columns=[C.product_id, C.elasticity, "low", "high", "rows"])
+
+    def elasticity_of(self, product_id: str) -> dict[str, float] | None:
+        """The stored elasticity and band of a product (computed on its latest training periods)."""
+        hit = self.elasticities_[self.elasticities_[C.product_id] == str(product_id)]
+        if hit.empty:
+            return None
+        row = hit.iloc[0]
+        return {"elasticity": float(row[C.elasticity]), "low": float(row["low"]), "high": float(row["high"])}
+
+    # --- explanations -------------------------------------------------------------------------------------------
+    def drivers(self, feats: fx.Features, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
+        """The ``top`` largest contributions to each row's predicted log units at ``prices`` (TreeSHAP + prior)."""
+        if len(feats) == 0:
+            return []
+        dm = self._dmatrix(feats, prices)
+        contribs = self.booster_.predict(dm, pred_contribs=True)[:, :-1]
+        X = feats.at_prices(prices)
+        prior = self._margin(feats, np.log(np.asarray(prices, dtype=np.float64)))
+        out = []
+        for i in range(len(feats)):
+            items = [(float(prior[i]), PRIOR_LABEL, None)] if prior[i] != 0 else []
+            items += [(float(contribs[i, j]), name, X[i, j]) for j, name in enumerate(self.spec_.names)]
+            items.sort(key=lambda item: -abs(item[0]))
+            out.append(
+                [
+                    {
+                        "feature": fx.LABELS.get(name, name),
+                        "effect": round(effect, 4),  # on log units; exp(effect) is the demand multiplier
+                        "value": None if value is None or not np.isfinite(value) else round(float(value), 4),
+                    }
+                    for effect, name, value in items[:top]
+                ]
+            )
+        return out
+
+    # --- pricing context ----------------------------------------------------------------------------------------
+    def known_product(self, product_id: str) -> bool:
+        return str(product_id) in self.spec_.product_log_price
+
+    def known_store(self, store_id: str | None) -> bool:
+        return store_id is None or not self.spec_.has_store or str(store_id) in set(self.spec_.stores)
+
+    def series_id(self, product_id: str, store_id: str | None) -> str:
+        """The series of (product, store) in the training data, or a new id for a pair never seen."""
+        state = self.state_
+        mask = state[C.product_id].astype(str) == str(product_id)
+        if self.spec_.has_store and store_id is not None and C.store_id in state.columns:
+            mask &= state[C.store_id].astype(str) == str(store_id)
+        hit = state.loc[mask, C.series_id]
+        if len(hit):
+            return str(hit.iloc[-1])
+        return str(product_id) if store_id is None else f"{store_id}:{product_id}"
+
+    def next_period(self) -> Any:
+        """The period after the last one the model saw."""
+        last = self.state_[C.period].max()
+        if self.spec_.period_kind == "date":
+            return pd.Timestamp(last) + pd.Timedelta(days=self.spec_.step)
+        return last + self.spec_.step
+
+    def context(self, rows: pd.DataFrame, history: pd.DataFrame | None = None) -> PricingContext:
+        """Features of the periods to price (``rows``: series_id, product_id, period, price, ...; no units) with lags
+        from ``history`` (default: the state the model kept from training)."""
+        history = self.state_ if history is None else history
+        rows = rows.copy()
+        rows[C.units] = np.nan
+        past = history[history[C.series_id].isin(set(rows[C.series_id].astype(str)))]
+        static = [c for c in (C.category, *self.spec_.extras) if c in history.columns]
+        if static:  # fill product/store attributes a request does not carry from the latest history
+            last = history.drop_duplicates(C.series_id, keep="last").set_index(C.series_id)
+            by_product = history.drop_duplicates(C.product_id, keep="last").set_index(C.product_id)
+            for column in static:
+                if column not in rows.columns:
+                    rows[column] = np.nan
+                fill = rows[C.series_id].map(last[column]).fillna(rows[C.product_id].map(by_product[column]))
+                rows[column] = rows[column].where(rows[column].notna(), fill)
+        combined = pd.concat([past, rows], ignore_index=True)
+        feats = self.features(combined)
+        return PricingContext(self, feats.take(np.arange(len(past), len(combined))))
+
+    # --- persistence --------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        """Write the model as plain files: XGBoost JSON, a JSON of the rest, the serving state as Parquet."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(directory / _BOOSTER)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "spec": json.loads(self.spec_.to_json()),
+            "prior": self.prior_.tolist(),
+            "prior_se": [None if not np.isfinite(v) else float(v) for v in self.prior_se_],
+            "smearing": self.smearing_,
+            "residual_std": self.residual_std_,
+            "validation_rmse": None if not np.isfinite(self.validation_rmse_) else self.validation_rmse_,
+            "best_iteration": self.best_iteration_,
+            "n_train_rows": self.n_train_rows_,
+        }
+        (directory / _META).write_text(json.dumps(meta))
+        state = self.state_.copy()
+        for column in (C.series_id, C.product_id, C.store_id, C.category):
+            if column in state.columns:
+                state[column] = state[column].astype(str)
+        state.to_parquet(directory / _STATE, index=False)
+        (directory / _ELASTICITIES).write_text(self.elasticities_.to_json(orient="records"))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> DemandModel:
+        import xgboost as xgb
+
+        directory = Path(directory)
+        meta = json.loads((directory / _META).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: unsupported pricing model format {meta.get('format_version')}")
+        model = cls(**meta["params"])
+        model.spec_ = fx.FeatureSpec(**meta["spec"])
+        model.booster_ = xgb.Booster()
+        model.booster_.load_model(directory / _BOOSTER)
+        model.prior_ = np.asarray(meta["prior"], dtype=np.float64)
+        model.prior_se_ = np.asarray([np.nan if v is None else v for v in meta["prior_se"]], dtype=np.float64)
+        model.smearing_ = float(meta["smearing"])
+        model.residual_std_ = float(meta["residual_std"])
+        model.validation_rmse_ = float(meta["validation_rmse"]) if meta["validation_rmse"] is not None else np.nan
+        model.best_iteration_ = int(meta["best_iteration"])
+        model.n_train_rows_ = int(meta["n_train_rows"])
+        model.state_ = pd.read_parquet(directory / _STATE)
+        if model.spec_.period_kind == "date":
+            model.state_[C.period] = pd.to_datetime(model.state_[C.period])
+        model.elasticities_ = pd.DataFrame(
+            json.loads((directory / _ELASTICITIES).read_text()),
+            columns=[C.product_id, C.elasticity, "low", "high", "rows"],
+        )
+        model.elasticities_[C.product_id] = model.elasticities_[C.product_id].astype(str)
+        model.model_dir_ = directory
+        return model
+
+
+@dataclass
+class PricingContext:
+    """The periods to price, as feature rows; asks the model about any candidate prices for them."""
+
+    model: DemandModel
+    features: fx.Features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def expected_units(self, grids: list[np.ndarray]) -> list[np.ndarray]:
+        """Expected units of row i at each price of ``grids[i]``, in one batched prediction."""
+        sizes = [len(g) for g in grids]
+        if not sum(sizes):
+            return [np.zeros(0) for _ in grids]
+        rows = np.repeat(np.arange(len(grids)), sizes)
+        units = self.model.expected_units(self.features.take(rows), np.concatenate(grids).astype(np.float64))
+        return np.split(units, np.cumsum(sizes)[:-1])
+
+    def drivers(self, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
+        return self.model.drivers(self.features, np.asarray(prices, dtype=np.float64), top)
+
+    def elasticity(self, product_ids: list[str]) -> list[dict[str, float] | None]:
+        """Each row's local elasticity at its price, with the product's stored band around it."""
+        local = self.model.row_elasticities(self.features)
+        out = []
+        for i, product in enumerate(product_ids):
+            stored = self.model.elasticity_of(product)
+            band = (stored["high"] - stored["low"]) / 2 if stored else float("nan")
+            out.append(
+                {
+                    "elasticity": float(local[i]),
+                    "low": float(local[i] - band) if np.isfinite(band) else float("nan"),
+                    "high": float(local[i] + band) if np.isfinite(band) else float("nan"),
+                }
+            )
+        return out

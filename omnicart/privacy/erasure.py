@@ -1,0 +1,264 @@
+"""Erasure ("right to be forgotten"): remove one customer from every table, the feature store and future ingests.
+
+The customer is found through identity resolution, so an erasure by email also removes the rows seen under their
+phone, loyalty card, devices, cookies and social handle. Affected partitions are rewritten atomically through
+``omnicart.lake`` (lake and landing area, including the quarantine and the Feast offline feature tables); the
+Feast SQLite online store loses the customer's entity rows. The erasure log keeps tokens and counts only, never the
+personal data, and doubles as a suppression list that ingest consults so a re-import cannot bring the customer back.
+A marker lists the model families trained on the removed rows, for the retraining DAG.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from omnicart import lake, schemas
+from omnicart.privacy.pseudonymise import token
+from omnicart.schemas import C
+from omnicart.settings import Settings
+
+# Which model families learn from which tables (retrain them after an erasure touched the table).
+TABLE_FAMILIES: dict[str, tuple[str, ...]] = {
+    schemas.EVENTS: ("recommend", "pricing"),
+    schemas.CUSTOMERS: ("recommend",),
+    schemas.CUSTOMER_FEATURES: ("recommend",),
+    schemas.SUPPORT: ("support",),
+}
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What one erasure removed; holds tokens and counts only."""
+
+    erasure_id: str
+    subject: str  # the token the request was made with
+    resolved_ids: list[str]
+    identifiers: int  # tokens and customer ids erased
+    rows_removed: dict[str, int] = field(default_factory=dict)  # "lake/<table>" or "landing/<table>" -> rows
+    partitions_rewritten: int = 0
+    online_rows_removed: int = 0
+    retrain: list[str] = field(default_factory=list)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows_removed.values())
+
+
+def _privacy_dir(settings: Settings) -> Path:
+    return settings.home_dir / "privacy"
+
+
+def log_path(settings: Settings) -> Path:
+    return _privacy_dir(settings) / "erasure_log.jsonl"
+
+
+def marker_path(settings: Settings) -> Path:
+    return _privacy_dir(settings) / "retrain_required.json"
+
+
+def erase(
+    settings: Settings,
+    *,
+    email: str | None = None,
+    phone: str | None = None,
+    customer_id: str | None = None,
+    online: bool = True,
+) -> ErasureReport:
+    """Erase a customer, named by any one of email, phone or customer id, everywhere the platform keeps data."""
+    if not any((email, phone, customer_id)):
+        raise ValueError("name the customer by email, phone or customer_id")
+    key = settings.secret("pseudonym_key")
+    subject: list[tuple[str, str]] = []
+    if email:
+        subject.append((C.email, token(key, C.email, email)))
+    if phone:
+        subject.append((C.phone, token(key, C.phone, phone)))
+    if customer_id:
+        subject.append((C.customer_id, str(customer_id)))
+
+    resolved_ids, members = _resolve_subject(settings, subject)
+    values = {v for _, v in subject} | set(members[C.identifier])
+    customer_ids = {v for k, v in subject if k == C.customer_id}
+    customer_ids |= set(members.loc[members[C.id_kind] == C.customer_id, C.identifier])
+
+    removed: dict[str, int] = {}
+    rewritten = 0
+    for area, root in (("lake", settings.lake_dir), ("landing", settings.landing_dir)):
+        for table in _tables(root):
+            rows, parts = _erase_table(root, table, values, key if area == "landing" else None)
+            if rows:
+                removed[f"{area}/{table}"] = rows
+                rewritten += parts
+    online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
+
+    families = sorted({f for name in removed for f in TABLE_FAMILIES.get(name.split("/", 1)[1], ())})
+    subject_token = subject[0][1] if subject[0][0] != C.customer_id else token(key, C.customer_id, subject[0][1])
+    at = dt.datetime.now(dt.UTC)
+    erasure_id = hashlib.sha256(f"{subject_token}|{at.isoformat()}".encode()).hexdigest()[:12]
+    report = ErasureReport(
+        erasure_id=erasure_id,
+        subject=subject_token,
+        resolved_ids=sorted(resolved_ids),
+        identifiers=len(values),
+        rows_removed=removed,
+        partitions_rewritten=rewritten,
+        online_rows_removed=online_rows,
+        retrain=families,
+    )
+    # Customer ids are stored as tokens too: the log holds nothing that names the person.
+    suppress = sorted({token(key, C.customer_id, c) for c in customer_ids} | (values - customer_ids))
+    _append_log(settings, {**asdict(report), "at": at.isoformat(), "suppress": suppress})
+    if families:
+        _mark_retrain(settings, families, erasure_id)
+    return report
+
+
+def _resolve_subject(settings: Settings, subject: list[tuple[str, str]]) -> tuple[list[str], pd.DataFrame]:
+    """The resolved ids holding any of the subject's identifiers, and all their (unshared) identifiers."""
+    from omnicart.ingest.identity import latest_identity_map, links_from_tables, resolve
+
+    identity_map = latest_identity_map(settings)
+    if identity_map is None or identity_map.empty:
+        customers = lake.read_table(settings.lake_dir, schemas.CUSTOMERS)
+        identities = lake.read_table(settings.lake_dir, schemas.IDENTITIES)
+        identity_map = resolve(links_from_tables(customers, identities)).identity_map
+    if identity_map.empty:
+        return [], pd.DataFrame(columns=[C.id_kind, C.identifier])
+    unshared = identity_map[~identity_map[C.shared].astype(bool)]
+    wanted = pd.DataFrame(subject, columns=[C.id_kind, C.identifier])
+    ids = sorted(set(unshared.merge(wanted)[C.resolved_id]))
+    return ids, unshared[unshared[C.resolved_id].isin(ids)][[C.id_kind, C.identifier]]
+
+
+def _tables(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _erase_table(root: Path, table: str, values: set[str], landing_key: str | None) -> tuple[int, int]:
+    """Rewrite every partition of the table that holds the subject's rows; returns (rows removed, partitions)."""
+    from omnicart.ingest.pipeline import pseudonymise_frame
+    from omnicart.ingest.validate import SUBJECT_COLUMNS
+
+    pattern = re.compile("|".join(re.escape(json.dumps(v)) for v in sorted(values))) if values else None
+    rows = parts = 0
+    for day in lake.partitions(root, table):
+        frame = pq.read_table(lake.partition_dir(root, table, day) / lake.PART_FILE).to_pandas()
+        probe = frame
+        if landing_key is not None:  # raw personal data: compare its tokens
+            probe = pseudonymise_frame(
+                frame[[c for c in frame.columns if c in SUBJECT_COLUMNS or c == C.channel]], landing_key
+            )
+        hit = pd.Series(False, index=frame.index)
+        for column in SUBJECT_COLUMNS:
+            if column in probe.columns:
+                hit |= probe[column].isin(values)
+        if C.record in frame.columns and pattern is not None:  # quarantined rows keep their values as JSON
+            hit |= frame[C.record].fillna("").str.contains(pattern)
+        if hit.any():
+            lake.write_partition(root, table, day, frame[~hit].reset_index(drop=True))
+            rows += int(hit.sum())
+            parts += 1
+    return rows, parts
+
+
+def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
+    """Delete the customers' entity rows from every Feast view keyed by customer_id (SQLite online store)."""
+    if not (settings.feast_dir / "registry.db").exists():
+        return 0
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from omnicart.featurestore import feature_store
+
+    store = feature_store(settings)
+    online = store._get_provider().online_store
+    if not isinstance(online, SqliteOnlineStore):
+        # Feast 0.67 has no per-entity delete; other stores need their own (e.g. Redis: delete the entity keys).
+        raise NotImplementedError(f"erasing from a {type(online).__name__} online store is not wired yet")
+    config = store.config
+    versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+    keys = [
+        (
+            serialize_entity_key(
+                EntityKey(join_keys=[C.customer_id], entity_values=[Value(string_val=c)]),
+                entity_key_serialization_version=config.entity_key_serialization_version,
+            ),
+        )
+        for c in customer_ids
+    ]
+    conn = online._get_conn(config)
+    removed = 0
+    for view in store.list_feature_views():
+        if [f.name for f in view.entity_columns] != [C.customer_id]:
+            continue
+        table = compute_table_id(config.project, view, versioning).replace('"', '""')
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        if not exists:
+            continue
+        with conn:
+            before = conn.total_changes
+            conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', keys)
+            removed += conn.total_changes - before
+    return removed
+
+
+def _append_log(settings: Settings, entry: dict) -> None:
+    path = log_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def erasure_log(settings: Settings) -> list[dict]:
+    """Every erasure so far (tokens and counts only)."""
+    path = log_path(settings)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def suppressed(settings: Settings) -> frozenset[str]:
+    """Tokens of erased customers (identifier tokens, and tokens of their customer ids): ingest drops their rows."""
+    return frozenset(v for entry in erasure_log(settings) for v in entry.get("suppress", []))
+
+
+def _mark_retrain(settings: Settings, families: list[str], erasure_id: str) -> None:
+    path = marker_path(settings)
+    state = json.loads(path.read_text()) if path.is_file() else {"families": [], "erasures": []}
+    state["families"] = sorted(set(state["families"]) | set(families))
+    state["erasures"] = [*state["erasures"], erasure_id]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retrain-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def retrain_required(settings: Settings) -> list[str]:
+    """Model families that must be retrained because an erasure removed rows they learned from."""
+    path = marker_path(settings)
+    return json.loads(path.read_text())["families"] if path.is_file() else []
+
+
+def clear_retrain(settings: Settings, families: list[str]) -> None:
+    """Called after retraining: drop these families from the marker (the marker goes when none is left)."""
+    path = marker_path(settings)
+    if not path.is_file():
+        return
+    state = json.loads(path.read_text())
+    state["families"] = sorted(set(state["families"]) - set(families))
+    if state["families"]:
+        path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    else:
+        path.unlink()

@@ -1,0 +1,110 @@
+"""Erasure: one customer, named by a variant of their email, disappears from every table, and stays gone."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from omnicart import lake, schemas
+from omnicart.datasets.simulator import ShopSimulator
+from omnicart.ingest import daily, identity, pipeline
+from omnicart.privacy import erasure
+from omnicart.privacy.pseudonymise import token
+from omnicart.schemas import C
+from omnicart.settings import Settings
+
+KEY = "test-key"
+
+
+def _all_rows(root, table) -> pd.DataFrame:
+    return lake.read_table(root, table)
+
+
+@pytest.fixture
+def shop(tmp_path):
+    settings = Settings(home=tmp_path / "home", sim_customers=120, sim_items=20, sim_days=3, pseudonym_key=KEY)
+    for day in daily.days_between(settings.sim_start, settings.sim_end):
+        daily.land_simulated_day(settings, day)
+        pipeline.ingest_landed_day(settings, day)
+        identity.resolve_day(settings, day)
+    customers = ShopSimulator(settings).customers()
+    events = lake.read_table(settings.lake_dir, schemas.EVENTS)
+    # A customer seen on several channels, with events.
+    busy = events[C.customer_id].value_counts().index
+    person = customers.set_index(C.customer_id).loc[busy[0]]
+    return settings, busy[0], person
+
+
+def test_erase_by_email_removes_every_row_of_the_customer(shop, tmp_path):
+    settings, cid, person = shop
+    # A quarantined row of theirs, too (a till line with a bad quantity).
+    till = tmp_path / "till.csv"
+    till.write_text(
+        "event_id,event_timestamp,customer_id,channel,event_type,item_id,quantity\n"
+        f"T1,2026-01-02T10:00:00Z,{cid},store,purchase,I00001,lots\n"
+    )
+    pipeline.ingest_files(settings, {"till": till})
+    assert (lake.read_table(settings.lake_dir, schemas.QUARANTINE)[C.record].str.contains(cid)).any()
+    before = {t: len(_all_rows(settings.lake_dir, t)) for t in (schemas.EVENTS, schemas.CUSTOMERS)}
+    email_token = token(KEY, C.email, person[C.email])
+    tokens = {token(KEY, k, person[k]) for k in (C.email, C.phone, C.device_id, C.web_cookie) if person[k]}
+
+    report = erasure.erase(settings, email=f"  {person[C.email].upper()} ")
+
+    assert report.subject == email_token and len(report.resolved_ids) == 1
+    assert report.rows_removed["lake/events"] > 0 and report.rows_removed["lake/quarantine"] == 1
+    for root in (settings.lake_dir, settings.landing_dir):
+        for table in erasure._tables(root):
+            frame = _all_rows(root, table)
+            for column in (C.customer_id, C.identifier, C.email, C.phone, C.device_id, C.web_cookie):
+                if column in frame.columns:
+                    assert not frame[column].isin({cid, *tokens}).any(), (root.name, table, column)
+            if root == settings.landing_dir and C.email in frame.columns:
+                assert not frame[C.email].astype(str).str.lower().str.strip().eq(person[C.email]).any()
+    # Everyone else is untouched.
+    assert (
+        len(_all_rows(settings.lake_dir, schemas.EVENTS)) == before[schemas.EVENTS] - report.rows_removed["lake/events"]
+    )
+    assert len(_all_rows(settings.lake_dir, schemas.CUSTOMERS)) == before[schemas.CUSTOMERS] - 1
+
+    log = erasure.log_path(settings).read_text()
+    assert person[C.email] not in log.lower() and person[C.phone] not in log and cid not in log
+    assert json.loads(log.splitlines()[0])["erasure_id"] == report.erasure_id
+    assert erasure.retrain_required(settings) == report.retrain and "recommend" in report.retrain
+    erasure.clear_retrain(settings, report.retrain)
+    assert erasure.retrain_required(settings) == []
+
+
+def test_a_reingest_cannot_bring_an_erased_customer_back(shop):
+    settings, cid, person = shop
+    erasure.erase(settings, customer_id=cid)
+    daily.land_simulated_day(settings, settings.sim_start)  # the shop re-delivers day 0, customer included
+    report = pipeline.ingest_landed_day(settings, settings.sim_start)
+    assert report.by_table[schemas.CUSTOMERS].by_reason.get("erased") == 1
+    assert cid not in set(lake.read_table(settings.lake_dir, schemas.CUSTOMERS)[C.customer_id])
+    erased_rows = lake.read_table(settings.lake_dir, schemas.QUARANTINE)
+    assert erased_rows.loc[erased_rows[C.reason] == "erased", C.record].isna().all()  # nothing of theirs kept
+
+
+@pytest.mark.slow
+def test_erasure_reaches_the_feast_online_store(tmp_path):
+    from feature_repo.apply import apply_and_materialize
+    from omnicart import features, featurestore
+
+    settings = Settings(home=tmp_path / "home", sim_customers=60, sim_items=15, sim_days=2, pseudonym_key=KEY)
+    daily.land_and_ingest(settings, settings.sim_start, settings.sim_end)
+    features.build_feature_days(settings, settings.sim_start, settings.sim_end)
+    apply_and_materialize(settings, settings.sim_start, settings.sim_end)
+    refs = [f"{schemas.F.customer_view}:{schemas.F.n_views_30d}", f"{schemas.F.customer_view}:{C.segment}"]
+    cid, other = sorted(lake.read_table(settings.lake_dir, schemas.CUSTOMER_FEATURES)[C.customer_id].unique())[:2]
+    store = featurestore.feature_store(settings)
+    assert featurestore.online_features(store, refs, C.customer_id, [cid])[0][C.segment] is not None
+
+    report = erasure.erase(settings, customer_id=cid)
+
+    assert report.online_rows_removed > 0 and report.rows_removed["lake/customer_features"] == 2
+    store = featurestore.feature_store(settings)
+    gone, kept = featurestore.online_features(store, refs, C.customer_id, [cid, other])
+    assert gone[C.segment] is None and kept[C.segment] is not None

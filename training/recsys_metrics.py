@@ -1,0 +1,52 @@
+"""Top-K ranking metrics of PROTOCOLS.md ("recommend — temporal-full"): Recall@K and NDCG@K with binary gains.
+
+Recall@K = hits in the top K / min(K, |truth|); NDCG@K = DCG@K / ideal DCG over min(K, |truth|) relevant items.
+Both are averaged over users whose truth is non-empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def recall_at_k(ranked: Sequence[Any], truth: Iterable[Any], k: int) -> float:
+    """Share of the (at most K) relevant items that the top K holds."""
+    truth = set(truth)
+    if not truth:
+        raise ValueError("recall is undefined for an empty truth set")
+    hits = sum(1 for item in list(ranked)[:k] if item in truth)
+    return hits / min(k, len(truth))
+
+
+def ndcg_at_k(ranked: Sequence[Any], truth: Iterable[Any], k: int) -> float:
+    """DCG of the top K with binary gains, over the DCG of a perfect top min(K, |truth|)."""
+    truth = set(truth)
+    if not truth:
+        raise ValueError("NDCG is undefined for an empty truth set")
+    dcg = sum(1.0 / np.log2(rank + 2) for rank, item in enumerate(list(ranked)[:k]) if item in truth)
+    ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(k, len(truth))))
+    return float(dcg / ideal)
+
+
+def evaluate_rankings(
+    rankings: Mapping[Any, Sequence[Any]], truth: Mapping[Any, Iterable[Any]], ks: Sequence[int] = (10, 20)
+) -> dict[str, float]:
+    """Mean Recall@K and NDCG@K over users with non-empty truth (a user without a ranking scores 0)."""
+    users = [u for u, items in truth.items() if len(set(items))]
+    if not users:
+        raise ValueError("no user has a non-empty truth set")
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean([recall_at_k(rankings.get(u, ()), truth[u], k) for u in users]))
+        out[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(rankings.get(u, ()), truth[u], k) for u in users]))
+    out["users"] = float(len(users))
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` highest scores of each row, best first; ties go to the lower index."""
+    scores = np.asarray(scores)
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]

@@ -1,0 +1,359 @@
+"""A two-tower retrieval model whose item tower reads content, so items without interactions still get vectors.
+
+Item tower: an id embedding (dropped at random while training, and absent for new items) plus an MLP over the
+MiniLM text embedding of title + description, a category embedding, a brand embedding, log price (with a missing
+flag) and an optional image embedding. User tower: the recency-weighted mean of the item vectors of the user's
+history, through a linear map. Score = scale · ⟨user, item⟩ + a content bias of the item. Trained with a full
+softmax over the warm catalog to predict the items of each basket that are new to the user (discovery), from the
+baskets before it.
+
+``fit`` is plain PyTorch (one process, or one Ray Train worker of many: it shards examples by rank and uses
+``ray.train.torch.prepare_model``); ``TwoTowerIndex`` is the numpy inference side stored as plain arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from omnicart.schemas import C
+
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TwoTowerParams:
+    dim: int = 64
+    hidden: int = 256
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    id_dropout: float = 0.5
+    half_life_days: float = 60.0
+    max_targets_per_user: int = 12
+    max_history: int = 200
+    seed: int = 0
+
+
+@dataclass
+class Content:
+    """Item content arrays aligned with ``item_ids``; ``warm`` marks items that may take an id embedding."""
+
+    item_ids: np.ndarray
+    text: np.ndarray  # n × 384
+    category: np.ndarray  # int codes, 0 = unknown
+    brand: np.ndarray  # int codes, 0 = unknown
+    price: np.ndarray  # n × 2: standardised log price, missing flag
+    image: np.ndarray  # n × k (k may be 0)
+    warm: np.ndarray  # bool
+
+    @property
+    def n_features(self) -> int:
+        return self.text.shape[1] + self.price.shape[1] + self.image.shape[1]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"content_{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> Content:
+        return cls(**{k: arrays[f"content_{k}"] for k in cls.__dataclass_fields__})
+
+
+def build_content(
+    item_ids: np.ndarray, items: pd.DataFrame | None, text: np.ndarray, warm: np.ndarray, vocab: dict | None = None
+) -> tuple[Content, dict[str, list[str]]]:
+    """Content arrays for ``item_ids`` from the catalog (category/brand vocabularies are fitted unless given)."""
+    n = len(item_ids)
+    cat = pd.DataFrame(index=pd.Index(item_ids))
+    if items is not None and len(items):
+        known = items.drop_duplicates(C.item_id).set_index(C.item_id)
+        cat = known.reindex(item_ids)
+    vocab = dict(vocab or {})
+    codes = {}
+    for column in (C.category, C.brand):
+        values = cat[column].fillna("").astype(str).to_numpy() if column in cat else np.full(n, "")
+        if column not in vocab:
+            vocab[column] = sorted({v for v in values if v})
+        lookup = {v: k + 1 for k, v in enumerate(vocab[column])}
+        codes[column] = np.array([lookup.get(v, 0) for v in values], dtype=np.int64)
+    price = pd.to_numeric(cat[C.price], errors="coerce").to_numpy(np.float64) if C.price in cat else np.full(n, np.nan)
+    logp = np.log(np.where(price > 0, price, np.nan))
+    if "price_stats" not in vocab:
+        finite = logp[np.isfinite(logp)]
+        vocab["price_stats"] = [float(finite.mean()), float(finite.std() + 1e-6)] if len(finite) else [0.0, 1.0]
+    mean, std = vocab["price_stats"]
+    price_feats = np.stack([np.nan_to_num((logp - mean) / std), ~np.isfinite(logp)], axis=1).astype(np.float32)
+    image = np.zeros((n, 0), dtype=np.float32)
+    if C.image_embedding in cat and cat[C.image_embedding].notna().any():
+        vectors = [v for v in cat[C.image_embedding] if isinstance(v, list | np.ndarray)]
+        size = len(vectors[0])
+        image = np.stack(
+            [np.asarray(v, np.float32) if isinstance(v, list | np.ndarray) else np.zeros(size) for v in cat[C.image_embedding]]
+        ).astype(np.float32)
+    content = Content(
+        item_ids=np.asarray(item_ids, dtype=object),
+        text=np.asarray(text, np.float32),
+        category=codes[C.category],
+        brand=codes[C.brand],
+        price=price_feats,
+        image=image,
+        warm=np.asarray(warm, bool),
+    )
+    return content, vocab
+
+
+def training_examples(
+    events: pd.DataFrame, index: dict[str, int], params: TwoTowerParams
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(history, targets): per example, the recency-weighted items of a user's earlier baskets, and the items of
+    the next basket that are new to the user. Normalised events; only items of ``index`` count."""
+    ev = events[events[C.item_id].isin(index)]
+    lines = (
+        ev.groupby([C.customer_id, C.order_id], sort=False)
+        .agg(t=(C.event_timestamp, "min"), items=(C.item_id, lambda s: sorted({index[i] for i in s})))
+        .reset_index()
+        .sort_values([C.customer_id, "t"], kind="stable")
+    )
+    rate = np.log(2) / params.half_life_days
+    h_rows, h_cols, h_vals, t_rows, t_cols = [], [], [], [], []
+    n = 0
+    for _, user in lines.groupby(C.customer_id, sort=False):
+        times = ((user["t"] - user["t"].iloc[0]) / DAY).to_numpy()
+        baskets = user["items"].tolist()
+        targets = [k for k in range(1, len(baskets))][-params.max_targets_per_user :]
+        if not targets:
+            continue
+        for k in targets:
+            last_seen: dict[int, float] = {}
+            counts: dict[int, int] = {}
+            for j in range(k):
+                for item in baskets[j]:
+                    last_seen[item] = times[j]
+                    counts[item] = counts.get(item, 0) + 1
+            new = [i for i in baskets[k] if i not in last_seen]
+            if not new:
+                continue
+            recent = sorted(last_seen, key=last_seen.get, reverse=True)[: params.max_history]
+            weights = np.array([np.exp(-rate * (times[k] - last_seen[i])) * np.log1p(counts[i]) for i in recent])
+            h_rows += [n] * len(recent)
+            h_cols += recent
+            h_vals += (weights / weights.sum()).tolist()
+            t_rows += [n] * len(new)
+            t_cols += new
+            n += 1
+    shape = (n, len(index))
+    history = sp.csr_matrix((np.asarray(h_vals, np.float32), (h_rows, h_cols)), shape=shape)
+    targets = sp.csr_matrix((np.ones(len(t_rows), np.float32), (t_rows, t_cols)), shape=shape)
+    return history, targets
+
+
+def user_weights(
+    events: pd.DataFrame, users: np.ndarray, index: dict[str, int], now: pd.Timestamp, params: TwoTowerParams
+) -> sp.csr_matrix:
+    """users × items history weights at ``now``, as in training (recency × log count, rows summing to one)."""
+    ucode = {u: k for k, u in enumerate(users.tolist())}
+    ev = events[(events[C.event_timestamp] < now) & events[C.item_id].isin(index) & events[C.customer_id].isin(ucode)]
+    g = ev.groupby([C.customer_id, C.item_id]).agg(last=(C.event_timestamp, "max"), n=(C.order_id, "nunique"))
+    g = g.reset_index()
+    age = ((now - g["last"]) / DAY).to_numpy()
+    w = np.exp(-np.log(2) / params.half_life_days * age) * np.log1p(g["n"].to_numpy())
+    m = sp.csr_matrix(
+        (w.astype(np.float32), (g[C.customer_id].map(ucode).to_numpy(), g[C.item_id].map(index).to_numpy())),
+        shape=(len(users), len(index)),
+    )
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.where(sums > 0, sums, 1.0)).astype(np.float32) @ m
+
+
+# --- the torch model ---------------------------------------------------------------------------------------------
+def _module(content: Content, params: TwoTowerParams, n_warm: int, n_category: int, n_brand: int):
+    import torch
+    from torch import nn
+
+    class TwoTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            d = params.dim
+            self.ids = nn.Embedding(n_warm + 1, d)  # row 0: unknown id
+            nn.init.normal_(self.ids.weight, std=0.01)
+            self.category = nn.Embedding(n_category + 1, 16)
+            self.brand = nn.Embedding(n_brand + 1, 16)
+            self.content = nn.Sequential(
+                nn.Linear(content.n_features + 32, params.hidden), nn.GELU(), nn.Linear(params.hidden, d)
+            )
+            self.bias = nn.Sequential(nn.Linear(content.n_features + 32, 32), nn.GELU(), nn.Linear(32, 1))
+            self.user = nn.Linear(d, d)
+            self.scale = nn.Parameter(torch.tensor(10.0))
+
+        def items(self, dense, category, brand, ids):
+            x = torch.cat([dense, self.category(category), self.brand(brand)], dim=1)
+            v = self.content(x) + self.ids(ids)
+            return nn.functional.normalize(v, dim=1), self.bias(x).squeeze(1)
+
+        def users(self, history, item_vectors):
+            h = torch.sparse.mm(history, item_vectors) if history.is_sparse else history @ item_vectors
+            return nn.functional.normalize(self.user(h), dim=1)
+
+    return TwoTower()
+
+
+def _content_tensors(content: Content, device):
+    import torch
+
+    dense = np.concatenate([content.text, content.price, content.image], axis=1).astype(np.float32)
+    return (
+        torch.from_numpy(dense).to(device),
+        torch.from_numpy(content.category).to(device),
+        torch.from_numpy(content.brand).to(device),
+    )
+
+
+def fit(
+    history: sp.csr_matrix,
+    targets: sp.csr_matrix,
+    content: Content,
+    params: TwoTowerParams,
+    *,
+    distributed: bool = False,
+) -> dict[str, Any]:
+    """Train on (history, targets) over the warm items (the first ``history.shape[1]`` of ``content``) and return
+    the inference arrays of every content item (``TwoTowerIndex`` fields)."""
+    import torch
+
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    n_warm = history.shape[1]
+    device = torch.device("cpu")
+    if distributed:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        history, targets = history[rank::world], targets[rank::world]
+        device = ray.train.torch.get_device()
+    n_category = int(content.category.max(initial=0))
+    n_brand = int(content.brand.max(initial=0))
+    model = _module(content, params, n_warm, n_category, n_brand)
+    core = model
+    if distributed:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+        core = model.module if hasattr(model, "module") else model
+    model.to(device)
+    dense, category, brand = _content_tensors(content, device)
+    warm_ids = torch.arange(1, n_warm + 1, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    n = history.shape[0]
+    steps = max(1, -(-n // params.batch_size)) * params.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=steps, pct_start=0.1)
+    losses = []
+    for _ in range(params.epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, params.batch_size):
+            rows = order[start : start + params.batch_size]
+            ids = warm_ids * (torch.rand(n_warm, device=device) >= params.id_dropout)
+            v, b = core.items(dense[:n_warm], category[:n_warm], brand[:n_warm], ids)
+            h = torch.from_numpy(history[rows].toarray()).to(device)
+            t = torch.from_numpy(targets[rows].toarray()).to(device)
+            u = core.users(h, v)
+            logits = core.scale * u @ v.T + b
+            loss = -(torch.log_softmax(logits, dim=1) * (t / t.sum(1, keepdim=True))).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+    core.eval()
+    with torch.no_grad():
+        ids = torch.zeros(len(content.item_ids), dtype=torch.long, device=device)
+        ids[:n_warm] = warm_ids
+        v, b = core.items(dense, category, brand, ids)
+        v_cold, b_cold = core.items(dense, category, brand, torch.zeros_like(ids))
+    state = {k: t.detach().cpu().numpy() for k, t in core.state_dict().items()}
+    return {
+        "item_vectors": v.cpu().numpy(),
+        "item_bias": b.cpu().numpy(),
+        "content_vectors": v_cold.cpu().numpy(),
+        "content_bias": b_cold.cpu().numpy(),
+        "user_weight": state["user.weight"],
+        "user_bias": state["user.bias"],
+        "scale": float(state["scale"]),
+        "loss_first": float(np.mean(losses[: max(1, len(losses) // 20)])),
+        "loss_last": float(np.mean(losses[-max(1, len(losses) // 20) :])),
+        "examples": int(n),
+    }
+
+
+@dataclass
+class TwoTowerIndex:
+    """Inference side: item vectors and the user map, as plain arrays."""
+
+    item_ids: np.ndarray  # every content item; the first ``n_warm`` are the trained vocabulary
+    n_warm: int
+    item_vectors: np.ndarray
+    item_bias: np.ndarray
+    user_weight: np.ndarray
+    user_bias: np.ndarray
+    scale: float
+    params: TwoTowerParams
+
+    @classmethod
+    def from_fit(cls, item_ids: np.ndarray, n_warm: int, result: dict[str, Any], params: TwoTowerParams) -> TwoTowerIndex:
+        return cls(
+            item_ids=np.asarray(item_ids, dtype=object),
+            n_warm=n_warm,
+            item_vectors=result["item_vectors"],
+            item_bias=result["item_bias"],
+            user_weight=result["user_weight"],
+            user_bias=result["user_bias"],
+            scale=result["scale"],
+            params=params,
+        )
+
+    def user_vectors(self, weights: sp.csr_matrix) -> np.ndarray:
+        """Users' vectors from their history weights over the warm items."""
+        h = np.asarray(weights @ self.item_vectors[: self.n_warm])
+        u = h @ self.user_weight.T + self.user_bias
+        return u / np.linalg.norm(u, axis=1, keepdims=True).clip(min=1e-9)
+
+    def scores(self, user_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """users × items scores; ``columns`` picks item positions (default: all)."""
+        v = self.item_vectors if columns is None else self.item_vectors[columns]
+        b = self.item_bias if columns is None else self.item_bias[columns]
+        return self.scale * user_vectors @ v.T + b
+
+    def save(self, directory: Path, prefix: str = "two_tower") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            directory / f"{prefix}.npz",
+            item_vectors=self.item_vectors,
+            item_bias=self.item_bias,
+            user_weight=self.user_weight,
+            user_bias=self.user_bias,
+        )
+        meta = {"item_ids": self.item_ids.tolist(), "n_warm": self.n_warm, "scale": self.scale, "params": asdict(self.params)}
+        (directory / f"{prefix}.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory: Path, prefix: str = "two_tower") -> TwoTowerIndex:
+        meta = json.loads((directory / f"{prefix}.json").read_text())
+        with np.load(directory / f"{prefix}.npz") as a:
+            return cls(
+                item_ids=np.array(meta["item_ids"], dtype=object),
+                n_warm=meta["n_warm"],
+                item_vectors=a["item_vectors"],
+                item_bias=a["item_bias"],
+                user_weight=a["user_weight"],
+                user_bias=a["user_bias"],
+                scale=meta["scale"],
+                params=TwoTowerParams(**meta["params"]),
+            )

@@ -43,7 +43,7 @@ def up(
         list[str] | None, typer.Option(help="Start only these: airflow, ray, mlflow, evidently, mail.")
     ] = None,
 ) -> None:
-    """Start Airflow standalone, Ray with Serve, the MLflow UI, the Evidently UI and the mail sink on 127.0.0.1."""
+    """Start Airflow, Ray with Serve, the MLflow UI, the Evidently UI and the mail sink on 127.0.0.1."""
     from omnicart import orchestration, services
 
     settings = _settings()
@@ -116,6 +116,51 @@ def models_rollback(family: Annotated[str, typer.Argument(help="recommend")]) ->
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"{family}: champion is now version {version}")
+
+
+@app.command("import")
+def import_(
+    mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto the canonical schema.", exists=True)],
+    source_path: Annotated[Path | None, typer.Option(help="The file to import (default: the mapping's own).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Read only the first N records of each file.")] = None,
+) -> None:
+    """Import a shop's files through a column mapping: validate, quarantine bad rows, pseudonymise, write the lake."""
+    from pydantic import ValidationError
+
+    from omnicart.ingest import importer
+    from omnicart.ingest.readers import MalformedFileError
+
+    try:
+        with console.status(f"importing {mapping}…"):
+            report = importer.import_file(_settings(), mapping, source_path, limit=limit)
+    except (MalformedFileError, ValidationError) as exc:
+        console.print(f"[red]import failed, nothing written:[/] {exc}")
+        raise typer.Exit(1) from exc
+    for line in importer.summary_lines(report):
+        console.print(line)
+
+
+@app.command()
+def erase(
+    email: Annotated[str | None, typer.Option(help="The customer's email.")] = None,
+    phone: Annotated[str | None, typer.Option(help="The customer's phone number.")] = None,
+    customer_id: Annotated[str | None, typer.Option(help="The customer's id.")] = None,
+) -> None:
+    """Erase a customer everywhere (lake, landing, Feast offline and online) across all linked identifiers."""
+    from omnicart.privacy.erasure import erase as erase_customer
+
+    if not any((email, phone, customer_id)):
+        console.print("[red]name the customer with --email, --phone or --customer-id[/]")
+        raise typer.Exit(2)
+    report = erase_customer(_settings(), email=email, phone=phone, customer_id=customer_id)
+    console.print(
+        f"erasure {report.erasure_id}: {len(report.resolved_ids)} linked id(s), {report.total_rows} rows "
+        f"in {report.partitions_rewritten} partitions, {report.online_rows_removed} online rows removed"
+    )
+    for table, rows in sorted(report.rows_removed.items()):
+        console.print(f"  {table}: {rows}")
+    if report.retrain:
+        console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
 BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving")

@@ -10,7 +10,8 @@ from airflow.sdk import Param, dag, task
 DOC = """
 ### shop_daily
 For the day that ended at the data interval's end (the run of logical date 2026-01-22 processes
-2026-01-21): simulate the shop's channel data into the landing area and ingest it into the lake (PII pseudonymised) → build feature partitions, `feast apply` and materialize into the online store → train the
+2026-01-21): simulate the shop's channel data into the landing area and ingest it into the lake (PII
+pseudonymised) → build feature partitions, `feast apply` and materialize into the online store → train the
 recommender as a Ray Train job, register it in MLflow and promote it to `champion` if it beats the current one →
 deploy the champion with Ray Serve → check the day's data for drift with Evidently and email the ML team if it drifted.
 
@@ -68,9 +69,9 @@ def shop_daily():
 
     @task
     def train(window: dict) -> dict:
-        from training.run import train_recommend
+        from training.run import train_family
 
-        return train_recommend(_settings(), dt.date.fromisoformat(window["day"])).to_dict()
+        return train_family(_settings(), "recommend", dt.date.fromisoformat(window["day"])).to_dict()
 
     @task
     def deploy(_outcome: dict) -> str:

@@ -118,6 +118,23 @@ def models_rollback(family: Annotated[str, typer.Argument(help="recommend")]) ->
     console.print(f"{family}: champion is now version {version}")
 
 
+@app.command()
+def train(
+    family: Annotated[str, typer.Argument(help="Model family, e.g. recommend.")],
+    as_of: Annotated[
+        str | None, typer.Option(help="Train on data before this day (YYYY-MM-DD); default: the last day.")
+    ] = None,
+) -> None:
+    """Train one family as a Ray Train job, evaluate it against the champion and promote it if it wins."""
+    from training.run import train_family
+
+    settings = _settings()
+    day = dt.date.fromisoformat(as_of) if as_of else settings.sim_end
+    with console.status(f"training {family} as of {day}…"):
+        outcome = train_family(settings, family, day)
+    console.print_json(data=outcome.to_dict())
+
+
 @app.command("import")
 def import_(
     mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto the canonical schema.", exists=True)],

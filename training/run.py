@@ -60,3 +60,16 @@ def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
         promoted=promoted,
         champion_version=registered.version if promoted else str(champion),
     )
+
+
+# family → its train-evaluate-promote function; the DAG and the CLI go through ``train_family`` alike
+FAMILIES = {"recommend": train_recommend}
+
+
+def train_family(settings: Settings, family: str, as_of: dt.date) -> TrainOutcome:
+    """Build the dataset, train, evaluate against the champion and promote if better, for one family."""
+    try:
+        run = FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
+    return run(settings, as_of)

@@ -119,3 +119,22 @@ def test_drift_day_emails_the_report(platform, clean_run):
     assert C.price in message.get_body(("plain",)).get_content()
     attachments = [part for part in message.iter_attachments() if part.get_content_type() == "text/html"]
     assert attachments and len(attachments[0].get_content()) > 10_000
+
+
+def test_train_models_dag_gates_promotion_and_rollback_restores(platform, clean_run):
+    """A retrain on the same day is evaluated against the champion on the same data; rollback moves the alias back."""
+    s = platform.settings
+    day, _ = clean_run
+    before = registry.champion_version(s, "recommend")
+    run = orchestration.run_dag("train_models", day, conf={"families": ["recommend"]})
+    assert str(run.state) == "success", orchestration.task_states(run)
+    versions = registry.client(s).search_model_versions(f"name='{registry.model_name('recommend')}'")
+    newest = max(int(v.version) for v in versions)
+    metrics = registry.version_metrics(s, "recommend", str(newest))
+    # promoted exactly when the challenger's gate metric is at least the champion's on the same evaluation day
+    promoted = metrics["model.hit_rate_at_10"] >= metrics["gate.champion"]
+    after = registry.champion_version(s, "recommend")
+    assert after == (str(newest) if promoted else before)
+    if promoted:
+        assert registry.rollback(s, "recommend") == before
+        assert registry.champion_version(s, "recommend") == before

@@ -15,9 +15,8 @@ def definitions() -> list[Any]:
     return [
         entities.customer,
         entities.item,
-        sources.customer_stats_source,
-        sources.item_stats_source,
-        views.customer_stats,
-        views.item_stats,
+        entities.channel,
+        *sources.ALL,
+        *views.ALL,
         *services.ALL,
     ]

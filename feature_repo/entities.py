@@ -16,3 +16,9 @@ item = Entity(
     value_type=ValueType.STRING,
     description="A catalog product.",
 )
+channel = Entity(
+    name="channel",
+    join_keys=[C.channel],
+    value_type=ValueType.STRING,
+    description='A shop channel (web, app, store, social, service), or "all" for every channel together.',
+)

@@ -20,6 +20,13 @@ ITEM_FEATURES: Final = "item_features"
 # --- tables written by ingest (see omnicart/ingest/) ---
 QUARANTINE: Final = "quarantine"  # rows that failed validation, with reason, source file and line
 IDENTITY_MAP: Final = "identity_map"  # daily snapshot: identifier token -> resolved customer id
+# --- omnichannel feature tables (omnicart/features.py; Feast sources in feature_repo/sources.py) ---
+CUSTOMER_CHANNEL_FEATURES: Final = "customer_channel_features"  # one row per customer x channel (and "all") and day
+ITEM_WINDOW_FEATURES: Final = "item_window_features"  # one row per catalog item and day
+ITEM_TEXT_EMBEDDINGS: Final = "item_text_embeddings"  # one row per item on the day its catalog row landed
+CUSTOMER_LAST_EVENT: Final = "customer_last_event"  # batch history of the real-time (pushed) customer features
+ALL_CHANNELS: Final = "all"  # the channel value of a customer's cross-channel feature row
+FEATURE_WINDOWS: Final = (7, 30, 90)  # days of the windowed customer and item features
 
 
 class C:
@@ -138,3 +145,44 @@ class F:
     recent_items: Final = "recent_items"
     popularity_7d: Final = "popularity_7d"
     purchases_7d: Final = "purchases_7d"
+
+    # omnichannel views (feature_repo/views.py); windowed names are ``windowed(base, days)``, e.g. "frequency_30d"
+    customer_channel_view: Final = "customer_channel"
+    customer_realtime_view: Final = "customer_realtime"
+    item_window_view: Final = "item_window"
+    item_text_view: Final = "item_text"
+    price_fit_view: Final = "price_fit"
+    # customer x channel (windowed unless noted)
+    recency_days: Final = "recency_days"  # not windowed: days since the last purchase within the longest window
+    frequency: Final = "frequency"
+    monetary: Final = "monetary"
+    returns: Final = "returns"
+    top_category: Final = "top_category"
+    category_share: Final = "category_share"
+    price_index: Final = "price_index"
+    avg_price: Final = "avg_price"
+    last_items: Final = "last_items"  # not windowed
+    # item (windowed unless noted)
+    buyers: Final = "buyers"
+    views: Final = "views"
+    sales: Final = "sales"
+    conversion: Final = "conversion"
+    current_price: Final = "current_price"  # not windowed, nor the three below
+    discount: Final = "discount"
+    competitor_gap: Final = "competitor_gap"
+    text_embedding: Final = "text_embedding"
+    # real-time customer features (pushed by POST /events, batch history from the lake)
+    last_item_id: Final = "last_item_id"
+    last_event_type: Final = "last_event_type"
+    last_channel: Final = "last_channel"
+    last_price: Final = "last_price"
+    live_items: Final = "live_items"
+    # on demand: a request value against stored features
+    candidate_price: Final = "candidate_price"
+    price_ratio: Final = "price_ratio"
+    price_fit: Final = "price_fit"
+
+
+def windowed(name: str, days: int) -> str:
+    """The name of a windowed feature, e.g. ``windowed(F.frequency, 30) == "frequency_30d"``."""
+    return f"{name}_{days}d"

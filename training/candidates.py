@@ -39,8 +39,9 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "ui_share",
         "ui_in_last_order",
         "ui_due_item",
+        "ui_rate",
     ),
-    "user": ("u_orders", "u_items", "u_days_since_last", "u_tenure", "u_rate", "u_repeat_share", "u_new_share", "u_due"),
+    "user": ("u_orders", "u_items", "u_days_since_last", "u_tenure", "u_rate", "u_repeat_share", "u_new_share", "u_due", "u_orders_90d"),
     "popular": ("i_buyers", "i_buyers_30d", "i_buyers_90d", "pop_rank"),
     "trend": ("i_buyers_7d", "i_trend"),
     "item": ("i_repurchase", "i_cycle", "i_age", "i_days_since_sale", "i_logprice"),
@@ -300,6 +301,7 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     pairs["ui_cycle"] = np.where(pairs["ui_orders"] >= 2, span / (pairs["ui_orders"] - 1).clip(lower=1), np.nan)
     pairs["ui_due"] = pairs["ui_days_since_last"] / pairs["ui_cycle"].clip(lower=1.0)
     pairs["ui_qty"] = np.log1p(pairs["ui_qty"])
+    pairs["ui_rate"] = pairs["ui_orders"] / (pairs["ui_days_since_first"] + 30.0)
     pairs["ui_due_item"] = pairs["ui_days_since_last"] / np.nan_to_num(
         state.stats["i_cycle"].to_numpy()[pairs[ITEM].to_numpy()], nan=60.0
     ).clip(min=1.0)
@@ -324,6 +326,8 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     user_stats["u_rate"] = user_stats["u_orders"] / (user_stats["u_tenure"].clip(lower=1.0) / 30.0)
     user_stats["u_repeat_share"] = (pairs["ui_orders"] >= 2).groupby(pairs[USER]).mean()
     user_stats["u_new_share"] = new_share
+    recent_orders = lines[lines["age"] < 90].groupby(USER)[C.order_id].nunique()
+    user_stats["u_orders_90d"] = recent_orders.reindex(user_stats.index).fillna(0.0)
     gap = (user_stats["u_tenure"] - user_stats["u_days_since_last"]) / (user_stats["u_orders"] - 1).where(
         user_stats["u_orders"] >= 2
     )
@@ -394,7 +398,7 @@ def candidates(
     df = pd.DataFrame({USER: u, ITEM: i})
     df = df.merge(batch.pairs, on=[USER, ITEM], how="left")
     df["ui_orders"] = df["ui_orders"].fillna(0.0)
-    for column in ("ui_qty", "ui_decay30", "ui_decay180", "ui_share", "ui_in_last_order"):
+    for column in ("ui_qty", "ui_decay30", "ui_decay180", "ui_share", "ui_in_last_order", "ui_rate"):
         df[column] = df[column].fillna(0.0)
     users = batch.user_stats.reindex(df[USER].to_numpy())
     for column in FEATURE_GROUPS["user"]:

@@ -50,7 +50,8 @@ class DemandModel:
         validation_share: float = 0.1,
         elasticity_prior: bool = True,
         prior_strength: float = 0.1,
-        max_train_rows: int | None = None,
+        prior_weight: float = 0.7,
+        max_train_rows: int | None = 400_000,
         device: str = "cpu",
         nthread: int = 0,
         seed: int = 0,
@@ -68,6 +69,7 @@ class DemandModel:
         self.validation_share = validation_share
         self.elasticity_prior = elasticity_prior
         self.prior_strength = prior_strength
+        self.prior_weight = prior_weight
         self.max_train_rows = max_train_rows
         self.device = device
         self.nthread = nthread
@@ -75,7 +77,8 @@ class DemandModel:
 
     # --- fitting ------------------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {name: getattr(self, name) for name in names}
 
     def _xgb_params(self) -> dict[str, Any]:
         return {
@@ -94,8 +97,12 @@ class DemandModel:
             "max_bin": self.max_bin,
             "seed": self.seed,
             "nthread": self.nthread or os.cpu_count() or 1,
-            "monotone_constraints": "(" + ",".join("-1" if n in fx.PRICE_FEATURES else "0" for n in self.spec_.names) + ")",
+            "monotone_constraints": "(" + ",".join(self._constraints()) + ")",
         }
+
+    def _constraints(self) -> list[str]:
+        """-1 (non-increasing) on every own-price feature, free elsewhere."""
+        return ["-1" if name in fx.PRICE_FEATURES else "0" for name in self.spec_.names]
 
     def fit(self, frame: pd.DataFrame) -> DemandModel:
         """Fit on a canonical demand table (history of every series; units observed on every row)."""
@@ -108,7 +115,7 @@ class DemandModel:
         self.spec_ = fx.fit_spec(frame)
         loglog = LogLog.fit(frame, self.spec_.target)
         if self.elasticity_prior:
-            prior = loglog.shrunk(self.prior_strength).clip(upper=0.0)
+            prior = self.prior_weight * loglog.shrunk(self.prior_strength).clip(upper=0.0)
             se = loglog.stderr_.replace(np.inf, np.nan)
         else:
             prior = pd.Series(0.0, index=loglog.elasticity_.index)
@@ -152,6 +159,7 @@ class DemandModel:
         self.n_train_rows_ = len(rows)
         keep_cols = [c for c in (*fx.CANONICAL, *fx.OPTIONAL, *self.spec_.extras) if c in frame.columns]
         self.state_ = fx.history_tail(frame[keep_cols])
+        self._series_index = self._elasticity_index = None  # lookups, rebuilt on first use
         self.elasticities_ = self.elasticities(frame, features=feats)
         return self
 
@@ -265,11 +273,15 @@ class DemandModel:
 
     def elasticity_of(self, product_id: str) -> dict[str, float] | None:
         """The stored elasticity and band of a product (computed on its latest training periods)."""
-        hit = self.elasticities_[self.elasticities_[C.product_id] == str(product_id)]
-        if hit.empty:
-            return None
-        row = hit.iloc[0]
-        return {"elasticity": float(row[C.elasticity]), "low": float(row["low"]), "high": float(row["high"])}
+        if getattr(self, "_elasticity_index", None) is None:
+            table = self.elasticities_
+            self._elasticity_index = {
+                str(p): {"elasticity": float(e), "low": float(lo), "high": float(hi)}
+                for p, e, lo, hi in zip(
+                    table[C.product_id], table[C.elasticity], table["low"], table["high"], strict=True
+                )
+            }
+        return self._elasticity_index.get(str(product_id))
 
     # --- explanations -------------------------------------------------------------------------------------------
     def drivers(self, feats: fx.Features, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
@@ -306,13 +318,22 @@ class DemandModel:
 
     def series_id(self, product_id: str, store_id: str | None) -> str:
         """The series of (product, store) in the training data, or a new id for a pair never seen."""
-        state = self.state_
-        mask = state[C.product_id].astype(str) == str(product_id)
-        if self.spec_.has_store and store_id is not None and C.store_id in state.columns:
-            mask &= state[C.store_id].astype(str) == str(store_id)
-        hit = state.loc[mask, C.series_id]
-        if len(hit):
-            return str(hit.iloc[-1])
+        if getattr(self, "_series_index", None) is None:
+            state = self.state_.drop_duplicates(C.series_id, keep="last")
+            stores = state[C.store_id] if self.spec_.has_store and C.store_id in state.columns else None
+            self._series_index = {
+                (str(p), None if stores is None else str(s)): str(sid)
+                for p, s, sid in zip(
+                    state[C.product_id],
+                    stores if stores is not None else [None] * len(state),
+                    state[C.series_id],
+                    strict=True,
+                )
+            }
+        key = (str(product_id), str(store_id) if self.spec_.has_store and store_id is not None else None)
+        hit = self._series_index.get(key)
+        if hit is not None:
+            return hit
         return str(product_id) if store_id is None else f"{store_id}:{product_id}"
 
     def next_period(self) -> Any:
@@ -336,7 +357,8 @@ class DemandModel:
             for column in static:
                 if column not in rows.columns:
                     rows[column] = np.nan
-                fill = rows[C.series_id].map(last[column]).fillna(rows[C.product_id].map(by_product[column]))
+                fill = rows[C.series_id].map(last[column])
+                fill = fill.where(fill.notna(), rows[C.product_id].map(by_product[column]))
                 rows[column] = rows[column].where(rows[column].notna(), fill)
         combined = pd.concat([past, rows], ignore_index=True)
         feats = self.features(combined)
@@ -396,6 +418,7 @@ class DemandModel:
             columns=[C.product_id, C.elasticity, "low", "high", "rows"],
         )
         model.elasticities_[C.product_id] = model.elasticities_[C.product_id].astype(str)
+        model._series_index = model._elasticity_index = None
         model.model_dir_ = directory
         return model
 
@@ -421,19 +444,3 @@ class PricingContext:
 
     def drivers(self, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
         return self.model.drivers(self.features, np.asarray(prices, dtype=np.float64), top)
-
-    def elasticity(self, product_ids: list[str]) -> list[dict[str, float] | None]:
-        """Each row's local elasticity at its price, with the product's stored band around it."""
-        local = self.model.row_elasticities(self.features)
-        out = []
-        for i, product in enumerate(product_ids):
-            stored = self.model.elasticity_of(product)
-            band = (stored["high"] - stored["low"]) / 2 if stored else float("nan")
-            out.append(
-                {
-                    "elasticity": float(local[i]),
-                    "low": float(local[i] - band) if np.isfinite(band) else float("nan"),
-                    "high": float(local[i] + band) if np.isfinite(band) else float("nan"),
-                }
-            )
-        return out

@@ -3,11 +3,23 @@
 A new model version gets a new service (never an edited one), so a registered model always finds its features.
 """
 
-from feast import FeatureService
+import copy
+
+from feast import FeatureService, Field
+from feast.on_demand_feature_view import OnDemandFeatureView
 
 from feature_repo import views
 from feature_repo.meta import OWNER
 from omnicart.schemas import C, F, windowed
+
+
+def _as_read_back(view: OnDemandFeatureView) -> OnDemandFeatureView:
+    """Feast 0.67 reads an on-demand view's fields back from the registry without their descriptions, then checks a
+    service's projection against them descriptions included; so the service projects onto the fields as read back."""
+    projected = copy.copy(view)
+    projected.projection.features = [Field(name=f.name, dtype=f.dtype) for f in view.features]
+    return projected
+
 
 recommend_v1 = FeatureService(
     name="recommend_v1",
@@ -25,7 +37,7 @@ recommend_v2 = FeatureService(
         views.customer_realtime,
         views.item_window,
         views.item_text,
-        views.price_fit,
+        _as_read_back(views.price_fit),
     ],
     description="Omnichannel ranking features: customer x channel windows, live activity, item windows, item text "
     "embeddings and the price fit of each candidate (entity rows: customer_id, channel, item_id, candidate_price).",

@@ -9,14 +9,12 @@ from datetime import timedelta
 
 import pandas as pd
 from feast import FeatureView, Field
-from feast.on_demand_feature_view import on_demand_feature_view
+from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String
 
 from feature_repo import entities, sources
 from feature_repo.meta import OWNER, view_tags
 from omnicart.schemas import ALL_CHANNELS, FEATURE_WINDOWS, C, F, windowed
-
-__all__ = ["OWNER", "ALL", "customer_stats", "item_stats", "customer_channel", "customer_realtime"]
 
 SNAPSHOT_TTL = timedelta(days=2)
 _ON = f"on the row's channel ('{ALL_CHANNELS}': every channel together)"
@@ -140,7 +138,7 @@ item_window = FeatureView(
         *[f for w in FEATURE_WINDOWS for f in _item_window_fields(w)],
         Field(name=F.current_price, dtype=Float64, description="The day's selling price (list price if none)."),
         Field(name=F.discount, dtype=Float64, description="1 - current price / list price (negative: a markup)."),
-        Field(name=C.competitor_price, dtype=Float64, description="The competitor's price of the day; null if unknown."),
+        Field(name=C.competitor_price, dtype=Float64, description="The competitor's price of the day; null if none."),
         Field(
             name=F.competitor_gap,
             dtype=Float64,
@@ -196,6 +194,14 @@ customer_realtime = FeatureView(
 )
 
 
+class _DescribedOnDemandFeatureView(OnDemandFeatureView):
+    """Feast 0.67 checks declared fields against the inferred ones including their descriptions, which inference
+    never has, so a described field fails ``apply``; compare name and type instead."""
+
+    def _feature_exists_in_inferred(self, specified_feature: Field, inferred_features: list[Field]) -> bool:
+        return any(f.name == specified_feature.name and f.dtype == specified_feature.dtype for f in inferred_features)
+
+
 @on_demand_feature_view(
     sources=[customer_channel[[windowed(F.avg_price, 30)]], sources.price_request],
     schema=[
@@ -217,6 +223,11 @@ customer_realtime = FeatureView(
     tags=view_tags(family="recommend,pricing", kind="on_demand", pseudonymised=True),
 )
 def price_fit(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds the function from its source text: it must import what it uses.
+    import pandas as pd
+
+    from omnicart.schemas import F, windowed
+
     average = pd.to_numeric(inputs[windowed(F.avg_price, 30)], errors="coerce").astype("float64")
     candidate = pd.to_numeric(inputs[F.candidate_price], errors="coerce").astype("float64")
     ratio = candidate / average.where(average > 0)
@@ -225,5 +236,7 @@ def price_fit(inputs: pd.DataFrame) -> pd.DataFrame:
     out[F.price_fit] = ratio.where(ratio <= 1, 1 / ratio).where(ratio > 0)
     return out
 
+
+price_fit.__class__ = _DescribedOnDemandFeatureView
 
 ALL = [customer_stats, item_stats, customer_channel, item_window, item_text, customer_realtime, price_fit]

@@ -172,18 +172,13 @@ def table_schemas() -> dict[str, pa.Schema]:
     }
 
 
-def _typed(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """``frame`` with exactly the schema's columns and Arrow types, so every partition of a table agrees."""
-    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table.to_pandas(types_mapper=pd.ArrowDtype)
-
-
 def _write(settings: Settings, table: str, day: dt.date, frame: pd.DataFrame) -> int:
     """Replace the table's partition of ``day``; a day with no rows has no partition (a re-run removes a stale one)."""
     if frame.empty:
         lake.delete_partition(settings.lake_dir, table, day)
         return 0
-    lake.write_partition(settings.lake_dir, table, day, _typed(frame, table_schemas()[table]))
+    schema = table_schemas()[table]
+    lake.write_partition(settings.lake_dir, table, day, frame[schema.names], schema=schema)
     return len(frame)
 
 

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnicart.schemas import C
@@ -33,8 +34,12 @@ def partition_dir(root: Path, table: str, day: date) -> Path:
     return _table_dir(root, table) / f"{_PREFIX}{day.isoformat()}"
 
 
-def write_partition(root: Path, table: str, day: date, df: pd.DataFrame) -> Path:
-    """Write ``df`` as the table's partition for ``day``, atomically replacing any earlier one; returns the file."""
+def write_partition(root: Path, table: str, day: date, df: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
+    """Write ``df`` as the table's partition for ``day``, atomically replacing any earlier one; returns the file.
+
+    ``schema`` fixes the Arrow types (else inferred), so that a day whose column is all null or all empty lists
+    still agrees with the table's other partitions.
+    """
     directory = partition_dir(root, table, day)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / PART_FILE
@@ -42,7 +47,7 @@ def write_partition(root: Path, table: str, day: date, df: pd.DataFrame) -> Path
     fd, tmp_name = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        df.to_parquet(tmp_name, engine="pyarrow", index=False)
+        df.to_parquet(tmp_name, engine="pyarrow", index=False, schema=schema)
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

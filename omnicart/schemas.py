@@ -84,6 +84,8 @@ class C:
     question: Final = "question"
     answer: Final = "answer"
     intent: Final = "intent"
+    doc_id: Final = "doc_id"  # one entry of the support knowledge base (a unique answer or catalog text)
+    kb_source: Final = "kb_source"  # where a knowledge-base entry came from: ticket, faq, product_qa, catalog
 
     # simulator ground truth (demand curves, repeat purchases)
     elasticity: Final = "elasticity"

@@ -29,6 +29,7 @@ from omnicart.schemas import C
 FORMAT_VERSION = 1
 _BOOSTER, _META, _STATE, _ELASTICITIES = "booster.json", "model.json", "state.parquet", "elasticities.json"
 PRIOR_LABEL = "own-price elasticity (product prior)"
+LEVEL_LABEL = "recent sales level vs an average series"
 Z90 = 1.6449
 
 
@@ -51,6 +52,7 @@ class DemandModel:
         elasticity_prior: bool = True,
         prior_strength: float = 0.1,
         prior_weight: float = 0.7,
+        level_weight: float = 1.0,
         max_train_rows: int | None = 400_000,
         device: str = "cpu",
         nthread: int = 0,
@@ -70,6 +72,7 @@ class DemandModel:
         self.elasticity_prior = elasticity_prior
         self.prior_strength = prior_strength
         self.prior_weight = prior_weight
+        self.level_weight = level_weight
         self.max_train_rows = max_train_rows
         self.device = device
         self.nthread = nthread
@@ -125,6 +128,12 @@ class DemandModel:
 
         feats = fx.build(frame, self.spec_)
         rows = np.flatnonzero(np.isfinite(feats.y))
+        self.global_level_ = float(np.mean(feats.y[rows]))
+        self.product_level_ = (
+            (pd.Series(feats.y[rows]).groupby(feats.product[rows]).mean().reindex(range(len(self.spec_.products))))
+            .fillna(self.global_level_)
+            .to_numpy(np.float64)
+        )
         periods = fx._period_number(frame[C.period], self.spec_.period_kind)
         if self.max_train_rows and len(rows) > self.max_train_rows:
             keep = np.random.default_rng(self.seed).choice(len(rows), self.max_train_rows, replace=False)
@@ -164,11 +173,28 @@ class DemandModel:
         return self
 
     # --- prediction ---------------------------------------------------------------------------------------------
-    def _margin(self, feats: fx.Features, log_prices: np.ndarray) -> np.ndarray:
+    def _price_margin(self, feats: fx.Features, log_prices: np.ndarray) -> np.ndarray:
+        """The prior's own-price effect: elasticity(product) × log(price / the product's usual price)."""
         known = feats.product >= 0
         prior = np.where(known, self.prior_[np.maximum(feats.product, 0)], 0.0)
         margin = prior * (log_prices - feats.log_med)
         return np.where(np.isfinite(margin), margin, 0.0)
+
+    def _level(self, feats: fx.Features) -> np.ndarray:
+        """The series' recent sales level (mean log units of the last 4, else 13 periods, else the product's mean):
+        the trees model the deviation from it, so a demand level never seen in training still carries through."""
+        if not self.level_weight or len(feats) == 0:
+            return np.zeros(len(feats))
+        names = self.spec_.names
+        recent = feats.X[:, names.index(fx.ROLL4)].astype(np.float64)
+        longer = feats.X[:, names.index(fx.ROLL13)].astype(np.float64)
+        known = feats.product >= 0
+        fallback = np.where(known, self.product_level_[np.maximum(feats.product, 0)], self.global_level_)
+        level = np.where(np.isfinite(recent), recent, np.where(np.isfinite(longer), longer, fallback))
+        return self.level_weight * level
+
+    def _margin(self, feats: fx.Features, log_prices: np.ndarray) -> np.ndarray:
+        return self._price_margin(feats, log_prices) + self._level(feats)
 
     def _dmatrix(self, feats: fx.Features, prices: np.ndarray | None = None, label: bool = False) -> Any:
         import xgboost as xgb
@@ -291,10 +317,13 @@ class DemandModel:
         dm = self._dmatrix(feats, prices)
         contribs = self.booster_.predict(dm, pred_contribs=True)[:, :-1]
         X = feats.at_prices(prices)
-        prior = self._margin(feats, np.log(np.asarray(prices, dtype=np.float64)))
+        prior = self._price_margin(feats, np.log(np.asarray(prices, dtype=np.float64)))
+        level = self._level(feats) - self.level_weight * self.global_level_
         out = []
         for i in range(len(feats)):
             items = [(float(prior[i]), PRIOR_LABEL, None)] if prior[i] != 0 else []
+            if level[i] != 0:
+                items.append((float(level[i]), LEVEL_LABEL, None))
             items += [(float(contribs[i, j]), name, X[i, j]) for j, name in enumerate(self.spec_.names)]
             items.sort(key=lambda item: -abs(item[0]))
             out.append(
@@ -376,6 +405,8 @@ class DemandModel:
             "spec": json.loads(self.spec_.to_json()),
             "prior": self.prior_.tolist(),
             "prior_se": [None if not np.isfinite(v) else float(v) for v in self.prior_se_],
+            "product_level": self.product_level_.tolist(),
+            "global_level": self.global_level_,
             "smearing": self.smearing_,
             "residual_std": self.residual_std_,
             "validation_rmse": None if not np.isfinite(self.validation_rmse_) else self.validation_rmse_,
@@ -405,6 +436,8 @@ class DemandModel:
         model.booster_.load_model(directory / _BOOSTER)
         model.prior_ = np.asarray(meta["prior"], dtype=np.float64)
         model.prior_se_ = np.asarray([np.nan if v is None else v for v in meta["prior_se"]], dtype=np.float64)
+        model.product_level_ = np.asarray(meta["product_level"], dtype=np.float64)
+        model.global_level_ = float(meta["global_level"])
         model.smearing_ = float(meta["smearing"])
         model.residual_std_ = float(meta["residual_std"])
         model.validation_rmse_ = float(meta["validation_rmse"]) if meta["validation_rmse"] is not None else np.nan

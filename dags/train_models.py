@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetAny, Param, dag, task
+
+from monitoring.config import retrain_asset_uri
 
 DOC = """
 ### train_models
 For each model family (one mapped task each): build the point-in-time dataset from Feast and the lake, train it as
 a Ray Train job, evaluate it beside its baselines and the current champion on the same data, register it in MLflow
 and promote it to `champion` only when it wins. Then redeploy the Ray Serve application so the champions serve.
-The same code path as `omnicart train FAMILY`. Trigger it from the UI with `families` to retrain a subset.
+The same code path as `omnicart train FAMILY`. It runs when `monitor_models` emits a family's retrain asset
+(`omnicart://retrain/<family>`), or from the UI with `families` to retrain a chosen subset.
 """
 
 DEFAULT_ARGS = {"owner": "ml-team", "retries": 1, "retry_delay": dt.timedelta(minutes=2)}
@@ -24,9 +27,13 @@ def _settings():
     return get_settings()
 
 
+# monitor_models emits omnicart://retrain/<family> when a family drifts; any of them starts a retraining run
+RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "pricing")]
+
+
 @dag(
     dag_id="train_models",
-    schedule=None,
+    schedule=AssetAny(*RETRAIN_ASSETS),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -34,13 +41,15 @@ def _settings():
     tags=["omnicart", "training", "registry"],
     doc_md=DOC,
     params={
-        "families": Param(["recommend"], type="array", description="Model families to retrain."),
+        "families": Param(["recommend"], type="array", description="Model families to retrain (recommend, pricing)."),
     },
 )
 def train_models():
     @task
-    def families(params=None) -> list[str]:
-        return list(params["families"])
+    def families(params=None, triggering_asset_events=None) -> list[str]:
+        """The families whose retrain asset fired, or those of the manual trigger's params."""
+        fired = {e.extra.get("family") for events in (triggering_asset_events or {}).values() for e in events}
+        return sorted(f for f in fired if f) or list(params["families"])
 
     @task
     def train_family(family: str, data_interval_end=None) -> dict:

@@ -48,7 +48,7 @@ customer_last_event_source = _lake(
     "Each customer's last event and live items at the end of each day: the history of the pushed features.",
 )
 customer_events_push = PushSource(
-    name="customer_events_push",
+    name=F.customer_events_push,
     batch_source=customer_last_event_source,
     description="Real-time customer features pushed by POST /events (omnicart.realtime.push_event).",
     owner=OWNER,

@@ -37,7 +37,7 @@ from evidently.presets import DataDriftPreset
 NUMERIC_METHODS = ("wasserstein", "ks")
 CATEGORICAL_METHODS = ("jensenshannon", "chisquare")
 DEFAULT_SIGNIFICANCE = 0.001
-DEFAULT_REPORT_ROWS = 10_000
+DEFAULT_REPORT_ROWS = 5_000
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,17 @@
-"""Daily drift check of the shop's data, and the alert that follows it (kept apart: checks return data)."""
+"""Daily checks and the alerts that follow them (kept apart: checks return data).
+
+* ``check_day`` / ``alert``: the skeleton's check of the shop's enriched events (shop_daily), one mail per drifted day.
+* ``monitor_family`` / ``notify``: the per-family checks of the ``monitor_models`` DAG. The reference is the
+  champion's training window (the MLflow run's ``train_start`` .. ``as_of``), the current data is the day; ``notify``
+  de-duplicates through the family's incident (alert, reminder, recovery) and says whether to request retraining.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -13,6 +19,10 @@ from monitoring.drift import DriftResult, check_drift
 from omnicart import lake, schemas
 from omnicart.schemas import C
 from omnicart.settings import Settings
+
+if TYPE_CHECKING:
+    from monitoring.checks import FamilyCheck
+    from monitoring.incidents import Decision
 
 FAMILY = "shop-data"
 CATEGORICAL = (C.channel, C.event_type, C.category, C.segment)
@@ -53,7 +63,7 @@ def to_dict(result: DriftResult) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> DriftResult:
     values = dict(data)
-    values["report_html"] = Path(values["report_html"])
+    values["report_html"] = Path(values["report_html"]) if values.get("report_html") else None
     values["day"] = dt.date.fromisoformat(values["day"]) if values.get("day") else None
     return DriftResult(**values)
 
@@ -73,3 +83,124 @@ def alert(settings: Settings, result: DriftResult, family: str = FAMILY) -> bool
         recipients=list(settings.alert_to),
     )
     return True
+
+
+# --- per-family monitoring (the monitor_models DAG) -----------------------------------------------------------------
+class NoData(ValueError):
+    """Nothing to check for this family and day (no rows on the day, or none in the reference window)."""
+
+
+def champion_run(settings: Settings, family: str) -> tuple[str | None, dict[str, str], dict[str, float]]:
+    """The champion's version, its run's params and metrics; (None, {}, {}) when the family has none.
+
+    With the default SQLite tracking store and no database yet, MLflow is not touched (nothing was ever trained).
+    """
+    if settings.mlflow_tracking_uri is None and not (settings.home_dir / "mlflow.db").exists():
+        return None, {}, {}
+    from omnicart import registry
+
+    version = registry.champion_version(settings, family)
+    if version is None:
+        return None, {}, {}
+    mlc = registry.client(settings)
+    run = mlc.get_run(mlc.get_model_version(registry.model_name(family), version).run_id)
+    return version, dict(run.data.params), dict(run.data.metrics)
+
+
+def reference_window(
+    settings: Settings, family: str, day: dt.date, *, params: dict[str, str] | None = None, version: str | None = None
+) -> tuple[dt.date, dt.date, str]:
+    """(start, end, source): the champion's training window [train_start, as_of) (run params) capped to its most
+    recent ``drift_max_reference_days`` and to the days before ``day``; without a champion, the
+    ``drift_reference_days`` before ``day``."""
+    from monitoring.config import MonitoringConfig
+
+    config = MonitoringConfig.from_settings(settings)
+    params = params or {}
+    yesterday = day - dt.timedelta(days=1)
+    if params.get("as_of"):
+        end = min(dt.date.fromisoformat(params["as_of"]) - dt.timedelta(days=1), yesterday)
+        start = end - dt.timedelta(days=config.drift_max_reference_days - 1)
+        if params.get("train_start"):  # a run without it (pricing so far) trained on at least the cap
+            start = max(dt.date.fromisoformat(params["train_start"]), start)
+        if start <= end:
+            return start, end, f"champion v{version} training window"
+    start = day - dt.timedelta(days=config.drift_reference_days)
+    return start, yesterday, f"the {config.drift_reference_days} days before (no champion window)"
+
+
+def monitor_family(settings: Settings, family: str, day: dt.date) -> FamilyCheck:
+    """Check ``family`` on ``day`` from the lake: features against the champion's training window, logged
+    predictions and outcomes when there are any. Raises ``NoData`` when the day or the reference is empty."""
+    from monitoring import families
+    from monitoring.checks import check_family
+
+    spec = families.get(family)
+    version, params, metrics = champion_run(settings, family)
+    start, end, source = reference_window(settings, family, day, params=params, version=version)
+    reference = spec.load(settings, start, end)
+    current = spec.load(settings, day, day)
+    if current.empty:
+        raise NoData(f"{family}: no data on {day} to check")
+    if reference.empty:
+        raise NoData(f"{family}: no reference data in {start} .. {end}")
+    predictions = families.load_predictions(settings, family, start, day)
+    outcomes = spec.load_outcomes(settings, day) if spec.load_outcomes else None
+    return check_family(
+        settings,
+        family,
+        day,
+        reference=reference,
+        current=current,
+        predictions=predictions if not predictions.empty else None,
+        outcomes=outcomes,
+        baselines=metrics,
+        reference_window=(start, end),
+        reference_source=source,
+    )
+
+
+def notify(settings: Settings, check: FamilyCheck) -> Decision:
+    """Advance the family's incident with ``check`` and send the mail it calls for (alert, reminder, recovery).
+
+    The state is saved only after the mail went out, so a failed send is retried by the task's retry, not lost.
+    """
+    from monitoring import incidents
+    from monitoring.alerts import build_family_mail, send_message
+    from monitoring.config import MonitoringConfig, retrain_asset_uri
+
+    config = MonitoringConfig.from_settings(settings)
+    state = incidents.load(settings, check.family)
+    new_state, decision = incidents.decide(
+        state,
+        check.day,
+        failing=check.failing,
+        severity=check.severity,
+        reminder_days=config.alert_reminder_days,
+        retrain_on_reminder=config.retrain_on_reminder,
+    )
+    if decision.replayed:
+        return decision
+    if decision.action != "none":
+        project, run_id = check.workspace.get("project"), check.workspace.get("data")
+        url = (
+            f"http://{settings.host}:{settings.evidently_port}/projects/{project}/reports/{run_id}"
+            if project and run_id
+            else None
+        )
+        msg = build_family_mail(
+            check,
+            action=decision.action,
+            sender=config.alert_from,
+            recipients=config.alert_to,
+            incident_opened=decision.incident_opened,
+            retrain_asset=retrain_asset_uri(check.family) if decision.retrain else None,
+            report_url=url,
+            attach_max_bytes=config.alert_attach_max_bytes,
+            in_reply_to=state.incident.message_id if state.incident and state.incident.message_id else None,
+        )
+        send_message(msg, smtp_host=settings.smtp_host, smtp_port=settings.smtp_port)
+        if decision.action == "alert":
+            new_state = incidents.with_message_id(new_state, str(msg["Message-ID"]))
+    incidents.save(settings, new_state)
+    return decision

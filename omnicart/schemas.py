@@ -78,6 +78,7 @@ class C:
     period: Final = "period"  # the pricing period (a date: day or week start)
     units: Final = "units"  # units sold in the period
     promo: Final = "promo"  # 1 when the product was on promotion / display
+    inventory: Final = "inventory"  # units available in the period; sales that reach it are censored demand
     pack_oz: Final = "pack_oz"  # pack size in ounces (dominicks_beer)
 
     # support
@@ -154,6 +155,7 @@ class F:
     item_window_view: Final = "item_window"
     item_text_view: Final = "item_text"
     price_fit_view: Final = "price_fit"
+    customer_events_push: Final = "customer_events_push"  # the push source POST /events feeds
     # customer x channel (windowed unless noted)
     recency_days: Final = "recency_days"  # not windowed: days since the last purchase within the longest window
     frequency: Final = "frequency"

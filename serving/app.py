@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
+from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
 from serving.recommend import FEATURE_REFS, RecommendRequest, RecommendResponse, RecommendService
 
 APP_NAME = "omnicart"
@@ -29,6 +31,11 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         for e in exc.errors()
     ]
     return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+
+
+@api.exception_handler(PricingRequestError)
+async def _unpriceable(request: Request, exc: PricingRequestError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content=exc.body())
 
 
 def _bind_internal_grpc_to(host: str) -> None:
@@ -62,19 +69,63 @@ class Ingress:
         self.api_key = settings.secret("api_key")
         store = feature_store(settings)
         version = registry.champion_version(settings, "recommend")
+        self.store = store
         self.recommender = RecommendService(
             load_model=lambda: registry.load(settings, "recommend"),
             read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
             model_version=version,
         )
+        self.pricer = None
+        pricing_version = registry.champion_version(settings, "pricing")
+        if pricing_version is not None:
+            from omnicart import lake, schemas
+            from serving.pricing import PricingService
+
+            self.pricer = PricingService(
+                load_model=lambda: registry.load(settings, "pricing"),
+                catalog=lake.read_table(settings.lake_dir, schemas.ITEMS, columns=[C.item_id, C.cost, C.price]),
+                model_version=pricing_version,
+            )
 
     def _check_key(self, x_api_key: str | None) -> None:
         if x_api_key != self.api_key:
             raise HTTPException(status_code=401, detail={"error": "missing or invalid API key", "field": "X-API-Key"})
 
+    def _pricing(self) -> Any:
+        if self.pricer is None:
+            raise HTTPException(status_code=503, detail={"error": "no pricing champion deployed yet", "field": None})
+        return self.pricer
+
     @api.get("/health")
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "models": {"recommend": self.recommender.model_version}}
+        models = {"recommend": self.recommender.model_version}
+        models["pricing"] = self.pricer.model_version if self.pricer else None
+        return {"status": "ok", "models": models}
+
+    @api.post("/price", response_model=PriceResponse)
+    def price(self, body: PriceRequest, x_api_key: str | None = Header(None)) -> PriceResponse:
+        """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
+        self._check_key(x_api_key)
+        return self._pricing().price(body)
+
+    @api.post("/price/batch", response_model=PriceBatchResponse)
+    def price_batch(self, body: PriceBatchRequest, x_api_key: str | None = Header(None)) -> PriceBatchResponse:
+        self._check_key(x_api_key)
+        return self._pricing().price_batch(body)
+
+    @api.post("/events", response_model=PushResult, responses={404: {}, 410: {}})
+    def events(self, body: ShopEvent, x_api_key: str | None = Header(None)) -> PushResult:
+        """One customer event from any channel: its customer's real-time features are pushed to the online store."""
+        from omnicart.realtime import push_event
+
+        self._check_key(x_api_key)
+        result = push_event(self.settings, body, store=self.store)
+        if not result.pushed:
+            # nobody to attach the event to (404), or a customer who asked to be erased (410): nothing is stored
+            status = 410 if result.reason == "erased" else 404
+            field = "customer_id" if body.customer_id else "identifier"
+            return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
+        return result
 
     @api.post("/recommend", response_model=RecommendResponse)
     def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:

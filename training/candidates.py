@@ -40,10 +40,25 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "ui_in_last_order",
         "ui_due_item",
         "ui_rate",
+        "ui_orders_since",
+        "ui_last5",
+        "ui_orders_rank",
+        "ui_recency_rank",
+        "ui_decay_rank",
     ),
-    "user": ("u_orders", "u_items", "u_days_since_last", "u_tenure", "u_rate", "u_repeat_share", "u_new_share", "u_due", "u_orders_90d"),
+    "user": (
+        "u_orders",
+        "u_items",
+        "u_days_since_last",
+        "u_tenure",
+        "u_rate",
+        "u_repeat_share",
+        "u_new_share",
+        "u_due",
+        "u_orders_90d",
+    ),
     "popular": ("i_buyers", "i_buyers_30d", "i_buyers_90d", "pop_rank"),
-    "trend": ("i_buyers_7d", "i_trend"),
+    "trend": ("i_buyers_7d", "i_trend", "trend_rank", "i_returning_30d", "i_new_30d", "i_returning_share"),
     "item": ("i_repurchase", "i_cycle", "i_age", "i_days_since_sale", "i_logprice"),
     "together": ("ease", "ease_rank", "cooc", "cooc_rank"),
     "similar": ("tt", "tt_rank", "text_sim", "text_rank"),
@@ -72,7 +87,9 @@ def normalize_events(events: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (C.customer_id, C.item_id, C.event_timestamp) if c not in events.columns]
     if missing:
         raise ValueError(f"interactions need columns {missing}")
-    df = events[[c for c in (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id) if c in events]]
+    df = events[
+        [c for c in (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id) if c in events]
+    ]
     df = df.copy()
     df[C.event_timestamp] = pd.to_datetime(df[C.event_timestamp], utc=True)
     df[C.item_id] = df[C.item_id].astype(str)
@@ -143,13 +160,16 @@ class ItemState:
 
         orders_per_pair = ev.groupby([C.item_id, C.customer_id])[C.order_id].nunique()
         span = ev.groupby([C.item_id, C.customer_id])[C.event_timestamp].agg(["min", "max"])
-        gaps = ((span["max"] - span["min"]) / DAY / (orders_per_pair - 1).where(orders_per_pair >= 2))
+        gaps = (span["max"] - span["min"]) / DAY / (orders_per_pair - 1).where(orders_per_pair >= 2)
         cycle = gaps.groupby(level=0).median().reindex(item_ids).to_numpy()
         rebuy = (orders_per_pair >= 2).groupby(level=0).mean().reindex(item_ids).to_numpy()
         first = ev.groupby(C.item_id)[C.event_timestamp].min().reindex(item_ids)
         last = ev.groupby(C.item_id)[C.event_timestamp].max().reindex(item_ids)
         all_b = buyers(np.ones(len(ev), bool))
         b7, b30, b90 = buyers(age < 7), buyers(age < 30), buyers(age < 90)
+        # buyers of the last 30 days who had bought the item before them (returning) or not (new)
+        first_buy = ev.groupby([C.item_id, C.customer_id])[C.event_timestamp].transform("min")
+        returning = buyers((age < 30) & ((now - first_buy) / DAY >= 30).to_numpy())
         catalog = _catalog(items, item_ids, ev)
         stats = pd.DataFrame(
             {
@@ -158,6 +178,9 @@ class ItemState:
                 "i_buyers_30d": b30,
                 "i_buyers_90d": b90,
                 "i_trend": (b30 + 1.0) / (b90 / 3.0 + 1.0),
+                "i_returning_30d": returning,
+                "i_new_30d": b30 - returning,
+                "i_returning_share": returning / np.maximum(b30, 1.0),
                 "i_repurchase": rebuy.astype(np.float32),
                 "i_cycle": cycle.astype(np.float32),
                 "i_age": ((now - first) / DAY).to_numpy(np.float32),
@@ -176,7 +199,9 @@ class ItemState:
             categories = cats.map({c: k for k, c in enumerate(category_names)}).to_numpy()
         else:
             categories = _kmeans_categories(text, seed)
-            category_names = [_cluster_name(catalog[C.title].to_numpy()[categories == k]) for k in range(categories.max() + 1)]
+            category_names = [
+                _cluster_name(catalog[C.title].to_numpy()[categories == k]) for k in range(categories.max() + 1)
+            ]
         return cls(
             now=now,
             item_ids=item_ids,
@@ -288,8 +313,15 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     )
     lines["d30"] = np.exp(-lines["age"] * (np.log(2) / 30.0))
     lines["d180"] = np.exp(-lines["age"] * (np.log(2) / 180.0))
+    # recency in the user's own clock: 0 = the user's latest order
+    order_age = lines.groupby([USER, C.order_id], sort=False)["age"].min()
+    order_rank = order_age.groupby(level=0).rank(method="dense").sub(1.0)
+    lines["order_rank"] = order_rank.reindex(pd.MultiIndex.from_frame(lines[[USER, C.order_id]])).to_numpy()
+    lines["in_last5"] = (lines["order_rank"] < 5).astype(np.float32)
     g = lines.groupby([USER, ITEM], sort=False)
     pairs = g.agg(
+        ui_orders_since=("order_rank", "min"),
+        ui_last5=("in_last5", "sum"),
         ui_orders=(C.order_id, "size"),
         ui_qty=("qty", "sum"),
         ui_days_since_last=("age", "min"),
@@ -308,9 +340,11 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     # the user's most recent order, and how much of the recent buying was new to the user
     last_age = lines.groupby(USER)["age"].transform("min")
     pairs["ui_in_last_order"] = (
-        (lines["age"] == last_age).groupby([lines[USER], lines[ITEM]]).any().reindex(
-            pd.MultiIndex.from_frame(pairs[[USER, ITEM]])
-        ).to_numpy(np.float32)
+        (lines["age"] == last_age)
+        .groupby([lines[USER], lines[ITEM]])
+        .any()
+        .reindex(pd.MultiIndex.from_frame(pairs[[USER, ITEM]]))
+        .to_numpy(np.float32)
     )
     first_age = lines.groupby([USER, ITEM])["age"].transform("max")
     recent = lines["age"] < 90
@@ -337,6 +371,7 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     user_stats["u_logprice_mean"] = price.groupby(lines[USER]).mean()
     user_stats["u_logprice_std"] = price.groupby(lines[USER]).std().fillna(0.0)
     pairs["ui_share"] = pairs["ui_orders"] / user_stats["u_orders"].to_numpy()[pairs[USER]]
+    pairs["ui_last5"] = pairs["ui_last5"] / user_stats["u_orders"].clip(upper=5).to_numpy()[pairs[USER]]
 
     shape = (n_users, len(state.item_ids))
     u, i = pairs[USER].to_numpy(), pairs[ITEM].to_numpy()
@@ -386,11 +421,18 @@ def candidates(
     mask[hist[USER].to_numpy(), hist[ITEM].to_numpy()] = True
     blocked = exclude if exclude is not None else np.zeros_like(mask)
     owned = batch.binary.toarray() > 0
-    for name, n in (("ease", params.n_ease), ("cooc", params.n_cooc), ("tt", params.n_two_tower), ("text_sim", params.n_text)):
+    for name, n in (
+        ("ease", params.n_ease),
+        ("cooc", params.n_cooc),
+        ("tt", params.n_two_tower),
+        ("text_sim", params.n_text),
+    ):
         if name in scores:
             s = np.where(blocked | owned, -np.inf, scores[name])
             mask[rows, _top(s, n)] = True
-    popular = np.broadcast_to(state.stats["i_buyers_30d"].to_numpy() + 1e-3 * state.stats["i_buyers"].to_numpy(), mask.shape)
+    popular = np.broadcast_to(
+        state.stats["i_buyers_30d"].to_numpy() + 1e-3 * state.stats["i_buyers"].to_numpy(), mask.shape
+    )
     mask[rows, _top(np.where(blocked, -np.inf, popular), params.n_popular)] = True
     mask &= ~blocked
     u, i = np.nonzero(mask)
@@ -398,13 +440,15 @@ def candidates(
     df = pd.DataFrame({USER: u, ITEM: i})
     df = df.merge(batch.pairs, on=[USER, ITEM], how="left")
     df["ui_orders"] = df["ui_orders"].fillna(0.0)
-    for column in ("ui_qty", "ui_decay30", "ui_decay180", "ui_share", "ui_in_last_order", "ui_rate"):
+    for column in ("ui_qty", "ui_decay30", "ui_decay180", "ui_share", "ui_in_last_order", "ui_rate", "ui_last5"):
         df[column] = df[column].fillna(0.0)
     users = batch.user_stats.reindex(df[USER].to_numpy())
     for column in FEATURE_GROUPS["user"]:
         df[column] = users[column].to_numpy(np.float32)
     stats = state.stats.iloc[df[ITEM].to_numpy()]
-    for column in ("i_buyers", "i_buyers_7d", "i_buyers_30d", "i_buyers_90d", "i_trend", *FEATURE_GROUPS["item"]):
+    for column in (*FEATURE_GROUPS["popular"][:-1], *FEATURE_GROUPS["trend"], *FEATURE_GROUPS["item"]):
+        if column == "trend_rank":
+            continue
         df[column] = stats[column].to_numpy(np.float32)
     for name in ("ease", "cooc", "tt", "text_sim"):
         df[name] = scores[name][u, i] if name in scores else np.nan
@@ -414,13 +458,23 @@ def candidates(
     df["tt_rank"] = g["tt"].rank(ascending=False, method="first")
     df["text_rank"] = g["text_sim"].rank(ascending=False, method="first")
     df["pop_rank"] = g["i_buyers_30d"].rank(ascending=False, method="first")
+    df["trend_rank"] = g["i_trend"].rank(ascending=False, method="first")
+    # the candidate's place in the user's own history (NaN for items the user never bought)
+    own = df["ui_orders"] > 0
+    g_own = df[own].groupby(USER, sort=False)
+    df.loc[own, "ui_orders_rank"] = g_own["ui_orders"].rank(ascending=False, method="average")
+    df.loc[own, "ui_recency_rank"] = g_own["ui_days_since_last"].rank(ascending=True, method="average")
+    df.loc[own, "ui_decay_rank"] = g_own["ui_decay180"].rank(ascending=False, method="average")
     df["price_fit"] = (df["i_logprice"] - users["u_logprice_mean"].to_numpy()) / (
         users["u_logprice_std"].to_numpy() + 0.25
     )
     # category affinity: share of the user's items in this item's category
     cat_of_hist = state.categories[batch.pairs[ITEM].to_numpy()]
     counts = pd.Series(1.0, index=pd.MultiIndex.from_arrays([batch.pairs[USER].to_numpy(), cat_of_hist]))
-    share = counts.groupby(level=[0, 1]).sum() / counts.groupby(level=0).sum().reindex(counts.groupby(level=[0, 1]).sum().index.get_level_values(0)).to_numpy()
+    share = (
+        counts.groupby(level=[0, 1]).sum()
+        / counts.groupby(level=0).sum().reindex(counts.groupby(level=[0, 1]).sum().index.get_level_values(0)).to_numpy()
+    )
     key = pd.MultiIndex.from_arrays([df[USER].to_numpy(), state.categories[df[ITEM].to_numpy()]])
     df["cat_affinity"] = share.reindex(key).fillna(0.0).to_numpy(np.float32)
     return df[[USER, ITEM, *FEATURES]]

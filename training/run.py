@@ -63,7 +63,14 @@ def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
 
 
 # family → its train-evaluate-promote function; the DAG and the CLI go through ``train_family`` alike
-FAMILIES = {"recommend": train_recommend}
+def train_pricing(settings: Settings, as_of: dt.date) -> TrainOutcome:
+    """Train the demand model on the shop's prices before ``as_of``; promote when its RMSE beats the champion's."""
+    from training import pricing
+
+    return pricing.train_and_register(settings, as_of)
+
+
+FAMILIES = {"recommend": train_recommend, "pricing": train_pricing}
 
 
 def train_family(settings: Settings, family: str, as_of: dt.date) -> TrainOutcome:

@@ -95,7 +95,10 @@ def build_content(
         vectors = [v for v in cat[C.image_embedding] if isinstance(v, list | np.ndarray)]
         size = len(vectors[0])
         image = np.stack(
-            [np.asarray(v, np.float32) if isinstance(v, list | np.ndarray) else np.zeros(size) for v in cat[C.image_embedding]]
+            [
+                np.asarray(v, np.float32) if isinstance(v, list | np.ndarray) else np.zeros(size)
+                for v in cat[C.image_embedding]
+            ]
         ).astype(np.float32)
     content = Content(
         item_ids=np.asarray(item_ids, dtype=object),
@@ -307,7 +310,9 @@ class TwoTowerIndex:
     params: TwoTowerParams
 
     @classmethod
-    def from_fit(cls, item_ids: np.ndarray, n_warm: int, result: dict[str, Any], params: TwoTowerParams) -> TwoTowerIndex:
+    def from_fit(
+        cls, item_ids: np.ndarray, n_warm: int, result: dict[str, Any], params: TwoTowerParams
+    ) -> TwoTowerIndex:
         return cls(
             item_ids=np.asarray(item_ids, dtype=object),
             n_warm=n_warm,
@@ -340,7 +345,12 @@ class TwoTowerIndex:
             user_weight=self.user_weight,
             user_bias=self.user_bias,
         )
-        meta = {"item_ids": self.item_ids.tolist(), "n_warm": self.n_warm, "scale": self.scale, "params": asdict(self.params)}
+        meta = {
+            "item_ids": self.item_ids.tolist(),
+            "n_warm": self.n_warm,
+            "scale": self.scale,
+            "params": asdict(self.params),
+        }
         (directory / f"{prefix}.json").write_text(json.dumps(meta))
 
     @classmethod

@@ -77,7 +77,7 @@ LABELS: dict[str, str] = {
 }
 
 CANONICAL: tuple[str, ...] = (C.series_id, C.product_id, C.period, C.price, C.units)
-OPTIONAL: tuple[str, ...] = (C.store_id, C.cost, C.promo, C.competitor_price, C.category)
+OPTIONAL: tuple[str, ...] = (C.store_id, C.cost, C.promo, C.competitor_price, C.category, C.inventory)
 _NOT_FEATURES = {*CANONICAL, *OPTIONAL, C.description, C.title, C.item_id, C.event_timestamp, C.units_sold}
 
 

@@ -29,7 +29,6 @@ from omnicart.schemas import C
 FORMAT_VERSION = 1
 _BOOSTER, _META, _STATE, _ELASTICITIES = "booster.json", "model.json", "state.parquet", "elasticities.json"
 PRIOR_LABEL = "own-price elasticity (product prior)"
-LEVEL_LABEL = "recent sales level vs an average series"
 Z90 = 1.6449
 
 
@@ -46,13 +45,14 @@ class DemandModel:
         colsample_bytree: float = 0.8,
         reg_lambda: float = 1.0,
         gamma: float = 1.0,
-        max_bin: int = 128,
+        max_bin: int = 64,
         early_stopping_rounds: int = 30,
         validation_share: float = 0.1,
         elasticity_prior: bool = True,
         prior_strength: float = 0.1,
         prior_weight: float = 0.7,
-        level_weight: float = 1.0,
+        bias_periods: int = 7,
+        bias_shrinkage: float = 3.0,
         max_train_rows: int | None = 400_000,
         device: str = "cpu",
         nthread: int = 0,
@@ -72,7 +72,8 @@ class DemandModel:
         self.elasticity_prior = elasticity_prior
         self.prior_strength = prior_strength
         self.prior_weight = prior_weight
-        self.level_weight = level_weight
+        self.bias_periods = bias_periods
+        self.bias_shrinkage = bias_shrinkage
         self.max_train_rows = max_train_rows
         self.device = device
         self.nthread = nthread
@@ -128,12 +129,6 @@ class DemandModel:
 
         feats = fx.build(frame, self.spec_)
         rows = np.flatnonzero(np.isfinite(feats.y))
-        self.global_level_ = float(np.mean(feats.y[rows]))
-        self.product_level_ = (
-            (pd.Series(feats.y[rows]).groupby(feats.product[rows]).mean().reindex(range(len(self.spec_.products))))
-            .fillna(self.global_level_)
-            .to_numpy(np.float64)
-        )
         periods = fx._period_number(frame[C.period], self.spec_.period_kind)
         if self.max_train_rows and len(rows) > self.max_train_rows:
             keep = np.random.default_rng(self.seed).choice(len(rows), self.max_train_rows, replace=False)
@@ -157,14 +152,14 @@ class DemandModel:
         best = getattr(booster, "best_iteration", None)
         self.best_iteration_ = int(best) if best is not None else self.n_estimators - 1
         self.booster_ = booster[: self.best_iteration_ + 1]
-        fitted = self._predict(feats.take(rows))
-        resid = feats.y[rows] - fitted
-        self.residual_std_ = float(np.std(resid))
+        rng = np.random.default_rng(self.seed)
+        some = rows if len(rows) <= 200_000 else np.sort(rng.choice(rows, 200_000, replace=False))
+        resid = feats.y[some] - self._predict(feats.take(some))
         self.smearing_ = float(np.mean(np.exp(resid)))  # Duan's smearing: E[units] from predicted log units
-        valid_pred = self._predict(feats.take(valid_rows)) if len(valid_rows) else np.zeros(0)
-        self.validation_rmse_ = (
-            float(np.sqrt(np.mean((feats.y[valid_rows] - valid_pred) ** 2))) if len(valid_rows) else float("nan")
-        )
+        valid_resid = feats.y[valid_rows] - self._predict(feats.take(valid_rows)) if len(valid_rows) else resid[:0]
+        self.validation_rmse_ = float(np.sqrt(np.mean(valid_resid**2))) if len(valid_rows) else float("nan")
+        # out-of-sample spread where there is a validation window (it sizes the censored-demand correction)
+        self.residual_std_ = float(np.std(valid_resid if len(valid_resid) > 30 else resid))
         self.n_train_rows_ = len(rows)
         keep_cols = [c for c in (*fx.CANONICAL, *fx.OPTIONAL, *self.spec_.extras) if c in frame.columns]
         self.state_ = fx.history_tail(frame[keep_cols])
@@ -180,21 +175,7 @@ class DemandModel:
         margin = prior * (log_prices - feats.log_med)
         return np.where(np.isfinite(margin), margin, 0.0)
 
-    def _level(self, feats: fx.Features) -> np.ndarray:
-        """The series' recent sales level (mean log units of the last 4, else 13 periods, else the product's mean):
-        the trees model the deviation from it, so a demand level never seen in training still carries through."""
-        if not self.level_weight or len(feats) == 0:
-            return np.zeros(len(feats))
-        names = self.spec_.names
-        recent = feats.X[:, names.index(fx.ROLL4)].astype(np.float64)
-        longer = feats.X[:, names.index(fx.ROLL13)].astype(np.float64)
-        known = feats.product >= 0
-        fallback = np.where(known, self.product_level_[np.maximum(feats.product, 0)], self.global_level_)
-        level = np.where(np.isfinite(recent), recent, np.where(np.isfinite(longer), longer, fallback))
-        return self.level_weight * level
-
-    def _margin(self, feats: fx.Features, log_prices: np.ndarray) -> np.ndarray:
-        return self._price_margin(feats, log_prices) + self._level(feats)
+    _margin = _price_margin
 
     def _dmatrix(self, feats: fx.Features, prices: np.ndarray | None = None, label: bool = False) -> Any:
         import xgboost as xgb
@@ -228,9 +209,15 @@ class DemandModel:
     def predict_features(self, feats: fx.Features, prices: np.ndarray | None = None) -> np.ndarray:
         return self._predict(feats, prices)
 
-    def expected_units(self, feats: fx.Features, prices: np.ndarray | None = None) -> np.ndarray:
-        """Expected units sold of each feature row at ``prices`` (one per row; default: the row's own price)."""
-        return fx.units_from_target(self._predict(feats, prices), self.spec_.target, self.smearing_)
+    def expected_units(
+        self, feats: fx.Features, prices: np.ndarray | None = None, offset: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Expected units sold of each feature row at ``prices`` (one per row; default: the row's own price);
+        ``offset`` shifts the predicted log units (the recent-bias correction of a pricing context)."""
+        predicted = self._predict(feats, prices)
+        if offset is not None:
+            predicted = predicted + offset
+        return fx.units_from_target(predicted, self.spec_.target, self.smearing_)
 
     # --- elasticities -------------------------------------------------------------------------------------------
     def row_elasticities(self, feats: fx.Features, rel_step: float = 0.1, points: int = 5) -> np.ndarray:
@@ -318,12 +305,9 @@ class DemandModel:
         contribs = self.booster_.predict(dm, pred_contribs=True)[:, :-1]
         X = feats.at_prices(prices)
         prior = self._price_margin(feats, np.log(np.asarray(prices, dtype=np.float64)))
-        level = self._level(feats) - self.level_weight * self.global_level_
         out = []
         for i in range(len(feats)):
             items = [(float(prior[i]), PRIOR_LABEL, None)] if prior[i] != 0 else []
-            if level[i] != 0:
-                items.append((float(level[i]), LEVEL_LABEL, None))
             items += [(float(contribs[i, j]), name, X[i, j]) for j, name in enumerate(self.spec_.names)]
             items.sort(key=lambda item: -abs(item[0]))
             out.append(
@@ -391,7 +375,43 @@ class DemandModel:
                 rows[column] = rows[column].where(rows[column].notna(), fill)
         combined = pd.concat([past, rows], ignore_index=True)
         feats = self.features(combined)
-        return PricingContext(self, feats.take(np.arange(len(past), len(combined))))
+        context = feats.take(np.arange(len(past), len(combined)))
+        return PricingContext(self, context, self._recent_bias(combined, feats, len(past)))
+
+    def _recent_bias(self, combined: pd.DataFrame, feats: fx.Features, n_past: int) -> np.ndarray:
+        """Per row to price: the shrunk mean residual (actual − predicted log units) of its series' last
+        ``bias_periods`` observed periods. A level shift the training data never showed (a surge, a lost
+        competitor) then carries into the forecast within a few periods; on a steady series it stays near zero."""
+        n_rows = len(combined) - n_past
+        if not self.bias_periods or n_past == 0:
+            return np.zeros(n_rows)
+        past = np.arange(n_past)
+        observed = past[np.isfinite(feats.y[past])]
+        residual = feats.y[observed] - self._predict(feats.take(observed))
+        if C.inventory in combined.columns:
+            # A sell-out only says demand ≥ stock: use the residual's expected value above what was observed,
+            # E[e | e > r] = s·φ(r/s) / (1 − Φ(r/s)) (normal residuals, as in a Tobit model), so repeated
+            # sell-outs raise the forecast until the price rations the stock.
+            stock = pd.to_numeric(combined[C.inventory].iloc[observed], errors="coerce").to_numpy(np.float64)
+            units = combined[C.units].iloc[observed].to_numpy(np.float64)
+            sold_out = np.isfinite(stock) & (units >= stock - 1e-9)
+            if sold_out.any():
+                from scipy.stats import norm
+
+                sd = max(self.residual_std_, 1e-6)
+                z = np.clip(residual[sold_out] / sd, -8.0, 8.0)
+                residual[sold_out] = np.maximum(residual[sold_out], sd * norm.pdf(z) / norm.sf(z))
+        table = pd.DataFrame(
+            {
+                "series": combined[C.series_id].to_numpy()[observed],
+                "t": fx._period_number(combined[C.period].iloc[observed], self.spec_.period_kind),
+                "r": residual,
+            }
+        ).sort_values(["series", "t"], kind="stable")
+        recent = table.groupby("series", sort=False).tail(self.bias_periods).groupby("series")["r"].agg(["sum", "size"])
+        shrunk = recent["sum"] / (recent["size"] + self.bias_shrinkage)
+        series = combined[C.series_id].iloc[n_past:]
+        return series.map(shrunk).fillna(0.0).to_numpy(np.float64)
 
     # --- persistence --------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> Path:
@@ -405,8 +425,6 @@ class DemandModel:
             "spec": json.loads(self.spec_.to_json()),
             "prior": self.prior_.tolist(),
             "prior_se": [None if not np.isfinite(v) else float(v) for v in self.prior_se_],
-            "product_level": self.product_level_.tolist(),
-            "global_level": self.global_level_,
             "smearing": self.smearing_,
             "residual_std": self.residual_std_,
             "validation_rmse": None if not np.isfinite(self.validation_rmse_) else self.validation_rmse_,
@@ -436,8 +454,6 @@ class DemandModel:
         model.booster_.load_model(directory / _BOOSTER)
         model.prior_ = np.asarray(meta["prior"], dtype=np.float64)
         model.prior_se_ = np.asarray([np.nan if v is None else v for v in meta["prior_se"]], dtype=np.float64)
-        model.product_level_ = np.asarray(meta["product_level"], dtype=np.float64)
-        model.global_level_ = float(meta["global_level"])
         model.smearing_ = float(meta["smearing"])
         model.residual_std_ = float(meta["residual_std"])
         model.validation_rmse_ = float(meta["validation_rmse"]) if meta["validation_rmse"] is not None else np.nan
@@ -462,6 +478,7 @@ class PricingContext:
 
     model: DemandModel
     features: fx.Features
+    offset: np.ndarray  # recent-bias correction of each row's log units (constant in price)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -472,7 +489,8 @@ class PricingContext:
         if not sum(sizes):
             return [np.zeros(0) for _ in grids]
         rows = np.repeat(np.arange(len(grids)), sizes)
-        units = self.model.expected_units(self.features.take(rows), np.concatenate(grids).astype(np.float64))
+        prices = np.concatenate(grids).astype(np.float64)
+        units = self.model.expected_units(self.features.take(rows), prices, self.offset[rows])
         return np.split(units, np.cumsum(sizes)[:-1])
 
     def drivers(self, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:

@@ -138,3 +138,28 @@ def test_train_models_dag_gates_promotion_and_rollback_restores(platform, clean_
     if promoted:
         assert registry.rollback(s, "recommend") == before
         assert registry.champion_version(s, "recommend") == before
+
+
+def test_events_push_real_time_features_or_name_the_unknown_customer(platform, clean_run):
+    s = platform.settings
+    day, _ = clean_run
+    customer = lake.read_table(s.lake_dir, schemas.EVENTS, day, day)[C.customer_id].iloc[0]
+    item = lake.read_table(s.lake_dir, schemas.ITEMS)[C.item_id].iloc[0]
+    headers = {"X-API-Key": s.secret("api_key")}
+    event = {"customer_id": customer, "channel": "web", "event_type": "view", "item_id": item}
+    ok = httpx.post(f"{s.serve_url}/events", json=event, headers=headers, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["pushed"] is True
+    unknown = httpx.post(f"{s.serve_url}/events", json={**event, "customer_id": "C999999"}, headers=headers, timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["field"] == "customer_id"
+    bad = httpx.post(f"{s.serve_url}/events", json={**event, "channel": "fax"}, headers=headers, timeout=30)
+    assert bad.status_code == 422 and [f["field"] for f in bad.json()["fields"]] == ["channel"]
+
+
+def test_price_without_a_pricing_champion_is_a_clear_503(platform, clean_run):
+    s = platform.settings
+    response = httpx.post(
+        f"{s.serve_url}/price", json={"product_id": "I00001"}, headers={"X-API-Key": s.secret("api_key")}, timeout=30
+    )
+    assert response.status_code == 503
+    assert "pricing" in response.json()["detail"]["error"]

@@ -1,0 +1,39 @@
+"""The Airflow Assets of the lake: one per table, named here so producer and consumer DAGs agree.
+
+No Airflow import: DAG files build ``Asset(uri=lake_uri(table), name=...)`` from these strings at parse time.
+"""
+
+from __future__ import annotations
+
+from omnicart import schemas
+
+SCHEME = "omnicart"
+# Tables ingest_omnichannel writes (an Asset each), and those materialize_features waits for (all of them).
+INGESTED_TABLES: tuple[str, ...] = (
+    schemas.ITEMS,
+    schemas.CUSTOMERS,
+    schemas.IDENTITIES,
+    schemas.PRICES,
+    schemas.EVENTS,
+    schemas.SUPPORT,
+    schemas.QUARANTINE,
+    schemas.IDENTITY_MAP,
+)
+FEATURE_INPUTS: tuple[str, ...] = (
+    schemas.ITEMS,
+    schemas.CUSTOMERS,
+    schemas.PRICES,
+    schemas.EVENTS,
+    schemas.IDENTITY_MAP,
+)
+ONLINE_STORE_URI = f"{SCHEME}://feast/online"
+DAY_KEY = "day"  # the asset event's extra: the day (ISO date) whose partition the task wrote
+
+
+def lake_uri(table: str) -> str:
+    """The Asset URI of a lake table, e.g. ``omnicart://lake/events``."""
+    return f"{SCHEME}://lake/{table}"
+
+
+def lake_asset_name(table: str) -> str:
+    return f"lake_{table}"

@@ -1,0 +1,123 @@
+"""Real-time customer features: one shop event (``POST /events``) pushed into Feast's online store as it happens.
+
+Privacy at the boundary: the raw channel identifier is tokenised before it is used, and is never stored, returned
+or logged; an erased customer's events are dropped. The pushed values are the same as the daily batch snapshot
+``features.customer_last_event`` computes from the lake, so training (offline history) and serving (online) agree.
+
+Known limits: events are applied in arrival order (a late event overwrites a newer one), and the daily
+materialisation rewrites the view with the end-of-day snapshot (events pushed between midnight and that run are
+replaced by the previous day's values until they are pushed again or the next day's run loads them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from omnicart import schemas
+from omnicart.schemas import C, F
+from omnicart.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ShopEvent(BaseModel):
+    """One customer event from any channel, as ``POST /events`` receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str | None = Field(None, max_length=128, description="The shop's id of the event, if it has one.")
+    event_timestamp: dt.datetime | None = Field(
+        None, description="When it happened (ISO 8601; naive means UTC). Default: when it was received."
+    )
+    customer_id: str | None = Field(
+        None, min_length=1, max_length=64, description="The CRM customer id, when the channel knows it."
+    )
+    channel: Literal[schemas.CHANNELS] = Field(description="Where it happened.")  # type: ignore[valid-type]
+    identifier: SecretStr | None = Field(
+        None,
+        max_length=256,
+        description="The id the channel saw the customer under (web cookie, device id, loyalty card, social handle, "
+        "email for service): raw personal data, tokenised on arrival and never stored. Needed without customer_id.",
+    )
+    event_type: Literal[schemas.EVENT_TYPES] = Field(description="What happened.")  # type: ignore[valid-type]
+    item_id: str = Field(min_length=1, max_length=64, description="The catalog item.")
+    quantity: int = Field(1, ge=1, le=10_000, description="Units (carts, purchases, returns).")
+    price: float | None = Field(None, ge=0, description="Unit price at the event.")
+
+    @model_validator(mode="after")
+    def _someone(self) -> ShopEvent:
+        if self.customer_id is None and self.identifier is None:
+            raise ValueError("give customer_id or identifier: whose event is it?")
+        return self
+
+
+class PushResult(BaseModel):
+    """What ``push_event`` did: the customer it resolved to and the values now online (no personal data)."""
+
+    pushed: bool
+    customer_id: str | None = None
+    reason: Literal["unknown_customer", "erased"] | None = None
+    features: dict[str, Any] = Field(default_factory=dict)
+
+
+def _resolve(settings: Settings, kind: str, identifier_token: str) -> str | None:
+    """The CRM id of the identity an identifier token belongs to (latest identity map), or None."""
+    from omnicart.ingest.identity import latest_identity_map
+
+    m = latest_identity_map(settings)
+    if m is None or m.empty:
+        return None
+    unshared = m[~m[C.shared].astype(bool)]
+    hit = unshared.loc[(unshared[C.id_kind] == kind) & (unshared[C.identifier] == identifier_token), C.resolved_id]
+    if hit.empty:
+        return None
+    crm = unshared.loc[(unshared[C.resolved_id] == hit.iloc[0]) & (unshared[C.id_kind] == C.customer_id)]
+    return str(crm[C.identifier].iloc[0]) if len(crm) == 1 else None
+
+
+def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any = None) -> PushResult:
+    """Validate one event (``pydantic.ValidationError`` names the bad field), resolve its customer, and push the
+    customer's real-time features (view ``customer_realtime``) to the online store. ``store``: a FeatureStore to
+    reuse (serving keeps one); built from ``settings`` when omitted."""
+    from omnicart.featurestore import feature_store, online_features
+    from omnicart.privacy.erasure import suppressed
+    from omnicart.privacy.pseudonymise import token
+
+    ev = event if isinstance(event, ShopEvent) else ShopEvent.model_validate(event)
+    key = settings.secret("pseudonym_key")
+    kind = schemas.CHANNEL_IDENTIFIER[ev.channel]
+    id_token = token(key, kind, ev.identifier.get_secret_value()) if ev.identifier is not None else None
+    customer = ev.customer_id or (_resolve(settings, kind, id_token) if id_token else None)
+    if customer is None:
+        log.info("event on %s for an unknown customer: not pushed", ev.channel)
+        return PushResult(pushed=False, reason="unknown_customer")
+    if {customer, token(key, C.customer_id, customer), id_token} & suppressed(settings):
+        log.info("event of an erased customer: dropped")
+        return PushResult(pushed=False, reason="erased")
+
+    import pandas as pd
+
+    store = store if store is not None else feature_store(settings)
+    ref = f"{F.customer_realtime_view}:{F.live_items}"
+    live = list(online_features(store, [ref], C.customer_id, [customer])[0].get(F.live_items) or [])
+    if ev.event_type != "return":  # as in the batch snapshot: returns show no interest
+        live = [ev.item_id, *(i for i in live if i != ev.item_id)][: settings.recent_items_n]
+    when = ev.event_timestamp or dt.datetime.now(dt.UTC)
+    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    values = {
+        F.last_item_id: ev.item_id,
+        F.last_event_type: ev.event_type,
+        F.last_channel: ev.channel,
+        F.last_price: float(ev.price) if ev.price is not None else math.nan,
+        F.live_items: live,
+    }
+    row = pd.DataFrame([{C.customer_id: customer, C.event_timestamp: pd.Timestamp(when), **values}])
+    store.push(F.customer_events_push, row)  # Feast's default: the online store only (the lake is the history)
+    if ev.price is None:
+        values[F.last_price] = None
+    return PushResult(pushed=True, customer_id=customer, features=values)

@@ -1,0 +1,95 @@
+"""Wiring of ingest_omnichannel and materialize_features: tasks, order, Assets, params, and the day window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from omnicart import assets, schemas
+from omnicart.ingest.channels import LANDING_CHANNELS
+from omnicart.orchestration import dags_folder
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow")))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(dags_folder()))
+    assert bag.import_errors == {}
+    return bag
+
+
+def _uris(objs) -> set[str]:
+    return {o.uri for o in objs}
+
+
+def test_ingest_has_one_task_per_channel_in_catalog_first_order(dagbag):
+    dag = dagbag.dags["ingest_omnichannel"]
+    channel_tasks = [f"ingest_{c}" for c in LANDING_CHANNELS]
+    assert {t.task_id for t in dag.tasks} == {"land", *channel_tasks, "resolve_identities"}
+    assert channel_tasks[0] == "ingest_catalog"
+    previous = "land"
+    for task_id in channel_tasks:  # a chain: they share the day's quarantine partition
+        assert previous in dag.get_task(task_id).upstream_task_ids
+        previous = task_id
+    assert previous in dag.get_task("resolve_identities").upstream_task_ids
+    for channel, table in LANDING_CHANNELS.items():
+        outlets = _uris(dag.get_task(f"ingest_{channel}").outlets)
+        assert outlets == {assets.lake_uri(table), assets.lake_uri(schemas.QUARANTINE)}
+    assert _uris(dag.get_task("resolve_identities").outlets) == {assets.lake_uri(schemas.IDENTITY_MAP)}
+    produced = set().union(*(_uris(t.outlets) for t in dag.tasks))
+    assert produced == {assets.lake_uri(t) for t in assets.INGESTED_TABLES}  # an Asset per lake table
+
+
+def test_materialize_waits_for_what_ingest_updates(dagbag):
+    ingest, materialize = dagbag.dags["ingest_omnichannel"], dagbag.dags["materialize_features"]
+    wanted = {assets.lake_uri(t) for t in assets.FEATURE_INPUTS}
+    condition = materialize.timetable.asset_condition  # AssetAll: every input updated since the last run
+    assert type(condition).__name__ == "AssetAll"
+    assert _uris(condition.objects) == wanted
+    produced = set().union(*(_uris(t.outlets) for t in ingest.tasks))
+    assert wanted <= produced
+    assert "apply_and_materialize" in {t.task_id for t in materialize.tasks}
+    upstream = materialize.get_task("apply_and_materialize").upstream_task_ids
+    assert upstream == {"window", "customer_item_stats", "omnichannel_features", "text_embeddings"}
+
+
+def test_params_are_described(dagbag):
+    for dag_id in ("ingest_omnichannel", "materialize_features"):
+        params = dagbag.dags[dag_id].params
+        assert params, dag_id
+        for name in params:
+            assert params.get_param(name).description, f"{dag_id}.{name}"
+    assert dagbag.dags["ingest_omnichannel"].params["simulate"] is True
+
+
+@pytest.fixture(scope="module")
+def materialize_module():
+    spec = importlib.util.spec_from_file_location("_materialize_dag", dags_folder() / "materialize_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _event(day: str | None):
+    return SimpleNamespace(extra={assets.DAY_KEY: day} if day else {})
+
+
+def test_window_from_params_events_or_run_date(materialize_module):
+    window = materialize_module._window
+    run_date = dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
+    assert window({"first_day": "2026-01-02", "last_day": None}, None, run_date) == {
+        "first": "2026-01-02",
+        "last": "2026-01-02",
+    }
+    triggered = {"a": [_event("2026-01-03"), _event("2026-01-01")], "b": [_event(None), _event("2026-01-02")]}
+    assert window({}, triggered, run_date) == {"first": "2026-01-01", "last": "2026-01-03"}  # a backfill's days
+    assert window({"first_day": None, "last_day": None}, {}, run_date) == {"first": "2026-01-05", "last": "2026-01-05"}
+    with pytest.raises(ValueError, match="after"):
+        window({"first_day": "2026-01-04", "last_day": "2026-01-02"}, None, run_date)

@@ -1,0 +1,189 @@
+"""The support model on tiny data: product scoping, escalation below the threshold, intent routing, no PII in the
+saved index, and the calibration and ranking arithmetic it relies on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from omnicart.schemas import C
+from serving.support import SupportRequest, SupportService, escalations_path
+from training.support import SupportDataset, SupportModel, _batches, catalog_entries, fit_local
+from training.support_index import Calibration, rank_metrics, threshold_for_precision
+
+KEY = "test-pseudonym-key"
+EMAIL, PHONE = "jane.doe@example.com", "+44 20 7946 0958"
+ORDER = "Your order is on its way; follow it with the tracking link in your confirmation email."
+RETURN = "You can return it within 30 days from Orders in your account; refunds take 5 working days."
+LOGIN = "Use 'Forgot password' on the sign-in page to get a reset link by email."
+HOURS = "Our stores are open 9:00-20:00 Monday to Saturday and 10:00-16:00 on Sunday."
+FIT_A = "Yes: the Aqua 60 dishwasher is 59.8 cm wide and fits a standard 60 cm space."
+FIT_B = "No: the Aqua 45 is a slimline dishwasher, 44.8 cm wide, made for 45 cm spaces."
+TICKETS = [
+    ("Where is my order?", ORDER, "order_status", None),
+    ("Has my parcel been shipped yet?", ORDER, "order_status", None),
+    ("My delivery is late, when will it arrive?", ORDER, "order_status", None),
+    ("Can you tell me the status of my order?", ORDER, "order_status", None),
+    ("How do I return the kettle?", RETURN, "return_item", None),
+    ("I want to send back the toaster I bought.", RETURN, "return_item", None),
+    ("What's your returns policy?", RETURN, "return_item", None),
+    ("The blender arrived damaged, can I return it?", RETURN, "return_item", None),
+    ("I forgot my password, how do I reset it?", LOGIN, "account_access", None),
+    ("I can't log in to my account.", LOGIN, "account_access", None),
+    (
+        f"Locked out again. Reach me at {EMAIL} or {PHONE}.",
+        f"{LOGIN} We also wrote to {EMAIL}.",
+        "account_access",
+        None,
+    ),
+    ("My account is locked after too many attempts.", LOGIN, "account_access", None),
+    ("What time does the store open?", HOURS, "store_hours", None),
+    ("Are you open on Sunday?", HOURS, "store_hours", None),
+    ("What are your opening hours?", HOURS, "store_hours", None),
+    ("When does the shop close today?", HOURS, "store_hours", None),
+    ("Will this dishwasher fit a 60 cm space?", FIT_A, "product_question", "P-A"),
+    ("Is it wide enough for a 60 cm gap?", FIT_A, "product_question", "P-A"),
+    ("Will this dishwasher fit a 60 cm space?", FIT_B, "product_question", "P-B"),
+    ("Is it narrow enough for a 45 cm gap?", FIT_B, "product_question", "P-B"),
+]
+ITEMS = pd.DataFrame(
+    {
+        C.item_id: ["P-A", "P-B", "P-C"],
+        C.title: ["Aqua 60 dishwasher", "Aqua 45 slimline dishwasher", "Steel kettle"],
+        C.description: ["Full-size, 13 place settings.", "Slimline, 9 place settings.", "1.7 litres, 3 kW."],
+    }
+)
+
+
+def _frame(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[C.question, C.answer, C.intent, C.product_id])
+    return frame.assign(**{C.kb_source: "ticket"})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("support") / "model"
+    test = _frame([("where's my parcel?", ORDER, "order_status", None)])
+    dataset = SupportDataset("tiny", "intent", _frame(TICKETS), test, catalog_entries(ITEMS))
+    fit_local(dataset, directory, KEY, {"epochs": 0, "onnx": False, "val_share": 0.2})
+    return directory
+
+
+@pytest.fixture
+def model(model_dir):
+    model = SupportModel.from_directory(model_dir)
+    # a fixed, readable decision rule: confidence follows the best match to a known question
+    model.weights_ = {"dense_q": 1.0}
+    model.calibration_ = Calibration(coef=[12.0, 0.0, 0.0], intercept=-9.0, threshold=0.5, reachable=True)
+    model.threshold_ = 0.5
+    return model
+
+
+def test_product_scope_picks_the_answer_for_the_product_asked_about(model):
+    question = "Will this dishwasher fit a 60 cm space?"
+    a = model.answer(question, product_id="P-A")
+    b = model.answer(question, product_id="P-B")
+    assert a["scope"] == "product" and b["scope"] == "product"
+    assert a["sources"][0]["text"] == FIT_A
+    assert b["sources"][0]["text"] == FIT_B
+    assert all(set(s["product_ids"]) <= {"P-A"} for s in a["sources"])  # never another product's answer
+    assert model.answer(question, product_id="P-unknown")["scope"] == "unknown_product"
+
+
+def test_confident_answers_and_escalates_below_the_threshold_with_a_reason(model, tmp_path):
+    service = SupportService(lambda: model, tmp_path, KEY, model_version="7")
+    good = service.answer(SupportRequest(question="Are you open on Sunday?"))
+    bad = service.answer(SupportRequest(question=f"zebra quantum tapestry, call {PHONE}", customer_id="c1"))
+    assert good.answered and good.answer == HOURS and good.escalation is None
+    assert good.confidence >= good.threshold
+    assert not bad.answered and bad.answer is None and bad.confidence < bad.threshold
+    assert "below the threshold" in bad.escalation.reason
+    records = [json.loads(line) for line in escalations_path(tmp_path).read_text().splitlines()]
+    assert len(records) == 1
+    assert records[0]["escalation_id"] == bad.escalation.escalation_id
+    assert records[0][C.customer_id] == "c1" and records[0]["route"] == bad.escalation.route
+    assert PHONE not in json.dumps(records) and "tok_" in records[0][C.question]  # scrubbed before storing
+
+
+def test_unreachable_precision_target_hands_everything_over(model):
+    model.calibration_ = Calibration(threshold=1.01, reachable=False)
+    model.threshold_ = 1.01
+    decision = model.answer("Are you open on Sunday?")
+    assert not decision["answered"] and "target precision" in decision["reason"]
+
+
+def test_intent_is_predicted_for_routing(model):
+    assert model.answer("I forgot my password and cannot sign in")[C.intent] == "account_access"
+    assert model.answer("when do you open on saturday")[C.intent] == "store_hours"
+
+
+def test_saved_index_holds_no_ticket_pii(model_dir):
+    text = b""
+    for path in model_dir.rglob("*"):
+        if path.is_file() and "encoder" not in path.relative_to(model_dir).parts[0]:
+            text += path.read_bytes()
+    for needle in (EMAIL, "jane.doe", PHONE, "7946 0958", "79460958"):
+        assert needle.encode() not in text, needle
+    bm25_vocab = (model_dir / "bm25_questions" / "vocab.index.json").read_text()
+    assert '"jane"' not in bm25_vocab and '"exampl"' not in bm25_vocab  # ("doe" is a stem of "does")
+    assert "tok_" in (model_dir / "kb_docs.jsonl").read_text()  # the scrubbed ticket is indexed, as tokens
+
+
+def test_model_directory_round_trips(model_dir):
+    first = SupportModel.from_directory(model_dir).answer("What's your returns policy?")
+    again = SupportModel.from_directory(model_dir).answer("What's your returns policy?")
+    assert first == again
+    assert first["sources"][0]["text"] == RETURN
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["docs"] == len((model_dir / "kb_docs.jsonl").read_text().splitlines())
+    assert set(meta["kb_sources"]) == {"ticket", "catalog"}
+
+
+def test_threshold_meets_the_target_precision_on_validation():
+    rng = np.random.default_rng(0)
+    conf = rng.random(1000)
+    correct = rng.random(1000) < conf  # confidence is informative
+    t, reachable, share, precision = threshold_for_precision(conf, correct, 0.9)
+    assert reachable and precision >= 0.9 and 0 < share < 1
+    assert correct[conf >= t].mean() >= 0.9
+    assert not threshold_for_precision(conf, np.zeros(1000, bool), 0.9)[1]
+    cal = Calibration.fit(np.stack([conf, conf, conf], axis=1), correct, 0.9)
+    assert cal.reachable and cal.confidence(np.array([[0.95] * 3]))[0] > cal.confidence(np.array([[0.1] * 3]))[0]
+
+
+def test_rank_metrics_hit_and_reciprocal_rank():
+    scores = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]])
+    relevant = np.array([[True, False, False], [False, True, False]])
+    m = rank_metrics(scores, relevant)
+    assert m["hit@1"] == 0.5 and m["mrr@10"] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_batches_never_put_one_answer_twice_in_a_batch():
+    keys = ["yes"] * 10 + [f"a{i}" for i in range(30)]
+    batches = _batches(keys, 8, np.random.default_rng(0))
+    assert all(len({keys[i] for i in b}) == len(b) for b in batches)
+    used = [i for b in batches for i in b]
+    assert len(used) == len(set(used)) and {keys[i] for i in used} == set(keys)  # a pair is used once at most
+
+
+@pytest.mark.slow
+def test_fine_tuning_and_onnx_export_within_tolerance(tmp_path):
+    """A few MultipleNegativesRankingLoss steps, then the ONNX query encoder is kept only within 1 % of torch."""
+    test = _frame([("where's my parcel?", ORDER, "order_status", None)])
+    dataset = SupportDataset("tiny", "intent", _frame(TICKETS), test, catalog_entries(ITEMS))
+    config = {"epochs": 1, "max_pairs": 16, "batch_size": 4, "val_share": 0.25}
+    model = fit_local(dataset, tmp_path / "m", KEY, config)
+    meta = model.meta_
+    assert meta["fine_tune"]["steps"] >= 3 and meta["fine_tune"]["pairs"] == 16
+    report = meta["onnx"]
+    assert report["backend"] in {"torch", "onnx", "onnx_int8"}
+    if report["backend"] != "torch":
+        assert report[f"{report['backend']}_hit@1"] >= 0.99 * report["torch_hit@1"]
+        assert (tmp_path / "m" / report["file"]).exists()
+        torch_model = SupportModel.from_directory(tmp_path / "m", backend="torch")
+        a, b = model.encode(["Are you open on Sunday?"]), torch_model.encode(["Are you open on Sunday?"])
+        assert float(a[0] @ b[0]) > 0.95  # the same encoder, another runtime
+    assert model.answer("Are you open on Sunday?")["sources"][0]["text"] == HOURS

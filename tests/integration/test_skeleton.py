@@ -150,8 +150,9 @@ def test_events_push_real_time_features_or_name_the_unknown_customer(platform, c
     ok = httpx.post(f"{s.serve_url}/events", json=event, headers=headers, timeout=30)
     assert ok.status_code == 200, ok.text
     assert ok.json()["pushed"] is True
-    unknown = httpx.post(f"{s.serve_url}/events", json={**event, "customer_id": "C999999"}, headers=headers, timeout=30)
-    assert unknown.status_code == 404 and unknown.json()["field"] == "customer_id"
+    anonymous = {k: v for k, v in event.items() if k != "customer_id"} | {"identifier": "cookie-never-seen"}
+    unknown = httpx.post(f"{s.serve_url}/events", json=anonymous, headers=headers, timeout=30)
+    assert unknown.status_code == 404 and unknown.json() == {"error": "unknown_customer", "field": "identifier"}
     bad = httpx.post(f"{s.serve_url}/events", json={**event, "channel": "fax"}, headers=headers, timeout=30)
     assert bad.status_code == 422 and [f["field"] for f in bad.json()["fields"]] == ["channel"]
 

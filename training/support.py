@@ -78,6 +78,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 KB_SOURCES = ("ticket", "faq", "product_qa", "catalog")
+MIN_NEGATIVES = 20  # fewer wrong validation answers than this: calibrate with held-out-answer negatives too
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,29 @@ def _scope_mask(kb: KnowledgeBase, product_ids: Sequence[Any]) -> tuple[np.ndarr
     return (np.stack(masks) if any_scoped else None), scopes
 
 
+def calibrate(
+    fused: np.ndarray, intent_p: np.ndarray, relevant: np.ndarray, target_precision: float
+) -> Calibration:
+    """Fit the confidence and its threshold on validation questions.
+
+    When validation has too few wrong answers to learn from (templated FAQs are answered almost perfectly), each
+    question is asked again with its right answers removed from the knowledge base: the top answer is then wrong by
+    construction, which is what an uncovered question looks like. The threshold then also guards against those."""
+    top = fused.argmax(axis=1)
+    correct = relevant[np.arange(len(fused)), top] & np.isfinite(fused[np.arange(len(fused)), top])
+    feats = confidence_features(fused, intent_p)
+    synthetic = 0
+    if (~correct).sum() < MIN_NEGATIVES:
+        held_out = np.where(relevant, -np.inf, fused)
+        keep = np.isfinite(held_out).any(axis=1)
+        feats = np.concatenate([feats, confidence_features(held_out[keep], intent_p[keep])])
+        correct = np.concatenate([correct, np.zeros(int(keep.sum()), dtype=bool)])
+        synthetic = int(keep.sum())
+    calibration = Calibration.fit(feats, correct, target_precision)
+    calibration.validation["synthetic_negatives"] = float(synthetic)
+    return calibration
+
+
 def _available(kb: KnowledgeBase, classifier: IntentClassifier) -> list[str]:
     names = ["dense_a", "bm25_a"]
     if len(kb.questions):
@@ -359,7 +383,7 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     tuned = fine_tune(
         model_path(), directory / "encoder", with_q[C.question].tolist(), with_q[C.answer].tolist(), keys, cfg
     )
-    encoder = Encoder(directory / "encoder")
+    encoder = Encoder(directory / "encoder", device="cuda" if torch.cuda.is_available() else None)
     enc_q, enc_a = _Cached(encoder, cfg["question_length"]), _Cached(encoder, cfg["answer_length"])
 
     # 2. validation: a knowledge base without the validation questions; tune the fusion, calibrate confidence
@@ -386,8 +410,7 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
         feats, intent_p = val_features(enc_q(val_questions))
         weights, val_metrics = tune_weights(feats, relevant, _available(val_kb, classifier), mask)
         fused = fuse(feats, weights, mask)
-        correct = relevant[np.arange(len(fused)), fused.argmax(axis=1)]
-        calibration = Calibration.fit(confidence_features(fused, intent_p), correct, cfg["target_precision"])
+        calibration = calibrate(fused, intent_p, relevant, cfg["target_precision"])
         dense_only = rank_metrics(fuse(feats, {"dense_a": 1.0}, mask), relevant)
         val_metrics = {**val_metrics, "dense_a_hit@1": dense_only["hit@1"]}
         if cfg["onnx"]:

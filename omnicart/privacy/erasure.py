@@ -32,6 +32,8 @@ TABLE_FAMILIES: dict[str, tuple[str, ...]] = {
     schemas.EVENTS: ("recommend", "pricing"),
     schemas.CUSTOMERS: ("recommend",),
     schemas.CUSTOMER_FEATURES: ("recommend",),
+    schemas.CUSTOMER_CHANNEL_FEATURES: ("recommend", "pricing"),
+    schemas.CUSTOMER_LAST_EVENT: ("recommend",),
     schemas.SUPPORT: ("support",),
 }
 
@@ -172,14 +174,13 @@ def _erase_table(root: Path, table: str, values: set[str], landing_key: str | No
 
 
 def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
-    """Delete the customers' entity rows from every Feast view keyed by customer_id (SQLite online store)."""
+    """Delete the customers' entity rows from every Feast view keyed by customer_id, alone or with other keys
+    (SQLite online store)."""
     if not (settings.feast_dir / "registry.db").exists():
         return 0
-    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.key_encoding_utils import deserialize_entity_key
     from feast.infra.online_stores.helpers import compute_table_id
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
 
     from omnicart.featurestore import feature_store
 
@@ -190,24 +191,25 @@ def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
         raise NotImplementedError(f"erasing from a {type(online).__name__} online store is not wired yet")
     config = store.config
     versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
-    keys = [
-        (
-            serialize_entity_key(
-                EntityKey(join_keys=[C.customer_id], entity_values=[Value(string_val=c)]),
-                entity_key_serialization_version=config.entity_key_serialization_version,
-            ),
-        )
-        for c in customer_ids
-    ]
+    targets = set(customer_ids)
+    version = config.entity_key_serialization_version
+
+    def belongs(serialized: bytes) -> bool:
+        key = deserialize_entity_key(serialized, entity_key_serialization_version=version)
+        values = dict(zip(key.join_keys, key.entity_values, strict=True))
+        return values[C.customer_id].string_val in targets
+
     conn = online._get_conn(config)
     removed = 0
     for view in store.list_feature_views():
-        if [f.name for f in view.entity_columns] != [C.customer_id]:
+        # every view keyed by customer_id, alone or with other keys (e.g. customer × channel)
+        if C.customer_id not in [f.name for f in view.entity_columns]:
             continue
         table = compute_table_id(config.project, view, versioning).replace('"', '""')
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if not exists:
             continue
+        keys = [(k,) for (k,) in conn.execute(f'SELECT DISTINCT entity_key FROM "{table}"') if belongs(k)]
         with conn:
             before = conn.total_changes
             conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', keys)

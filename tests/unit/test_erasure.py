@@ -96,11 +96,22 @@ def test_erasure_reaches_the_feast_online_store(tmp_path):
     settings = Settings(home=tmp_path / "home", sim_customers=60, sim_items=15, sim_days=2, pseudonym_key=KEY)
     daily.land_and_ingest(settings, settings.sim_start, settings.sim_end)
     features.build_feature_days(settings, settings.sim_start, settings.sim_end)
+    features.build_omnichannel_days(settings, settings.sim_start, settings.sim_end)
     apply_and_materialize(settings, settings.sim_start, settings.sim_end)
     refs = [f"{schemas.F.customer_view}:{schemas.F.n_views_30d}", f"{schemas.F.customer_view}:{C.segment}"]
-    cid, other = sorted(lake.read_table(settings.lake_dir, schemas.CUSTOMER_FEATURES)[C.customer_id].unique())[:2]
+    frequency = schemas.windowed(schemas.F.frequency, 30)
+    per_channel = [f"{schemas.F.customer_channel_view}:{frequency}"]
+
+    def channel_rows(store, ids):
+        rows = [{C.customer_id: i, C.channel: "all"} for i in ids]
+        return store.get_online_features(features=per_channel, entity_rows=rows).to_dict()[frequency]
+
+    with_channels = set(lake.read_table(settings.lake_dir, schemas.CUSTOMER_CHANNEL_FEATURES)[C.customer_id])
+    ids = lake.read_table(settings.lake_dir, schemas.CUSTOMER_FEATURES)[C.customer_id]
+    cid, other = sorted(set(ids) & with_channels)[:2]
     store = featurestore.feature_store(settings)
     assert featurestore.online_features(store, refs, C.customer_id, [cid])[0][C.segment] is not None
+    assert channel_rows(store, [cid])[0] is not None  # the customer x channel view (two join keys) has them too
 
     report = erasure.erase(settings, customer_id=cid)
 
@@ -108,3 +119,5 @@ def test_erasure_reaches_the_feast_online_store(tmp_path):
     store = featurestore.feature_store(settings)
     gone, kept = featurestore.online_features(store, refs, C.customer_id, [cid, other])
     assert gone[C.segment] is None and kept[C.segment] is not None
+    gone_channel, kept_channel = channel_rows(store, [cid, other])
+    assert gone_channel is None and kept_channel is not None

@@ -88,3 +88,59 @@ def test_real_bitext_has_the_documented_counts():
     df = support_data.load_bitext(datasets_dir() / support_data.BITEXT)
     assert len(df) == 4514
     assert df[C.intent].nunique() == 27
+
+
+def test_pairs_dataset_follows_the_protocol_pools_and_scrubs_pii():
+    from training.support import dataset_from_pairs
+
+    pairs = pd.DataFrame(
+        {
+            C.question: [f"question {i}, mail me at ann{i}@example.com" for i in range(50)],
+            C.answer: [f"answer {i}" for i in range(50)],
+            C.intent: ["a", "b"] * 25,
+        }
+    )
+    reqa = dataset_from_pairs(pairs, "reqa", "k")
+    test_mask = support_data.protocol_split(50)
+    assert len(reqa.test) == test_mask.sum() and len(reqa.train) == (~test_mask).sum()
+    # reqa: the pool holds every answer, the test answers without their questions
+    assert sorted(reqa.kb[C.answer]) == sorted(pairs[C.answer])
+    assert reqa.extra_kb[C.question].isna().all()
+    intent = dataset_from_pairs(pairs, "intent", "k")
+    assert intent.extra_kb.empty and len(intent.kb) == len(intent.train)  # pool = training rows
+    text = " ".join(pd.concat([reqa.train, reqa.test])[C.question])
+    assert "@example.com" not in text and "tok_" in text
+    with pytest.raises(ValueError, match="protocol"):
+        dataset_from_pairs(pairs, "nope", "k")
+
+
+def test_shop_dataset_reads_the_lake_point_in_time_with_the_catalog_scrubbed(tmp_path):
+    import datetime as dt
+
+    from omnicart import lake, schemas
+    from omnicart.settings import Settings
+    from training.support import build_dataset
+
+    settings = Settings(home=tmp_path, pseudonym_key="k")
+    days = [dt.date(2026, 1, d) for d in (1, 2, 3)]
+    for n, day in enumerate(days):
+        tickets = pd.DataFrame(
+            {
+                C.ticket_id: [f"T{n}a", f"T{n}b"],
+                C.event_timestamp: pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=10),
+                C.customer_id: ["c1", "c2"],
+                C.channel: "service",
+                C.question: [f"Where is order {n}? Call +44 20 7946 095{n}", "Is the kettle any good?"],
+                C.answer: ["On its way.", "It boils 1.7 l in 3 minutes."],
+                C.intent: ["order_status", "product_question"],
+                C.item_id: [None, "I1"],
+            }
+        )
+        lake.write_partition(settings.lake_dir, schemas.SUPPORT, day, tickets)
+    items = pd.DataFrame({C.item_id: ["I1", "I2"], C.title: ["Kettle", "Toaster"], C.description: ["1.7 l", "2 slots"]})
+    lake.write_partition(settings.lake_dir, schemas.ITEMS, days[0], items)
+    ds = build_dataset(settings, days[2])
+    assert len(ds.train) == 4 and len(ds.test) == 2  # tickets before as_of learn, tickets of as_of evaluate
+    assert ds.train[C.product_id].tolist().count("I1") == 2
+    assert set(ds.extra_kb[C.kb_source]) == {"catalog"} and "About the Kettle: 1.7 l" in set(ds.extra_kb[C.answer])
+    assert "7946" not in " ".join(ds.train[C.question]) + " ".join(ds.test[C.question])

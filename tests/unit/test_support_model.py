@@ -11,7 +11,7 @@ import pytest
 
 from omnicart.schemas import C
 from serving.support import SupportRequest, SupportService, escalations_path
-from training.support import SupportDataset, SupportModel, _batches, catalog_entries, fit_local
+from training.support import SupportDataset, SupportModel, _batches, calibrate, catalog_entries, fit_local
 from training.support_index import Calibration, rank_metrics, threshold_for_precision
 
 KEY = "test-pseudonym-key"
@@ -152,6 +152,23 @@ def test_threshold_meets_the_target_precision_on_validation():
     assert not threshold_for_precision(conf, np.zeros(1000, bool), 0.9)[1]
     cal = Calibration.fit(np.stack([conf, conf, conf], axis=1), correct, 0.9)
     assert cal.reachable and cal.confidence(np.array([[0.95] * 3]))[0] > cal.confidence(np.array([[0.1] * 3]))[0]
+
+
+def test_all_correct_validation_still_learns_to_hand_over_uncovered_questions():
+    """Templated FAQs are answered perfectly on validation: negatives come from hiding each question's answers."""
+    rng = np.random.default_rng(1)
+    n, docs = 200, 50
+    intent_of_doc = np.arange(docs) % 10
+    intent_of_q = rng.integers(0, 10, n)
+    relevant = intent_of_q[:, None] == intent_of_doc[None, :]
+    fused = np.where(relevant, 0.8, 0.3) + rng.normal(0, 0.05, (n, docs))  # right answers score clearly higher
+    cal = calibrate(fused.astype(np.float32), np.zeros((n, 0), np.float32), relevant, 0.9)
+    assert cal.validation["synthetic_negatives"] == n and cal.reachable
+    from training.support_index import confidence_features
+
+    covered = cal.confidence(confidence_features(fused[:1].astype(np.float32), np.zeros((1, 0))))[0]
+    uncovered = cal.confidence(confidence_features(np.full((1, docs), 0.3, np.float32), np.zeros((1, 0))))[0]
+    assert covered >= cal.threshold > uncovered
 
 
 def test_rank_metrics_hit_and_reciprocal_rank():

@@ -1,0 +1,197 @@
+"""XGBoost learning-to-rank over the candidates' features, and plain-words explanations from its own TreeSHAP.
+
+Two boosters share the features of ``candidates.FEATURES``: ``main`` ranks every candidate (repeat purchases and new
+items together), ``discover`` is trained on the items a user has never bought and ranks them when the caller asks
+for new items only. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer``
+worker (``ray_loop``), which shards the query groups across workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.candidates import FEATURE_GROUP, FEATURE_GROUPS, FEATURES
+
+BOOSTERS = ("main", "discover")
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    objective: str = "rank:ndcg"
+    eta: float = 0.1
+    max_depth: int = 6
+    min_child_weight: float = 20.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    max_bin: int = 64
+    num_pair_per_sample: int = 16
+    max_rounds: int = 400
+    early_stopping_rounds: int = 30
+    eval_share: float = 0.2  # share of the latest cut's users held out for early stopping
+    neg_per_user: int = 80  # training only: random non-purchased, never-bought candidates kept per user
+    seed: int = 0
+
+    def xgb_params(self, use_gpu: bool = False) -> dict[str, Any]:
+        params = {
+            "objective": self.objective,
+            "eta": self.eta,
+            "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "max_bin": self.max_bin,
+            "tree_method": "hist",
+            "eval_metric": "ndcg@10",
+            "seed": self.seed,
+        }
+        if self.objective.startswith("rank:"):
+            params.update(lambdarank_pair_method="topk", lambdarank_num_pair_per_sample=self.num_pair_per_sample)
+        if use_gpu:
+            params["device"] = "cuda"
+        return params
+
+
+def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.ndarray]:
+    """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``holdout``.
+
+    Negatives the user never bought are subsampled per group (training rows only; evaluation ranks everything)."""
+    rng = np.random.default_rng(params.seed)
+    owned = frame["ui_orders"].to_numpy() > 0
+    label = frame["label"].to_numpy()
+    keep = owned | (label > 0) | frame["holdout"].to_numpy()
+    candidates = np.flatnonzero(~keep)
+    order = rng.permutation(len(candidates))
+    shuffled = candidates[order]
+    rank_in_group = pd.Series(frame["group"].to_numpy()[shuffled]).groupby(frame["group"].to_numpy()[shuffled]).cumcount()
+    keep[shuffled[rank_in_group.to_numpy() < params.neg_per_user]] = True
+    kept = frame[keep]
+    return {
+        "x": kept[list(FEATURES)].to_numpy(np.float32),
+        "y": kept["label"].to_numpy(np.float32),
+        "group": kept["group"].to_numpy(np.int64),
+        "holdout": kept["holdout"].to_numpy(bool),
+        "owned": kept["ui_orders"].to_numpy() > 0,
+    }
+
+
+def _dmatrix(x: np.ndarray, y: np.ndarray, group: np.ndarray):
+    import xgboost as xgb
+
+    d = xgb.DMatrix(x, label=y, feature_names=list(FEATURES))
+    _, sizes = np.unique(group, return_counts=True)  # groups are contiguous and sorted
+    d.set_group(sizes)
+    return d
+
+
+def fit_boosters(
+    rows: dict[str, np.ndarray], params: RankerParams, *, use_gpu: bool = False, shard: tuple[int, int] = (0, 1)
+) -> dict[str, Any]:
+    """Train ``main`` on every candidate and ``discover`` on never-bought ones; early stopping on held-out users.
+
+    ``shard=(rank, world)`` keeps the query groups with ``group % world == rank`` (data-parallel workers)."""
+    import xgboost as xgb
+
+    rank, world = shard
+    mine = rows["group"] % world == rank
+    boosters = {}
+    for name in BOOSTERS:
+        m = mine & (np.ones_like(mine) if name == "main" else ~rows["owned"])
+        train, hold = m & ~rows["holdout"], m & rows["holdout"]
+        dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train])
+        dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold])
+        booster = xgb.train(
+            params.xgb_params(use_gpu),
+            dtrain,
+            num_boost_round=params.max_rounds,
+            evals=[(dhold, "holdout")],
+            early_stopping_rounds=params.early_stopping_rounds,
+            verbose_eval=False,
+        )
+        best = int(booster.best_iteration) + 1
+        boosters[name] = booster[:best]
+        boosters[f"{name}_holdout_ndcg@10"] = float(booster.best_score)
+    return boosters
+
+
+def ray_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker (XGBoostTrainer): fit both boosters on this worker's shard, report them as a checkpoint."""
+    import ray.train
+
+    from training.ray_job import report_directory
+
+    ctx = ray.train.get_context()
+    result = fit_boosters(
+        config["rows"], config["params"], use_gpu=config["use_gpu"], shard=(ctx.get_world_rank(), ctx.get_world_size())
+    )
+
+    def write(directory) -> dict[str, float]:
+        for name in BOOSTERS:
+            result[name].save_model(str(directory / f"{name}.json"))
+        return {k: v for k, v in result.items() if isinstance(v, float)}
+
+    report_directory(write)
+
+
+# --- explanations ------------------------------------------------------------------------------------------------
+def contributions(booster, x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """Scores and TreeSHAP contributions of each row, summed per feature group (``FEATURE_GROUPS``)."""
+    import xgboost as xgb
+
+    d = xgb.DMatrix(x, feature_names=list(FEATURES))
+    contrib = booster.predict(d, pred_contribs=True)  # last column: bias
+    per_feature = pd.DataFrame(contrib[:, :-1], columns=list(FEATURES))
+    groups = per_feature.T.groupby(pd.Series(FEATURE_GROUP)).sum().T
+    return contrib.sum(axis=1), groups.reindex(columns=list(FEATURE_GROUPS), fill_value=0.0)
+
+
+def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) -> str | None:
+    """One plain sentence for a feature group, from the candidate's feature values; None when it has nothing to say."""
+    if group == "repeat" and row.get("ui_orders", 0) > 0:
+        n, last, cycle = int(row["ui_orders"]), row.get("ui_days_since_last"), row.get("ui_cycle")
+        if n >= 2 and cycle is not None and np.isfinite(cycle) and cycle >= 1:
+            return f"you buy this about every {cycle:.0f} days (last time {last:.0f} days ago)"
+        times = "once" if n == 1 else f"{n} times"
+        return f"you bought this {times}, last time {last:.0f} days ago"
+    if group == "together" and names.get("together"):
+        return f"often bought with {names['together']}"
+    if group == "similar" and names.get("similar"):
+        return f"similar to {names['similar']}, which you bought"
+    if group == "popular":
+        return f"popular this month ({row.get('i_buyers_30d', 0):.0f} customers bought it in the last 30 days)"
+    if group == "trend":
+        if row.get("i_trend", 1.0) > 1.05:
+            return "trending: more customers are buying it this month than usual"
+        return "selling steadily this week"
+    if group == "price":
+        return "in your usual price range"
+    if group == "category" and names.get("category"):
+        return f"from a range you often buy ({names['category']})"
+    if group == "item" and row.get("i_repurchase", 0) > 0.2:
+        return "customers who buy it tend to buy it again"
+    return None
+
+
+def explain(
+    groups: pd.Series, row: dict[str, float], names: dict[str, str], max_reasons: int = 2
+) -> tuple[str, dict[str, float]]:
+    """The reason (the top positive contributions in plain words) and the contributions of every group."""
+    sentences = []
+    for group, value in groups.sort_values(ascending=False).items():
+        if value <= 0 or len(sentences) >= max_reasons:
+            break
+        sentence = describe_reason(str(group), row, names)
+        if sentence and sentence not in sentences:
+            sentences.append(sentence)
+    if not sentences:
+        top = str(groups.idxmax())
+        sentences.append(describe_reason(top, row, names) or "a good match for what you usually buy")
+    reason = "; ".join(sentences)
+    return reason[0].upper() + reason[1:], {str(k): round(float(v), 4) for k, v in groups.items()}
+
+
+def params_dict(params: RankerParams) -> dict[str, Any]:
+    return asdict(params)

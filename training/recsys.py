@@ -1,0 +1,542 @@
+"""The recommend family's ranking model: multi-source candidates, a two-tower retriever and an XGBoost ranker.
+
+``RecSys`` is an estimator (``__init__`` stores parameters, ``fit`` sets the attributes ending in ``_``):
+
+1. MiniLM text embeddings of every catalog item (cached under ``cache_dir``).
+2. EASE λ tuned on the last month of the training events (unless given).
+3. Label cuts carved from the training events only: the ranker learns from the ``label_days`` after each cut what
+   the features known at the cut predict; the latest cut's users are partly held out for early stopping.
+4. Two-tower models (one per cut, and one on all events) trained in one job — a Ray Train ``TorchTrainer`` with
+   ``RayExecutor``, in process with ``LocalExecutor`` (tests).
+5. Candidates and features per cut, then both boosters in one job (Ray Train ``XGBoostTrainer``).
+6. The catalog side is refitted on all events for recommending.
+
+``recommend`` ranks one customer's candidates and explains every item from the booster's own TreeSHAP values;
+``rank_users`` does the same for many customers at once (benchmarks, batch scoring). ``save``/``load`` use plain
+files: JSON, NPZ and XGBoost JSON, which MLflow carries as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omnicart.schemas import C
+from omnicart.settings import Settings
+from training import candidates as cand
+from training import item2item, ranker, text, two_tower
+from training.candidates import USER, CandidateParams, ItemState
+from training.ranker import RankerParams
+from training.two_tower import TwoTowerIndex, TwoTowerParams
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RecSysParams:
+    label_days: int = 70
+    n_cuts: int = 2
+    ease_lambda: float | None = None  # None: tuned on the last month of the training events
+    ease_grid: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
+    candidates: CandidateParams = field(default_factory=CandidateParams)
+    two_tower: TwoTowerParams = field(default_factory=TwoTowerParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecSysParams:
+        return cls(
+            label_days=d["label_days"],
+            n_cuts=d["n_cuts"],
+            ease_lambda=d["ease_lambda"],
+            ease_grid=tuple(d["ease_grid"]),
+            candidates=CandidateParams(**d["candidates"]),
+            two_tower=TwoTowerParams(**d["two_tower"]),
+            ranker=RankerParams(**d["ranker"]),
+            seed=d["seed"],
+        )
+
+
+# --- where the two training stages run ------------------------------------------------------------------------------
+def _two_tower_tasks(config: dict[str, Any], distributed: bool) -> list[dict[str, Any]]:
+    return [
+        two_tower.fit(t["history"], t["targets"], t["content"], config["params"], distributed=distributed)
+        for t in config["tasks"]
+    ]
+
+
+def _two_tower_ray_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker (TorchTrainer): train every two-tower task, report the arrays as one checkpoint."""
+    from training.ray_job import report_directory
+
+    results = _two_tower_tasks(config, distributed=True)
+
+    def write(directory: Path) -> dict[str, float]:
+        for n, result in enumerate(results):
+            arrays = {k: np.asarray(v) for k, v in result.items()}
+            np.savez(directory / f"task{n}.npz", **arrays)
+        return {f"task{n}_loss": float(r["loss_last"]) for n, r in enumerate(results)}
+
+    report_directory(write)
+
+
+def _read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
+    out = []
+    for k in range(n):
+        with np.load(directory / f"task{k}.npz") as a:
+            out.append({key: (a[key].item() if a[key].ndim == 0 else a[key]) for key in a.files})
+    return out
+
+
+class LocalExecutor:
+    """Runs both training stages in this process (unit tests, notebooks)."""
+
+    def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        return _two_tower_tasks(config, distributed=False)
+
+    def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
+        return ranker.fit_boosters(config["rows"], config["params"])
+
+
+class RayExecutor:
+    """Runs each stage as one Ray Train job on the configured cluster (GPU workers when it has them)."""
+
+    def __init__(self, settings: Settings, name: str = "recsys", num_workers: int = 1) -> None:
+        self.settings = settings
+        self.name = name
+        self.num_workers = num_workers
+
+    def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
+        from ray.train import RunConfig, ScalingConfig
+
+        from omnicart.raycluster import ensure_ray, gpu_available
+
+        ensure_ray(self.settings)
+        use_gpu = gpu_available(self.settings)
+        trainer = trainer_cls(
+            loop,
+            train_loop_config={**config, "use_gpu": use_gpu},
+            scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name=f"{self.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(self.settings.ray_storage.resolve()),
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train job {self.name}-{stage} reported no checkpoint")
+        out = Path(tempfile.mkdtemp(prefix=f"omnicart-{stage}-"))
+        with result.checkpoint.as_directory() as directory:
+            shutil.copytree(directory, out, dirs_exist_ok=True)
+        return out
+
+    def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        from ray.train.torch import TorchTrainer
+
+        out = self._run(TorchTrainer, _two_tower_ray_loop, config, "two-tower")
+        try:
+            return _read_two_tower(out, len(config["tasks"]))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
+        import xgboost as xgb
+        from ray.train.xgboost import XGBoostTrainer
+
+        out = self._run(XGBoostTrainer, ranker.ray_loop, config, "ranker")
+        try:
+            return {name: xgb.Booster(model_file=str(out / f"{name}.json")) for name in ranker.BOOSTERS}
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+# --- the estimator ----------------------------------------------------------------------------------------------------
+def _cold_item_ids(state_items: np.ndarray, items: pd.DataFrame | None) -> np.ndarray:
+    if items is None or not len(items):
+        return np.array([], dtype=object)
+    known = set(state_items.tolist())
+    return np.array([i for i in items[C.item_id].astype(str).drop_duplicates() if i not in known], dtype=object)
+
+
+class RecSys:
+    """Repeat history + EASE + co-occurrence + two-tower candidates, ranked by XGBoost, explained by TreeSHAP."""
+
+    def __init__(self, params: RecSysParams | None = None, *, cache_dir: Path | None = None) -> None:
+        self.params = params or RecSysParams()
+        self.cache_dir = cache_dir
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame | None = None,
+        *,
+        executor: LocalExecutor | RayExecutor | None = None,
+        now: pd.Timestamp | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> RecSys:
+        """Fit on purchase events (customer_id, item_id, event_timestamp; optional quantity, price, order_id) and an
+        optional catalog (item_id, title, description, category, brand, price, image_embedding)."""
+        p = self.params
+        executor = executor or LocalExecutor()
+        say = progress or (lambda _msg: None)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            timings[stage] = round(time.perf_counter() - clock, 2)
+            clock = time.perf_counter()
+            say(f"{stage}: {timings[stage]:.1f} s")
+
+        events = cand.normalize_events(interactions)
+        if events.empty:
+            raise ValueError("no interactions to train on")
+        now = pd.Timestamp(now) if now is not None else events[C.event_timestamp].max() + pd.Timedelta(seconds=1)
+        events = events[events[C.event_timestamp] < now]
+        catalog = self._catalog(events, items)
+        embeddings = text.encode(text.item_text(catalog), cache_dir=self.cache_dir)
+        text_of = dict(zip(catalog[C.item_id].tolist(), embeddings, strict=True))
+        lap("text")
+
+        lam = p.ease_lambda
+        self.ease_scores_: dict[float, float] = {}
+        if lam is None:
+            lam, self.ease_scores_ = item2item.tune_ease_lambda(events, now, p.ease_grid)
+        self.ease_lambda_ = float(lam)
+        lap("ease_tune")
+
+        cuts = [now - pd.Timedelta(days=p.label_days * (c + 1)) for c in range(p.n_cuts)]
+        cuts = [c for c in cuts if (events[C.event_timestamp] < c).any()]
+        states = [ItemState.fit(events, catalog, c, text_of, lam, seed=p.seed) for c in cuts]
+        final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)
+        lap("item_state")
+
+        # two-tower: one model per cut (features for the ranker) and one on everything (recommending)
+        tasks, vocabs = [], []
+        for state, cut in zip([*states, final], [*cuts, now], strict=True):
+            content, vocab = self._content(state, catalog, text_of)
+            index = {item: n for n, item in enumerate(state.item_ids.tolist())}
+            history, targets = two_tower.training_examples(events[events[C.event_timestamp] < cut], index, p.two_tower)
+            tasks.append({"history": history, "targets": targets, "content": content})
+            vocabs.append(vocab)
+        results = executor.two_tower({"tasks": tasks, "params": p.two_tower})
+        indexes = [
+            TwoTowerIndex.from_fit(t["content"].item_ids, len(s.item_ids), r, p.two_tower)
+            for t, s, r in zip(tasks, [*states, final], results, strict=True)
+        ]
+        self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
+        lap("two_tower")
+
+        frames = []
+        for c, (state, cut, index) in enumerate(zip(states, cuts, indexes, strict=False)):
+            end = cut + pd.Timedelta(days=p.label_days)
+            window = events[(events[C.event_timestamp] >= cut) & (events[C.event_timestamp] < end)]
+            window = window[window[C.item_id].isin(state.index)]
+            labels = set(zip(window[C.customer_id], window[C.item_id], strict=True))
+            users = np.array(sorted(set(events.loc[events[C.event_timestamp] < cut, C.customer_id]) & set(window[C.customer_id])))
+            if not len(users):
+                continue
+            batch = cand.describe(events, state, cut, users)
+            tt = index.scores(index.user_vectors(two_tower.user_weights(events, users, state.index, cut, p.two_tower)))
+            frame = cand.candidates(batch, state, p.candidates, tt[:, : len(state.item_ids)])
+            frame["label"] = [
+                (u, i) in labels
+                for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
+            ]
+            frame["label"] = frame["label"].astype(np.float32)
+            frame["group"] = c * 10_000_000 + frame[USER].to_numpy()
+            rng = np.random.default_rng(p.seed + c)
+            held = rng.random(len(users)) < p.ranker.eval_share if c == 0 else np.zeros(len(users), bool)
+            frame["holdout"] = held[frame[USER].to_numpy()]
+            frames.append(frame)
+        if not frames:
+            raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
+        data = pd.concat(frames, ignore_index=True).sort_values("group", kind="stable")
+        if not data["holdout"].any():  # tiny data: hold out a share of the groups anyway
+            groups = data["group"].unique()
+            held_groups = groups[np.random.default_rng(p.seed).random(len(groups)) < p.ranker.eval_share]
+            data["holdout"] = data["group"].isin(held_groups if len(held_groups) else groups[:1])
+        rows = ranker.training_rows(data, p.ranker)
+        self.train_rows_ = len(rows["y"])
+        lap("features")
+
+        boosters = executor.ranker({"rows": rows, "params": p.ranker})
+        self.boosters_ = {name: boosters[name] for name in ranker.BOOSTERS}
+        lap("ranker")
+
+        self.state_ = final
+        self.two_tower_ = indexes[-1]
+        self.content_vocab_ = vocabs[-1]
+        self.now_ = now
+        self.timings_ = timings
+        return self
+
+    @staticmethod
+    def _catalog(events: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
+        """Every item the model may know: the catalog's rows, plus items seen only in events."""
+        seen = pd.DataFrame({C.item_id: sorted(events[C.item_id].unique())})
+        if items is None or not len(items):
+            return seen.assign(**{C.title: "", C.description: "", C.category: "", C.brand: ""})
+        catalog = items.copy()
+        catalog[C.item_id] = catalog[C.item_id].astype(str)
+        catalog = catalog.drop_duplicates(C.item_id)
+        extra = seen[~seen[C.item_id].isin(set(catalog[C.item_id]))]
+        return pd.concat([catalog, extra], ignore_index=True)
+
+    def _content(
+        self, state: ItemState, catalog: pd.DataFrame, text_of: dict[str, np.ndarray], vocab: dict | None = None
+    ) -> tuple[two_tower.Content, dict]:
+        cold = _cold_item_ids(state.item_ids, catalog)
+        item_ids = np.concatenate([state.item_ids, cold]).astype(object)
+        emb = np.stack([text_of.get(i, np.zeros(text.DIM, np.float32)) for i in item_ids.tolist()])
+        warm = np.zeros(len(item_ids), bool)
+        warm[: len(state.item_ids)] = True
+        return two_tower.build_content(item_ids, catalog, emb, warm, vocab)
+
+    # --- ranking ----------------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "state_"):
+            raise RuntimeError("RecSys is not fitted; call fit() or RecSys.load()")
+
+    def _frame(
+        self,
+        events: pd.DataFrame,
+        users: np.ndarray,
+        now: pd.Timestamp,
+        discover: bool,
+        exclude: dict[Any, Iterable[str]] | set[str] | None,
+    ) -> tuple[pd.DataFrame, cand.Batch]:
+        state, tt = self.state_, self.two_tower_
+        batch = cand.describe(events, state, now, users)
+        mask = np.zeros(batch.binary.shape, dtype=bool)
+        if discover:
+            mask |= batch.binary.toarray() > 0
+        if exclude:
+            if isinstance(exclude, dict):
+                for n, u in enumerate(users.tolist()):
+                    cols = [state.index[i] for i in exclude.get(u, ()) if i in state.index]
+                    mask[n, cols] = True
+            else:
+                mask[:, [state.index[i] for i in exclude if i in state.index]] = True
+        vectors = tt.user_vectors(two_tower.user_weights(events, users, state.index, now, tt.params))
+        self._user_vectors = vectors
+        frame = cand.candidates(batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask)
+        booster = self.boosters_["discover" if discover else "main"]
+        import xgboost as xgb
+
+        frame["score"] = booster.predict(xgb.DMatrix(frame[list(cand.FEATURES)].to_numpy(np.float32), feature_names=list(cand.FEATURES)))
+        return frame, batch
+
+    def rank_users(
+        self,
+        interactions: pd.DataFrame,
+        users: Sequence[Any],
+        k: int = 20,
+        *,
+        discover: bool = False,
+        now: pd.Timestamp | None = None,
+        exclude: dict[Any, Iterable[str]] | None = None,
+        batch_size: int = 1000,
+    ) -> dict[Any, list[str]]:
+        """The top ``k`` item ids for each user from their events before ``now`` (default: the training cut).
+
+        ``discover`` ranks only items the user never bought (the "novel" setting)."""
+        self._check_fitted()
+        now = pd.Timestamp(now) if now is not None else self.now_
+        events = cand.normalize_events(interactions)
+        users = np.array(list(users))
+        out: dict[Any, list[str]] = {}
+        fallback = np.argsort(-self.state_.stats["i_buyers_30d"].to_numpy(), kind="stable")
+        for start in range(0, len(users), batch_size):
+            chunk = users[start : start + batch_size]
+            chunk_events = events[events[C.customer_id].isin(set(chunk.tolist()))]
+            frame, batch = self._frame(chunk_events, chunk, now, discover, exclude)
+            frame = frame.sort_values([USER, "score"], ascending=[True, False], kind="stable")
+            top = frame[frame.groupby(USER).cumcount() < k]
+            picked = top.groupby(USER)[cand.ITEM].agg(list).to_dict()
+            owned = batch.binary.tolil().rows
+            for n, u in enumerate(chunk.tolist()):
+                items = picked.get(n, [])
+                if len(items) < k:  # a full ranking: the rest by recent popularity
+                    blocked = set(items) | (set(owned[n]) if discover else set())
+                    if exclude and u in exclude:
+                        blocked |= {self.state_.index[i] for i in exclude[u] if i in self.state_.index}
+                    items = items + [int(i) for i in fallback if int(i) not in blocked][: k - len(items)]
+                out[u] = self.state_.item_ids[items].tolist()
+        return out
+
+    def recommend(
+        self,
+        user_history: pd.DataFrame | Sequence[str] | Sequence[dict[str, Any]],
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        context: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Top ``k`` items for one customer, each with a score, a plain-words reason and its TreeSHAP contributions.
+
+        ``user_history``: the customer's purchase events (item_id, event_timestamp, optional quantity, price,
+        order_id), or just item ids. ``exclude``: items never to propose (in the basket, out of stock, …).
+        ``context``: ``now`` (default: the training cut), ``discover`` (only never-bought items),
+        ``new_items`` (slots for catalog items without interactions, chosen by the two-tower content model)."""
+        self._check_fitted()
+        context = context or {}
+        now = pd.Timestamp(context.get("now", self.now_))
+        if now.tzinfo is None:
+            now = now.tz_localize("UTC")
+        history = _history_frame(user_history, now)
+        user = history[C.customer_id].iloc[0] if len(history) else "_"
+        exclude = set(map(str, exclude))
+        frame, batch = self._frame(history, np.array([user]), now, bool(context.get("discover", False)), exclude)
+        frame = frame.sort_values("score", ascending=False, kind="stable")
+        n_new = min(int(context.get("new_items", 0)), k)
+        top = frame.head(k - n_new)
+        booster = self.boosters_["discover" if context.get("discover") else "main"]
+        scores, groups = ranker.contributions(booster, top[list(cand.FEATURES)].to_numpy(np.float32))
+        owned = batch.binary.indices
+        out = []
+        for (_, row), score, (_, contrib) in zip(top.iterrows(), scores, groups.iterrows(), strict=True):
+            i = int(row[cand.ITEM])
+            names = self._anchor_names(i, owned, batch)
+            reason, contributions = ranker.explain(contrib, row.to_dict(), names)
+            out.append(
+                {
+                    C.item_id: self.state_.item_ids[i],
+                    C.title: self.state_.titles[i],
+                    "score": round(float(score), 6),
+                    "reason": reason,
+                    "contributions": contributions,
+                }
+            )
+        if n_new:
+            out += self._new_items(n_new, exclude, owned)
+        return out
+
+    def _anchor_names(self, i: int, owned: np.ndarray, batch: cand.Batch) -> dict[str, str]:
+        """The history item behind "often bought with" / "similar to", and the item's category name."""
+        state = self.state_
+        names = {"category": state.category_names[state.categories[i]]}
+        others = owned[owned != i]
+        if len(others):
+            together = others[np.argmax(state.ease[others, i] + 0.1 * state.cooc[others, i])]
+            similar = others[np.argmax(state.text[others] @ state.text[i])]
+            names["together"] = state.titles[together] or str(state.item_ids[together])
+            names["similar"] = state.titles[similar] or str(state.item_ids[similar])
+        return names
+
+    def _new_items(self, n: int, exclude: set[str], owned: np.ndarray) -> list[dict[str, Any]]:
+        """Catalog items without interactions that the content model finds closest to the customer."""
+        tt = self.two_tower_
+        if len(tt.item_ids) <= tt.n_warm:
+            return []
+        cold = np.arange(tt.n_warm, len(tt.item_ids))
+        scores = tt.scores(self._user_vectors, cold)[0]
+        order = [c for c in cold[np.argsort(-scores, kind="stable")] if tt.item_ids[c] not in exclude][:n]
+        best = {c: float(s) for c, s in zip(cold, scores, strict=True)}
+        out = []
+        for c in order:
+            similar = ""
+            if len(owned):
+                similar = self.state_.titles[owned[np.argmax(tt.item_vectors[owned] @ tt.item_vectors[c])]]
+            reason = f"New in the catalog, like {similar}" if similar else "New in the catalog"
+            out.append({C.item_id: tt.item_ids[c], "score": round(best[c], 6), "reason": reason, "contributions": {"similar": 1.0}})
+        return out
+
+    def cold_scores(self, interactions: pd.DataFrame, users: Sequence[Any], now: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Two-tower scores of every catalog item without training interactions, for each user: (item ids, users × items)."""
+        self._check_fitted()
+        now = pd.Timestamp(now) if now is not None else self.now_
+        tt = self.two_tower_
+        events = cand.normalize_events(interactions)
+        users = np.array(list(users))
+        vectors = tt.user_vectors(two_tower.user_weights(events, users, self.state_.index, now, tt.params))
+        cold = np.arange(tt.n_warm, len(tt.item_ids))
+        return tt.item_ids[cold], tt.scores(vectors, cold)
+
+    # --- persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        """Write the fitted model as plain files into ``directory`` (created; replaced files are overwritten)."""
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.state_.save(directory)
+        self.two_tower_.save(directory)
+        for name, booster in self.boosters_.items():
+            booster.save_model(str(directory / f"ranker_{name}.json"))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": self.params.to_dict(),
+            "now": self.now_.isoformat(),
+            "ease_lambda": self.ease_lambda_,
+            "ease_scores": {str(k): v for k, v in self.ease_scores_.items()},
+            "timings": self.timings_,
+            "features": list(cand.FEATURES),
+            "content_vocab": self.content_vocab_,
+        }
+        (directory / "recsys.json").write_text(json.dumps(meta, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> RecSys:
+        import xgboost as xgb
+
+        directory = Path(directory)
+        meta = json.loads((directory / "recsys.json").read_text())
+        if meta["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"model format {meta['format_version']} is not {FORMAT_VERSION}")
+        if meta["features"] != list(cand.FEATURES):
+            raise ValueError("the saved ranker was trained on other features than this code computes")
+        model = cls(RecSysParams.from_dict(meta["params"]))
+        model.state_ = ItemState.load(directory)
+        model.two_tower_ = TwoTowerIndex.load(directory)
+        model.boosters_ = {n: xgb.Booster(model_file=str(directory / f"ranker_{n}.json")) for n in ranker.BOOSTERS}
+        model.now_ = pd.Timestamp(meta["now"])
+        model.ease_lambda_ = meta["ease_lambda"]
+        model.ease_scores_ = {float(k): v for k, v in meta["ease_scores"].items()}
+        model.timings_ = meta["timings"]
+        model.content_vocab_ = meta["content_vocab"]
+        return model
+
+
+def _history_frame(user_history: Any, now: pd.Timestamp) -> pd.DataFrame:
+    """One customer's history as events; bare item ids count as one purchase each just before ``now``."""
+    if isinstance(user_history, pd.DataFrame):
+        df = user_history.copy()
+    else:
+        records = list(user_history)
+        if records and isinstance(records[0], dict):
+            df = pd.DataFrame(records)
+        else:
+            df = pd.DataFrame({C.item_id: [str(i) for i in records]})
+    if C.item_id not in df:
+        df[C.item_id] = pd.Series(dtype=str)
+    if C.customer_id not in df:
+        df[C.customer_id] = "_"
+    if C.event_timestamp not in df:
+        df[C.event_timestamp] = now - pd.Timedelta(minutes=1)
+    return df
+
+
+def train(
+    settings: Settings,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    params: RecSysParams | None = None,
+    *,
+    now: pd.Timestamp | None = None,
+) -> RecSys:
+    """Fit ``RecSys`` with both training stages as Ray Train jobs on the configured cluster."""
+    model = RecSys(params, cache_dir=settings.home_dir / "cache")
+    return model.fit(interactions, items, executor=RayExecutor(settings), now=now)

@@ -32,7 +32,7 @@ class RankerParams:
     max_rounds: int = 400
     early_stopping_rounds: int = 30
     eval_share: float = 0.2  # share of the latest cut's users held out for early stopping
-    neg_per_user: int = 80  # training only: random non-purchased, never-bought candidates kept per user
+    neg_per_user: int = 100  # training only: never-bought, not-purchased candidates kept per user (the hardest)
     seed: int = 0
 
     def xgb_params(self, use_gpu: bool = False) -> dict[str, Any]:
@@ -58,16 +58,16 @@ class RankerParams:
 def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.ndarray]:
     """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``holdout``.
 
-    Negatives the user never bought are subsampled per group (training rows only; evaluation ranks everything)."""
-    rng = np.random.default_rng(params.seed)
+    Training rows keep every item the user bought before and every positive; of the other negatives, the
+    ``neg_per_user`` that some source ranks highest (the ones that compete for the top). Held-out rows stay whole."""
     owned = frame["ui_orders"].to_numpy() > 0
     label = frame["label"].to_numpy()
     keep = owned | (label > 0) | frame["holdout"].to_numpy()
-    candidates = np.flatnonzero(~keep)
-    order = rng.permutation(len(candidates))
-    shuffled = candidates[order]
-    rank_in_group = pd.Series(frame["group"].to_numpy()[shuffled]).groupby(frame["group"].to_numpy()[shuffled]).cumcount()
-    keep[shuffled[rank_in_group.to_numpy() < params.neg_per_user]] = True
+    best_rank = frame[["ease_rank", "cooc_rank", "tt_rank", "text_rank", "pop_rank"]].min(axis=1).to_numpy()
+    rest = np.flatnonzero(~keep)
+    order = rest[np.lexsort((best_rank[rest], frame["group"].to_numpy()[rest]))]
+    nth = pd.Series(frame["group"].to_numpy()[order]).groupby(frame["group"].to_numpy()[order]).cumcount().to_numpy()
+    keep[order[nth < params.neg_per_user]] = True
     kept = frame[keep]
     return {
         "x": kept[list(FEATURES)].to_numpy(np.float32),

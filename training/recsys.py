@@ -44,7 +44,8 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class RecSysParams:
     label_days: int = 70
-    n_cuts: int = 2
+    n_cuts: int = 4
+    cut_stride_days: int = 35  # label windows may overlap: more ranker training data from the same history
     ease_lambda: float | None = None  # None: tuned on the last month of the training events
     ease_grid: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
     candidates: CandidateParams = field(default_factory=CandidateParams)
@@ -60,6 +61,7 @@ class RecSysParams:
         return cls(
             label_days=d["label_days"],
             n_cuts=d["n_cuts"],
+            cut_stride_days=d["cut_stride_days"],
             ease_lambda=d["ease_lambda"],
             ease_grid=tuple(d["ease_grid"]),
             candidates=CandidateParams(**d["candidates"]),
@@ -218,7 +220,7 @@ class RecSys:
         self.ease_lambda_ = float(lam)
         lap("ease_tune")
 
-        cuts = [now - pd.Timedelta(days=p.label_days * (c + 1)) for c in range(p.n_cuts)]
+        cuts = [now - pd.Timedelta(days=p.label_days + p.cut_stride_days * c) for c in range(p.n_cuts)]
         cuts = [c for c in cuts if (events[C.event_timestamp] < c).any()]
         states = [ItemState.fit(events, catalog, c, text_of, lam, seed=p.seed) for c in cuts]
         final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)

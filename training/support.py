@@ -325,9 +325,7 @@ def _scope_mask(kb: KnowledgeBase, product_ids: Sequence[Any]) -> tuple[np.ndarr
     return (np.stack(masks) if any_scoped else None), scopes
 
 
-def calibrate(
-    fused: np.ndarray, intent_p: np.ndarray, relevant: np.ndarray, target_precision: float
-) -> Calibration:
+def calibrate(fused: np.ndarray, intent_p: np.ndarray, relevant: np.ndarray, target_precision: float) -> Calibration:
     """Fit the confidence and its threshold on validation questions.
 
     When validation has too few wrong answers to learn from (templated FAQs are answered almost perfectly), each
@@ -467,7 +465,9 @@ def _choose_onnx(
     int8 = quantize_int8(fp32, directory / "encoder.int8.onnx")
     sample = questions[:256]
     report: dict[str, Any] = {"tolerance": cfg["onnx_tolerance"], "torch_hit@1": torch_hit1}
-    report["torch_sentences_per_s"] = throughput(encoder, sample, cfg["question_length"])
+    # serving replicas run on CPU: compare with torch on CPU, even when training had a GPU
+    cpu = encoder if encoder.device in (None, "cpu") else Encoder(directory / "encoder")
+    report["torch_sentences_per_s"] = throughput(cpu, sample, cfg["question_length"])
     for name, path in (("onnx", fp32), ("onnx_int8", int8)):
         candidate = Encoder(directory / "encoder", path)
         feats, _ = val_features(candidate.encode(questions, cfg["question_length"]))

@@ -30,14 +30,14 @@ DAY = pd.Timedelta(days=1)
 @dataclass(frozen=True)
 class TwoTowerParams:
     dim: int = 64
-    hidden: int = 256
-    epochs: int = 12
-    batch_size: int = 256
+    hidden: int = 128
+    epochs: int = 8
+    batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6
     id_dropout: float = 0.5
     half_life_days: float = 60.0
-    max_targets_per_user: int = 12
+    max_targets_per_user: int = 8
     max_history: int = 200
     seed: int = 0
 
@@ -274,7 +274,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     core.eval()
     with torch.no_grad():
         ids = torch.zeros(len(content.item_ids), dtype=torch.long, device=device)

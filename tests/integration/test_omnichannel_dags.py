@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -280,10 +281,11 @@ def _plant_bad_rows(s: Settings, day: dt.date) -> int:
     return 2
 
 
-def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd):
+def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd, caplog):
     from omnicart.ingest.daily import land_simulated_day
     from omnicart.realtime import push_event
 
+    caplog.set_level(logging.INFO, logger="omnicart")  # task logs reach pytest's handler or the process's streams
     s = omni.settings
     day = omni.days[-1] + dt.timedelta(days=1)
     land_simulated_day(s, day)
@@ -301,7 +303,7 @@ def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd):
     ]
     assert any(p.pushed for p in pushed)  # a raw email in, resolved through its token
     output = capfd.readouterr()
-    logged = output.out + output.err
+    logged = output.out + output.err + caplog.text
 
     for channel, table in LANDING_CHANNELS.items():  # each task logged its counts
         match = re.search(rf"{channel} {day} -> lake/{table}: rows in (\d+), kept (\d+), quarantined (\d+)", logged)

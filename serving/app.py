@@ -80,11 +80,13 @@ class Ingress:
         if pricing_version is not None:
             from omnicart import lake, schemas
             from serving.pricing import PricingService
+            from training.pricing import DEMAND_REFS
 
             self.pricer = PricingService(
                 load_model=lambda: registry.load(settings, "pricing"),
                 catalog=lake.read_table(settings.lake_dir, schemas.ITEMS, columns=[C.item_id, C.cost, C.price]),
                 model_version=pricing_version,
+                read_features=lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids),
             )
 
     def _check_key(self, x_api_key: str | None) -> None:

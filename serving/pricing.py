@@ -146,12 +146,15 @@ class PricingService:
         catalog: pd.DataFrame | Mapping[str, Mapping[str, Any]] | None = None,
         policy: PricingPolicy = PricingPolicy(),
         model_version: str | None = None,
+        read_features: Callable[[list[str]], list[dict[str, Any]]] | None = None,
     ) -> None:
         loaded = load_model()
         self.model: DemandModel = getattr(loaded, "model_", None) or loaded
         self.catalog = _catalog_table(catalog)
         self.policy = policy
         self.model_version = model_version
+        self.read_features = read_features
+        self.feature_failures = 0
 
     # --- validation -------------------------------------------------------------------------------------------
     def _parse(self, request: PriceRequest | Mapping[str, Any], prefix: str = "") -> PriceRequest:
@@ -237,8 +240,9 @@ class PricingService:
     def _suggest(
         self, items: list[PricingItem], policy: PricingPolicy, period: Any, promo: list, explain: bool
     ) -> list[Suggestion]:
+        features = self._features(items)
         try:
-            return suggest(self.model, items, policy, period=period, promo=promo, explain=explain)
+            return suggest(self.model, items, policy, period=period, promo=promo, features=features, explain=explain)
         except Exception:  # the model failing must not fail the request: guardrails still give a safe price
             log.exception("pricing model failed; answering with guarded current prices")
 
@@ -246,6 +250,18 @@ class PricingService:
                 return [np.full(len(g), np.nan) for g in grids]
 
             return optimise(items, no_demand, policy)
+
+    def _features(self, items: list[PricingItem]) -> list[dict[str, Any]] | None:
+        """The items' current values of the model's extra features (online store); None — the model's latest
+        history fills them — when the model has none, no reader is set, or the store fails (logged and counted)."""
+        if self.read_features is None or not self.model.spec_.extras:
+            return None
+        try:
+            return self.read_features([i.product_id for i in items])
+        except Exception:
+            self.feature_failures += 1
+            log.exception("online features unavailable; pricing with the model's latest history instead")
+            return None
 
     def _response(self, s: Suggestion) -> PriceResponse:
         return PriceResponse(

@@ -9,6 +9,7 @@ them end to end and promotes the challenger only when it beats the champion on R
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,19 @@ from omnicart.pricing.baselines import LogLog, SeriesMean, rmse
 from omnicart.pricing.features import CANONICAL, OPTIONAL, period_kind, require_columns
 from omnicart.pricing.model import DemandModel
 from omnicart.pricing.pyfunc import PricingPredictor
-from omnicart.schemas import C
+from omnicart.schemas import C, F, windowed
 from omnicart.settings import Settings
+
+log = logging.getLogger("omnicart.training.pricing")
 
 FAMILY = "pricing"
 GATE_METRIC = "rmse"  # lower is better
 TRAIN_SHARE = 0.8  # PROTOCOLS.md: the test starts at the distinct period at the 80 % position
+FEATURE_SERVICE = "pricing_v1"
+# Recent demand of each item across every channel, read point-in-time from Feast: the row of a period is what the
+# store knew at the period's start (the windows up to the day before), in training and, online, at serving time.
+DEMAND_FEATURES: tuple[str, ...] = tuple(windowed(n, w) for w in (7, 30) for n in (F.sales, F.conversion))
+DEMAND_REFS: tuple[str, ...] = tuple(f"{F.item_window_view}:{name}" for name in DEMAND_FEATURES)
 
 __all__ = [
     "FAMILY",
@@ -39,6 +47,7 @@ __all__ = [
     "from_frame",
     "train",
     "train_and_register",
+    "with_demand_features",
 ]
 
 
@@ -138,7 +147,7 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 182) ->
     if prices.empty:
         raise ValueError(f"no prices in the lake between {start} and {as_of}")
     items = lake.read_table(settings.lake_dir, schemas.ITEMS, end=as_of)
-    frame = canonical_prices(prices, items)
+    frame = with_demand_features(settings, canonical_prices(prices, items))
     catalog = (
         items.drop_duplicates(C.item_id, keep="last")
         .rename(columns={C.item_id: C.product_id})[[C.product_id, C.cost, C.category, C.price]]
@@ -147,6 +156,37 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 182) ->
         else pd.DataFrame()
     )
     return from_frame(frame, split=pd.Timestamp(as_of), name=f"lake-{as_of}", catalog=catalog)
+
+
+def with_demand_features(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (one series per item, daily periods) with each item's recent demand (``DEMAND_FEATURES``) as Feast
+    knew it at the start of each period: a point-in-time join on the offline store, so a period never sees its own
+    or later sales. Without the item windows in the feature store (no ``materialize_features`` run yet) the frame
+    comes back unchanged and the model keeps to the lags of its own price history."""
+    from omnicart.featurestore import feature_store
+
+    if not lake.partitions(settings.lake_dir, schemas.ITEM_WINDOW_FEATURES):
+        log.warning("no item window features in the lake: pricing trains without Feast demand features")
+        return frame
+    store = feature_store(settings)
+    try:
+        store.get_feature_view(F.item_window_view)
+    except Exception:  # Feast raises its own not-found error types per registry kind
+        log.warning("feature view %s is not applied: pricing trains without Feast demand features", F.item_window_view)
+        return frame
+    at = pd.to_datetime(frame[C.period]).dt.tz_localize("UTC")
+    entities = pd.DataFrame({C.item_id: frame[C.product_id].astype(str), C.event_timestamp: at}).drop_duplicates()
+    found = store.get_historical_features(entity_df=entities, features=list(DEMAND_REFS)).to_df()
+    found[C.event_timestamp] = pd.to_datetime(found[C.event_timestamp], utc=True)
+    # the file offline store drops entity rows without a feature row in the TTL: join back onto every row
+    keys = pd.DataFrame({C.item_id: entities[C.item_id], C.event_timestamp: entities[C.event_timestamp]})
+    lags = keys.merge(found, on=[C.item_id, C.event_timestamp], how="left")
+    lookup = lags.set_index([C.item_id, C.event_timestamp])[list(DEMAND_FEATURES)]
+    index = pd.MultiIndex.from_arrays([frame[C.product_id].astype(str), at])
+    out = frame.copy()
+    for name in DEMAND_FEATURES:
+        out[name] = lookup[name].reindex(index).to_numpy(np.float64)
+    return out
 
 
 # --- training: one Ray Train job --------------------------------------------------------------------------------
@@ -259,7 +299,11 @@ def train_and_register(settings: Settings, as_of: dt.date, **params: Any) -> Any
         artifacts={"model_dir": model.model_dir_},
         params={"as_of": as_of.isoformat(), "split": str(dataset.split), **model.get_params()},
         metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
-        tags={"data_window": f"..{as_of}", "dataset": dataset.name},
+        tags={
+            "data_window": f"..{as_of}",
+            "dataset": dataset.name,
+            "feature_service": FEATURE_SERVICE if set(DEMAND_FEATURES) & set(model.spec_.extras) else "none",
+        },
     )
     if promoted:
         registry.promote(settings, FAMILY, registered.version)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,12 @@ def context_rows(
     items: Sequence[PricingItem],
     period: Any = None,
     promo: Sequence[float | None] | None = None,
+    features: Sequence[Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """The rows to price as a canonical demand table (no units), in the series the model knows them by."""
+    """The rows to price as a canonical demand table (no units), in the series the model knows them by.
+
+    ``features`` (one mapping per item) carries current values of the model's extra columns, such as the item's
+    recent demand from the online store; a column missing there is filled from the model's latest history."""
     when = model.next_period() if period is None else period
     if model.spec_.period_kind == "date":
         when = pd.Timestamp(when)
@@ -37,7 +41,13 @@ def context_rows(
     )
     if promo is not None:
         frame[C.promo] = [np.nan if p is None else float(p) for p in promo]
+    for column in model.spec_.extras if features is not None else ():
+        frame[column] = [_float(f.get(column)) for f in features]
     return frame
+
+
+def _float(value: Any) -> float:
+    return np.nan if value is None else float(value)
 
 
 def suggest(
@@ -48,6 +58,7 @@ def suggest(
     period: Any = None,
     promo: Sequence[float | None] | None = None,
     history: pd.DataFrame | None = None,
+    features: Sequence[Mapping[str, Any]] | None = None,
     explain: bool = True,
 ) -> list[Suggestion]:
     """A guarded, explained price suggestion per item for ``period`` (default: the period after training).
@@ -56,7 +67,7 @@ def suggest(
     """
     if not items:
         return []
-    context = model.context(context_rows(model, items, period, promo), history)
+    context = model.context(context_rows(model, items, period, promo, features), history)
     suggestions = optimise(items, context.expected_units, policy, drivers=context.drivers if explain else None)
     for s in suggestions:
         low, high = _half_widths(model, s.product_id)

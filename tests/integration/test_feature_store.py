@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 PLANTED = 1e9
 M30, AVG30 = windowed(F.monetary, 30), windowed(F.avg_price, 30)
+S7 = windowed(F.sales, 7)
 
 
 def _plant(s: Settings, table: str, src_day: dt.date, day: dt.date, keep, values: dict) -> None:
@@ -54,7 +55,12 @@ def shop(tmp_path_factory):
     _plant(s, schemas.CUSTOMER_FEATURES, days[-1], future, is_customer, {F.spend_30d: PLANTED})
     _plant(s, schemas.CUSTOMER_LAST_EVENT, days[-1], future, is_customer, {F.live_items: [["FUTURE"]]})
     _plant(
-        s, schemas.ITEM_WINDOW_FEATURES, days[-1], future, lambda f: f[C.item_id] == item, {F.current_price: PLANTED}
+        s,
+        schemas.ITEM_WINDOW_FEATURES,
+        days[-1],
+        future,
+        lambda f: f[C.item_id] == item,
+        {F.current_price: PLANTED, S7: PLANTED},
     )
     featurestore.apply(s, definitions())
     return s, days, future, customer, item
@@ -153,6 +159,26 @@ def test_feature_services_retrieve_point_in_time(shop):
     v2 = v2.sort_values(C.event_timestamp).reset_index(drop=True)
     assert len(v2.loc[0, F.text_embedding]) == features.TEXT_DIM
     assert v2.loc[0, M30] != PLANTED and v2.loc[1, M30] == PLANTED
+
+
+def test_pricing_demand_features_are_point_in_time(shop):
+    """The pricing family's demand lags for a period are the item's windows up to the day before, never later ones."""
+    from training.pricing import DEMAND_FEATURES, with_demand_features
+
+    s, days, future, _, item = shop
+    periods = [days[1], days[2], future, future + dt.timedelta(days=1)]
+    frame = pd.DataFrame({C.product_id: item, C.series_id: item, C.period: pd.to_datetime(periods), C.price: 9.5})
+    got = with_demand_features(s, frame)
+
+    assert got[C.price].tolist() == [9.5] * 4 and set(DEMAND_FEATURES) <= set(got.columns)
+    key = {C.item_id: item}
+    for row, seen_day in ((0, days[0]), (1, days[1])):
+        for name in DEMAND_FEATURES:
+            assert got.loc[row, name] == pytest.approx(
+                _lake_value(s, schemas.ITEM_WINDOW_FEATURES, seen_day, key, name)
+            )
+    assert pd.isna(got.loc[2, S7])  # the last real row is older than the view's TTL, the planted one is tomorrow's
+    assert got.loc[3, S7] == PLANTED  # the day after, the planted row is the latest the store knew
 
 
 def test_materialize_then_push_an_event(shop):

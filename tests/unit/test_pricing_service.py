@@ -133,3 +133,41 @@ def test_loads_the_registry_predictor_as_well_as_a_bare_model() -> None:
     service = PricingService(load_model=lambda: predictor)
     assert service.model is fitted()
     assert service.price({"product_id": "I00002"}).product_id == "I00002"
+
+
+@pytest.fixture(scope="module")
+def with_recent_demand():
+    """A model that also learned from each item's demand over the previous 7 days (as Feast serves it)."""
+    from omnicart.pricing.model import DemandModel
+
+    frame, _, catalog = simulated()
+    frame = frame.sort_values([C.series_id, C.period]).copy()
+    past = frame.groupby(C.series_id)[C.units].transform(lambda u: u.shift(1).rolling(7, min_periods=1).sum())
+    frame["sales_7d"] = past
+    model = DemandModel(n_estimators=80, max_depth=5, max_train_rows=None, nthread=1, seed=0).fit(frame)
+    assert "sales_7d" in model.spec_.extras
+    return model, catalog
+
+
+def test_online_features_reach_the_demand_model(with_recent_demand) -> None:
+    model, catalog = with_recent_demand
+    product = catalog.iloc[2][C.item_id]
+    units = {}
+    for level in (0.0, 5000.0):
+        service = PricingService(
+            load_model=lambda: model, read_features=lambda ids, v=level: [{"sales_7d": v}] * len(ids)
+        )
+        units[level] = service.price({"product_id": product}).current.units
+    assert units[5000.0] > units[0.0]  # the item's recent demand, read online, moves the forecast
+
+
+def test_failing_feature_store_is_counted_and_still_answers(with_recent_demand) -> None:
+    model, catalog = with_recent_demand
+
+    def broken(ids):
+        raise ConnectionError("online store down")
+
+    service = PricingService(load_model=lambda: model, read_features=broken)
+    answer = service.price({"product_id": catalog.iloc[2][C.item_id]})
+    assert answer.suggested_price > 0 and answer.fallback is None  # the model's latest history filled the features
+    assert service.feature_failures == 1

@@ -5,9 +5,18 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetAll, Param, dag, task
 
-from omnicart.assets import DAY_KEY, FEATURE_INPUTS, ONLINE_STORE_URI, lake_asset_name, lake_uri
+from omnicart.assets import (
+    DAY_KEY,
+    FEATURE_INPUTS,
+    IMPORT_ASSET_NAME,
+    IMPORT_URI,
+    LAST_DAY_KEY,
+    ONLINE_STORE_URI,
+    lake_asset_name,
+    lake_uri,
+)
 from omnicart.schemas import (
     CUSTOMER_CHANNEL_FEATURES,
     CUSTOMER_FEATURES,
@@ -20,8 +29,9 @@ from omnicart.schemas import (
 DOC = """
 ### materialize_features
 Runs when `ingest_omnichannel` has updated every lake table features read (events, items, customers, prices,
-identity map). The days to build are those the triggering asset events name (`extra.day`; a backfill of several
-days triggers one run for all of them); a manual run takes `first_day`/`last_day`, or else the day before the run.
+identity map), or when `import_data` has imported a shop's files (`omnicart://lake/import`). The days to build are
+those the triggering asset events name (from the first `extra.day` to the last `extra.day` or `extra.last_day`: an
+import names a range); a manual run takes `first_day`/`last_day`, or else the day before the run.
 
 1. `customer_item_stats`: the skeleton's `customer_stats` / `item_stats` partitions (recommend_v1).
 2. `omnichannel_features`: customer × channel windows (7/30/90 days: recency, frequency, monetary, returns, category
@@ -43,6 +53,7 @@ def _asset(table: str) -> Asset:
 
 
 ONLINE_STORE = Asset(uri=ONLINE_STORE_URI, name="feast_online_store", group="omnicart-features")
+IMPORTED = Asset(uri=IMPORT_URI, name=IMPORT_ASSET_NAME, group="omnicart-lake")
 
 
 def _settings():
@@ -60,10 +71,11 @@ def _window(params, triggering_asset_events, run_date) -> dict:
     else:
         days = sorted(
             {
-                str(event.extra[DAY_KEY])
+                str(event.extra[key])
                 for events in (triggering_asset_events or {}).values()
                 for event in events
-                if DAY_KEY in (event.extra or {})
+                for key in (DAY_KEY, LAST_DAY_KEY)
+                if key in (event.extra or {})
             }
         )
         if days:
@@ -81,7 +93,8 @@ def _days(window: dict) -> tuple[dt.date, dt.date]:
 
 @dag(
     dag_id="materialize_features",
-    schedule=[_asset(table) for table in FEATURE_INPUTS],
+    # every input updated by the daily ingest, or an import of whatever tables a shop's mapping feeds
+    schedule=AssetAll(*(_asset(table) for table in FEATURE_INPUTS)) | IMPORTED,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

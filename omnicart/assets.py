@@ -28,6 +28,13 @@ FEATURE_INPUTS: tuple[str, ...] = (
 )
 ONLINE_STORE_URI = f"{SCHEME}://feast/online"
 DAY_KEY = "day"  # the asset event's extra: the day (ISO date) whose partition the task wrote
+LAST_DAY_KEY = "last_day"  # with DAY_KEY, when one event covers a range of days (an import): the last of them
+# An import writes whichever tables its mapping names, so its task declares an alias and attaches the lake tables
+# it wrote at run time; the import asset says "new data for these days" to materialize_features, whose inputs a
+# bring-your-own-data import rarely updates all together (the daily ingest does).
+IMPORT_ALIAS = "omnicart_import"
+IMPORT_URI = f"{SCHEME}://lake/import"
+IMPORT_ASSET_NAME = "lake_import"
 
 
 def lake_uri(table: str) -> str:

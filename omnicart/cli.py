@@ -142,15 +142,12 @@ def import_(
     limit: Annotated[int | None, typer.Option(help="Read only the first N records of each file.")] = None,
 ) -> None:
     """Import a shop's files through a column mapping: validate, quarantine bad rows, pseudonymise, write the lake."""
-    from pydantic import ValidationError
-
     from omnicart.ingest import importer
-    from omnicart.ingest.readers import MalformedFileError
 
     try:
         with console.status(f"importing {mapping}…"):
             report = importer.import_file(_settings(), mapping, source_path, limit=limit)
-    except (MalformedFileError, ValidationError) as exc:
+    except importer.INPUT_ERRORS as exc:
         console.print(f"[red]import failed, nothing written:[/] {exc}")
         raise typer.Exit(1) from exc
     for line in importer.summary_lines(report):

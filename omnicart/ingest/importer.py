@@ -11,6 +11,7 @@ pseudonymise → validate → quarantine → write path as the channel files.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from omnicart import schemas
 from omnicart.ingest import readers
@@ -42,6 +43,10 @@ from omnicart.settings import Settings
 
 
 # --- the mapping file ----------------------------------------------------------------------------------------------
+class MappingError(ValueError):
+    """A mapping that cannot be used (unreadable, unknown table or source, a condition that tests nothing)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -151,15 +156,22 @@ class MappingFile(_Model):
 
 def load_mapping(path: str | Path) -> MappingFile:
     """Parse and check a mapping file; errors name the field at fault."""
-    data = yaml.safe_load(Path(path).read_text())
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise MappingError(f"{path}: cannot read the mapping ({exc})") from exc
     mapping = MappingFile.model_validate(data)
     for source in mapping.sources:
         if source.table not in readers.TABLE_SCHEMAS:
-            raise ValueError(f"{path}: source {source.name!r}: unknown table {source.table!r}")
+            raise MappingError(f"{path}: source {source.name!r}: unknown table {source.table!r}")
         for d in source.derive:
             if d.table not in readers.TABLE_SCHEMAS:
-                raise ValueError(f"{path}: source {source.name!r}: cannot derive unknown table {d.table!r}")
+                raise MappingError(f"{path}: source {source.name!r}: cannot derive unknown table {d.table!r}")
     return mapping
+
+
+INPUT_ERRORS: tuple[type[Exception], ...] = (readers.MalformedFileError, MappingError, ValidationError)
+"""What ``import_file`` raises when the input is at fault; it raises them before writing anything."""
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
@@ -171,6 +183,7 @@ class ImportReport:
     sources: dict[str, QuarantineSummary]
     derived: dict[str, QuarantineSummary] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)  # table -> number of day partitions written
+    spans: dict[str, tuple[dt.date, dt.date]] = field(default_factory=dict)  # table -> first and last day written
     seconds: float = 0.0
 
     @property
@@ -192,6 +205,20 @@ class ImportReport:
     def quarantined(self) -> dict[str, int]:
         return dict(self.summary.by_reason)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts and day spans (what the Airflow task returns as its XCom)."""
+        return {
+            "mapping": self.mapping,
+            "rows_in": self.rows_in,
+            "kept": self.kept,
+            "quarantined": self.quarantined,
+            "sources": {name: s.as_dict() for name, s in self.sources.items()},
+            "derived": {name: s.as_dict() for name, s in self.derived.items()},
+            "partitions": dict(self.partitions),
+            "spans": {table: [first.isoformat(), last.isoformat()] for table, (first, last) in self.spans.items()},
+            "seconds": self.seconds,
+        }
+
 
 # --- importing -----------------------------------------------------------------------------------------------------
 def default_data_root() -> Path:
@@ -212,15 +239,16 @@ def import_file(
 
     ``source_path`` replaces the file of the mapping's only source (or of ``source``, by name); relative paths in the
     mapping resolve against ``data_root`` (default ``default_data_root()``). ``limit`` reads the first N records of
-    each file. Every file is read and checked before anything is written.
+    each file. Every file is read and checked before anything is written: a fault of the input raises one of
+    ``INPUT_ERRORS`` with the lake untouched.
     """
     started = time.perf_counter()
     mapping = load_mapping(mapping_path)
     chosen = [s for s in mapping.sources if source is None or s.name == source]
     if not chosen:
-        raise ValueError(f"{mapping_path}: no source named {source!r}")
+        raise MappingError(f"{mapping_path}: no source named {source!r}")
     if source_path is not None and len(chosen) != 1:
-        raise ValueError(f"{mapping_path} has {len(chosen)} sources; say which one source_path replaces (source=)")
+        raise MappingError(f"{mapping_path} has {len(chosen)} sources; say which one source_path replaces (source=)")
     root = Path(data_root) if data_root is not None else default_data_root()
 
     loaded = []
@@ -282,6 +310,7 @@ def import_file(
         sources={name: r.summary for name, r in results.items()},
         derived={name: r.summary for name, r in derived_results.items()},
         partitions={table: len(days) for table, days in written.items()},
+        spans={table: (min(days), max(days)) for table, days in written.items() if days},
         seconds=round(time.perf_counter() - started, 3),
     )
 
@@ -512,7 +541,7 @@ def _evaluate(cond: Condition, raw: pd.DataFrame, mapped: pd.DataFrame | None) -
         values = raw[cond.column]
     else:
         if mapped is None or cond.field_ not in mapped.columns:
-            raise ValueError(f"condition on field {cond.field_!r}, which is not mapped (yet)")
+            raise MappingError(f"condition on field {cond.field_!r}, which is not mapped (yet)")
         values = mapped[cond.field_]
     present = values.notna()
     if cond.is_null is not None:
@@ -540,7 +569,7 @@ def _evaluate(cond: Condition, raw: pd.DataFrame, mapped: pd.DataFrame | None) -
         if bound is not None:
             tests.append(getattr(numbers, op)(bound))
     if not tests:
-        raise ValueError(f"condition on {cond.column or cond.field_!r} tests nothing")
+        raise MappingError(f"condition on {cond.column or cond.field_!r} tests nothing")
     out = present
     for t in tests:
         out = out & t.fillna(False).astype(bool)

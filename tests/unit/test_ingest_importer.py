@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pydantic
 import pytest
 
 from omnicart import lake, schemas
-from omnicart.ingest.importer import import_file, load_mapping
+from omnicart.ingest.importer import MappingError, import_file, load_mapping
 from omnicart.ingest.readers import MalformedFileError
 from omnicart.schemas import C
 from omnicart.settings import Settings
@@ -72,13 +73,23 @@ def test_a_shops_own_csv_through_a_mapping(settings, tmp_path):
     assert "example.com" not in text.lower()
     lines = lake.read_table(settings.lake_dir, schemas.QUARANTINE).set_index(C.source_line)[C.reason].to_dict()
     assert lines == {4: "filtered", 5: "bad_timestamp", 6: "bad_type"}
+    july_1st = dt.date(2025, 7, 1)
+    assert report.spans[schemas.EVENTS] == (july_1st, july_1st)  # what the Airflow task's asset events name
+    assert report.to_dict()["spans"][schemas.EVENTS] == ["2025-07-01", "2025-07-01"]
 
 
-def test_mapping_errors_are_clear(tmp_path):
+def test_mapping_errors_are_clear(settings, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nsources:\n  - {name: s, path: f.csv, table: events, columns: {item_id: {frm: SKU}}}\n")
     with pytest.raises(pydantic.ValidationError, match="frm"):
         load_mapping(bad)
+    with pytest.raises(MappingError, match="cannot read the mapping"):
+        load_mapping(tmp_path / "missing.yaml")
+    mapping = tmp_path / "my_shop.yaml"
+    mapping.write_text(SHOP_MAPPING)
+    with pytest.raises(MappingError, match="no source named 'refunds'"):
+        import_file(settings, mapping, source="refunds", data_root=tmp_path)
+    assert not settings.lake_dir.exists()
 
 
 def test_a_file_lacking_a_mapped_column_is_malformed(settings, tmp_path):

@@ -1,4 +1,4 @@
-"""Wiring of ingest_omnichannel and materialize_features: tasks, order, Assets, params, and the day window."""
+"""Wiring of ingest_omnichannel, import_data and materialize_features: tasks, order, Assets, params, day window."""
 
 from __future__ import annotations
 
@@ -47,12 +47,14 @@ def test_ingest_has_one_task_per_channel_in_catalog_first_order(dagbag):
     assert produced == {assets.lake_uri(t) for t in assets.INGESTED_TABLES}  # an Asset per lake table
 
 
-def test_materialize_waits_for_what_ingest_updates(dagbag):
+def test_materialize_waits_for_what_ingest_updates_or_an_import(dagbag):
     ingest, materialize = dagbag.dags["ingest_omnichannel"], dagbag.dags["materialize_features"]
     wanted = {assets.lake_uri(t) for t in assets.FEATURE_INPUTS}
-    condition = materialize.timetable.asset_condition  # AssetAll: every input updated since the last run
-    assert type(condition).__name__ == "AssetAll"
-    assert _uris(condition.objects) == wanted
+    either = materialize.timetable.asset_condition  # AssetAny(AssetAll(every input), the import asset)
+    assert type(either).__name__ == "AssetAny"
+    daily, imported = either.objects
+    assert type(daily).__name__ == "AssetAll" and _uris(daily.objects) == wanted
+    assert imported.uri == assets.IMPORT_URI
     produced = set().union(*(_uris(t.outlets) for t in ingest.tasks))
     assert wanted <= produced
     assert "apply_and_materialize" in {t.task_id for t in materialize.tasks}
@@ -60,8 +62,20 @@ def test_materialize_waits_for_what_ingest_updates(dagbag):
     assert upstream == {"window", "customer_item_stats", "omnichannel_features", "text_embeddings"}
 
 
+def test_import_is_one_manual_task_whose_alias_feeds_materialize(dagbag):
+    dag, materialize = dagbag.dags["import_data"], dagbag.dags["materialize_features"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand or the API only
+    assert [t.task_id for t in dag.tasks] == ["import_mapping"]
+    (alias,) = dag.get_task("import_mapping").outlets  # the tables written are known at run time only
+    assert type(alias).__name__ == "AssetAlias" and alias.name == assets.IMPORT_ALIAS
+    assert assets.IMPORT_URI in {a.uri for a in materialize.timetable.asset_condition.objects if hasattr(a, "uri")}
+    mapping = dag.params["mapping"]
+    assert (dags_folder().parent / mapping).is_file() and mapping.startswith("infra/mappings/")
+    assert dag.params["source"] is None and dag.params["source_path"] is None and dag.params["limit"] is None
+
+
 def test_params_are_described(dagbag):
-    for dag_id in ("ingest_omnichannel", "materialize_features"):
+    for dag_id in ("ingest_omnichannel", "materialize_features", "import_data"):
         params = dagbag.dags[dag_id].params
         assert params, dag_id
         for name in params:
@@ -90,6 +104,8 @@ def test_window_from_params_events_or_run_date(materialize_module):
     }
     triggered = {"a": [_event("2026-01-03"), _event("2026-01-01")], "b": [_event(None), _event("2026-01-02")]}
     assert window({}, triggered, run_date) == {"first": "2026-01-01", "last": "2026-01-03"}  # a backfill's days
+    imported = SimpleNamespace(extra={assets.DAY_KEY: "2025-12-01", assets.LAST_DAY_KEY: "2025-12-20"})
+    assert window({}, {"import": [imported]}, run_date) == {"first": "2025-12-01", "last": "2025-12-20"}
     assert window({"first_day": None, "last_day": None}, {}, run_date) == {"first": "2026-01-05", "last": "2026-01-05"}
     with pytest.raises(ValueError, match="after"):
         window({"first_day": "2026-01-04", "last_day": "2026-01-02"}, None, run_date)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,10 +57,19 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "u_orders_90d",
     ),
     "popular": ("i_buyers", "i_buyers_30d", "i_buyers_90d", "pop_rank"),
-    "trend": ("i_buyers_7d", "i_trend", "trend_rank", "i_returning_30d", "i_new_30d", "i_returning_share"),
+    "trend": (
+        "i_buyers_7d",
+        "i_buyers_14d",
+        "i_trend",
+        "i_trend7",
+        "trend_rank",
+        "i_returning_30d",
+        "i_new_30d",
+        "i_returning_share",
+    ),
     "item": ("i_repurchase", "i_cycle", "i_age", "i_days_since_sale", "i_logprice"),
-    "together": ("ease", "ease_rank", "cooc", "cooc_rank"),
-    "similar": ("tt", "tt_rank", "text_sim", "text_rank"),
+    "together": ("ease", "ease_rank", "cooc", "cooc_rank", "ease_max"),
+    "similar": ("tt", "tt_rank", "text_sim", "text_rank", "text_max_sim", "n_variants_owned"),
     "price": ("price_fit",),
     "category": ("cat_affinity",),
 }
@@ -155,8 +163,11 @@ class ItemState:
         n = len(item_ids)
 
         def buyers(mask: np.ndarray) -> np.ndarray:
+            """Share of the window's active customers who bought each item: shares, unlike counts, keep their
+            meaning from a quiet month to the Christmas rush, so the ranker's thresholds transfer across seasons."""
             pairs = np.unique(np.stack([code[mask], ucode[mask]]), axis=1)
-            return np.bincount(pairs[0], minlength=n).astype(np.float32)
+            active = max(len(np.unique(ucode[mask])), 1)
+            return (np.bincount(pairs[0], minlength=n) / active).astype(np.float32)
 
         orders_per_pair = ev.groupby([C.item_id, C.customer_id])[C.order_id].nunique()
         span = ev.groupby([C.item_id, C.customer_id])[C.event_timestamp].agg(["min", "max"])
@@ -166,7 +177,7 @@ class ItemState:
         first = ev.groupby(C.item_id)[C.event_timestamp].min().reindex(item_ids)
         last = ev.groupby(C.item_id)[C.event_timestamp].max().reindex(item_ids)
         all_b = buyers(np.ones(len(ev), bool))
-        b7, b30, b90 = buyers(age < 7), buyers(age < 30), buyers(age < 90)
+        b7, b14, b30, b90 = buyers(age < 7), buyers(age < 14), buyers(age < 30), buyers(age < 90)
         # buyers of the last 30 days who had bought the item before them (returning) or not (new)
         first_buy = ev.groupby([C.item_id, C.customer_id])[C.event_timestamp].transform("min")
         returning = buyers((age < 30) & ((now - first_buy) / DAY >= 30).to_numpy())
@@ -175,12 +186,14 @@ class ItemState:
             {
                 "i_buyers": all_b,
                 "i_buyers_7d": b7,
+                "i_buyers_14d": b14,
                 "i_buyers_30d": b30,
                 "i_buyers_90d": b90,
-                "i_trend": (b30 + 1.0) / (b90 / 3.0 + 1.0),
+                "i_trend": (b30 + 1e-3) / (b90 + 1e-3),
+                "i_trend7": (b7 + 1e-3) / (b30 + 1e-3),
                 "i_returning_30d": returning,
                 "i_new_30d": b30 - returning,
-                "i_returning_share": returning / np.maximum(b30, 1.0),
+                "i_returning_share": returning / np.maximum(b30, 1e-6),
                 "i_repurchase": rebuy.astype(np.float32),
                 "i_cycle": cycle.astype(np.float32),
                 "i_age": ((now - first) / DAY).to_numpy(np.float32),
@@ -380,6 +393,34 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     return Batch(users=users, pairs=pairs, user_stats=user_stats, binary=binary, decay=decay)
 
 
+def _closest_owned(df: pd.DataFrame, batch: Batch, state: ItemState) -> tuple[np.ndarray, ...]:
+    """Per candidate, against the other items the user owns: the highest text cosine (a colour or size variant of
+    something they buy scores near 1), how many owned items are near-duplicates (cosine ≥ 0.85), and the strongest
+    single EASE link."""
+    text_max = np.full(len(df), np.nan, np.float32)
+    variants = np.zeros(len(df), np.float32)
+    ease_max = np.full(len(df), np.nan, np.float32)
+    rows_of = df.groupby(USER, sort=False).indices
+    indptr, indices = batch.binary.indptr, batch.binary.indices
+    cand_items = df[ITEM].to_numpy()
+    for u, rows in rows_of.items():
+        owned = indices[indptr[u] : indptr[u + 1]]
+        items = cand_items[rows]
+        same = items[:, None] == owned[None, :]
+        if not len(owned) or same.all(axis=1).all():
+            continue
+        sim = state.text[items] @ state.text[owned].T
+        sim[same] = -np.inf
+        text_max[rows] = sim.max(axis=1)
+        variants[rows] = (sim >= 0.85).sum(axis=1)
+        link = state.ease[np.ix_(owned, items)].T
+        link[same] = -np.inf
+        ease_max[rows] = link.max(axis=1)
+    text_max[~np.isfinite(text_max)] = np.nan
+    ease_max[~np.isfinite(ease_max)] = np.nan
+    return text_max, variants, ease_max
+
+
 def _top(scores: np.ndarray, n: int) -> np.ndarray:
     n = min(n, scores.shape[1])
     if n <= 0:
@@ -477,4 +518,5 @@ def candidates(
     )
     key = pd.MultiIndex.from_arrays([df[USER].to_numpy(), state.categories[df[ITEM].to_numpy()]])
     df["cat_affinity"] = share.reindex(key).fillna(0.0).to_numpy(np.float32)
+    df["text_max_sim"], df["n_variants_owned"], df["ease_max"] = _closest_owned(df, batch, state)
     return df[[USER, ITEM, *FEATURES]]

@@ -28,11 +28,12 @@ class RankerParams:
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     max_bin: int = 64
+    num_parallel_tree: int = 1  # > 1: each round averages several subsampled trees (less variance)
     num_pair_per_sample: int = 16
     max_rounds: int = 400
     early_stopping_rounds: int = 30
-    eval_share: float = 0.2  # share of the latest cut's users held out for early stopping
-    neg_per_user: int = 100  # training only: never-bought, not-purchased candidates kept per user (the hardest)
+    eval_share: float = 0.2  # share of customers held out (in every cut) for early stopping
+    neg_per_user: int = 1000  # training only: never-bought negatives kept per user (a uniform sample)
     seed: int = 0
 
     def xgb_params(self, use_gpu: bool = False) -> dict[str, Any]:
@@ -45,7 +46,8 @@ class RankerParams:
             "colsample_bytree": self.colsample_bytree,
             "max_bin": self.max_bin,
             "tree_method": "hist",
-            "eval_metric": "ndcg@10",
+            "num_parallel_tree": self.num_parallel_tree,
+            "eval_metric": "ndcg@10-",  # "-": a query without any purchase scores 0, not 1
             "seed": self.seed,
         }
         if self.objective.startswith("rank:"):
@@ -58,14 +60,14 @@ class RankerParams:
 def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.ndarray]:
     """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``holdout``.
 
-    Training rows keep every item the user bought before and every positive; of the other negatives, the
-    ``neg_per_user`` that some source ranks highest (the ones that compete for the top). Held-out rows stay whole."""
+    Training rows keep every item the user bought before and every positive; of the other negatives, a uniform
+    sample of ``neg_per_user`` per user (uniform, so no feature is biased by the sampling). Held-out rows stay whole."""
+    rng = np.random.default_rng(params.seed)
     owned = frame["ui_orders"].to_numpy() > 0
     label = frame["label"].to_numpy()
     keep = owned | (label > 0) | frame["holdout"].to_numpy()
-    best_rank = frame[["ease_rank", "cooc_rank", "tt_rank", "text_rank", "pop_rank"]].min(axis=1).to_numpy()
     rest = np.flatnonzero(~keep)
-    order = rest[np.lexsort((best_rank[rest], frame["group"].to_numpy()[rest]))]
+    order = rest[rng.permutation(len(rest))]
     nth = pd.Series(frame["group"].to_numpy()[order]).groupby(frame["group"].to_numpy()[order]).cumcount().to_numpy()
     keep[order[nth < params.neg_per_user]] = True
     kept = frame[keep]
@@ -161,9 +163,14 @@ def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) ->
     if group == "similar" and names.get("similar"):
         return f"similar to {names['similar']}, which you bought"
     if group == "popular":
-        return f"popular this month ({row.get('i_buyers_30d', 0):.0f} customers bought it in the last 30 days)"
+        share = 100.0 * row.get("i_buyers_30d", 0.0)
+        return (
+            f"popular this month ({share:.0f}% of this month's customers bought it)"
+            if share >= 1
+            else "popular this month"
+        )
     if group == "trend":
-        if row.get("i_trend", 1.0) > 1.05:
+        if row.get("i_trend", 1.0) > 1.1:
             return "trending: more customers are buying it this month than usual"
         return "selling steadily this week"
     if group == "price":

@@ -46,6 +46,8 @@ class RecSysParams:
     label_days: int = 70
     n_cuts: int = 4
     cut_stride_days: int = 35  # label windows may overlap: more ranker training data from the same history
+    users_per_cut: int | None = None  # sample of users per cut: many cuts (seasons) at the cost of few
+    two_tower_every: int = 1  # a two-tower model every this many cuts; a cut uses the latest one trained before it
     ease_lambda: float | None = None  # None: tuned on the last month of the training events
     ease_grid: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
     candidates: CandidateParams = field(default_factory=CandidateParams)
@@ -62,6 +64,8 @@ class RecSysParams:
             label_days=d["label_days"],
             n_cuts=d["n_cuts"],
             cut_stride_days=d["cut_stride_days"],
+            users_per_cut=d["users_per_cut"],
+            two_tower_every=d["two_tower_every"],
             ease_lambda=d["ease_lambda"],
             ease_grid=tuple(d["ease_grid"]),
             candidates=CandidateParams(**d["candidates"]),
@@ -226,9 +230,11 @@ class RecSys:
         final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)
         lap("item_state")
 
-        # two-tower: one model per cut (features for the ranker) and one on everything (recommending)
+        # two-tower: models at anchor cuts (features for the ranker) and one on everything (recommending)
+        anchors = sorted({j for j in range(len(cuts)) if j % max(p.two_tower_every, 1) == 0} | {len(cuts) - 1})
+        anchors = [j for j in anchors if j >= 0]
         tasks, vocabs = [], []
-        for state, cut in zip([*states, final], [*cuts, now], strict=True):
+        for state, cut in zip([*(states[j] for j in anchors), final], [*(cuts[j] for j in anchors), now], strict=True):
             content, vocab = self._content(state, catalog, text_of)
             index = {item: n for n, item in enumerate(state.item_ids.tolist())}
             history, targets = two_tower.training_examples(events[events[C.event_timestamp] < cut], index, p.two_tower)
@@ -237,32 +243,35 @@ class RecSys:
         results = executor.two_tower({"tasks": tasks, "params": p.two_tower})
         indexes = [
             TwoTowerIndex.from_fit(t["content"].item_ids, len(s.item_ids), r, p.two_tower)
-            for t, s, r in zip(tasks, [*states, final], results, strict=True)
+            for t, s, r in zip(tasks, [*(states[j] for j in anchors), final], results, strict=True)
         ]
         self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
         lap("two_tower")
 
         frames = []
-        for c, (state, cut, index) in enumerate(zip(states, cuts, indexes, strict=False)):
+        for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
+            index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
             end = cut + pd.Timedelta(days=p.label_days)
             window = events[(events[C.event_timestamp] >= cut) & (events[C.event_timestamp] < end)]
             window = window[window[C.item_id].isin(state.index)]
             labels = set(zip(window[C.customer_id], window[C.item_id], strict=True))
-            users = np.array(sorted(set(events.loc[events[C.event_timestamp] < cut, C.customer_id]) & set(window[C.customer_id])))
+            users = np.array(
+                sorted(set(events.loc[events[C.event_timestamp] < cut, C.customer_id]) & set(window[C.customer_id]))
+            )
+            rng = np.random.default_rng(p.seed + c)
+            if p.users_per_cut and len(users) > p.users_per_cut:
+                users = np.sort(rng.choice(users, size=p.users_per_cut, replace=False))
             if not len(users):
                 continue
             batch = cand.describe(events, state, cut, users)
-            tt = index.scores(index.user_vectors(two_tower.user_weights(events, users, state.index, cut, p.two_tower)))
-            frame = cand.candidates(batch, state, p.candidates, tt[:, : len(state.item_ids)])
+            frame = cand.candidates(batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut))
             frame["label"] = [
                 (u, i) in labels
                 for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
             ]
             frame["label"] = frame["label"].astype(np.float32)
             frame["group"] = c * 10_000_000 + frame[USER].to_numpy()
-            rng = np.random.default_rng(p.seed + c)
-            held = rng.random(len(users)) < p.ranker.eval_share if c == 0 else np.zeros(len(users), bool)
-            frame["holdout"] = held[frame[USER].to_numpy()]
+            frame["holdout"] = _held_out(users, p.ranker.eval_share, p.seed)[frame[USER].to_numpy()]
             frames.append(frame)
         if not frames:
             raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
@@ -282,6 +291,7 @@ class RecSys:
         self.state_ = final
         self.two_tower_ = indexes[-1]
         self.content_vocab_ = vocabs[-1]
+        self.cold_items_ = _titles_and_categories(catalog, self.two_tower_.item_ids[len(final.item_ids) :])
         self.now_ = now
         self.timings_ = timings
         return self
@@ -339,7 +349,9 @@ class RecSys:
         booster = self.boosters_["discover" if discover else "main"]
         import xgboost as xgb
 
-        frame["score"] = booster.predict(xgb.DMatrix(frame[list(cand.FEATURES)].to_numpy(np.float32), feature_names=list(cand.FEATURES)))
+        frame["score"] = booster.predict(
+            xgb.DMatrix(frame[list(cand.FEATURES)].to_numpy(np.float32), feature_names=list(cand.FEATURES))
+        )
         return frame, batch
 
     def rank_users(
@@ -398,7 +410,7 @@ class RecSys:
         now = pd.Timestamp(context.get("now", self.now_))
         if now.tzinfo is None:
             now = now.tz_localize("UTC")
-        history = _history_frame(user_history, now)
+        history = cand.normalize_events(_history_frame(user_history, now))
         user = history[C.customer_id].iloc[0] if len(history) else "_"
         exclude = set(map(str, exclude))
         frame, batch = self._frame(history, np.array([user]), now, bool(context.get("discover", False)), exclude)
@@ -417,6 +429,7 @@ class RecSys:
                 {
                     C.item_id: self.state_.item_ids[i],
                     C.title: self.state_.titles[i],
+                    C.category: names["category"],
                     "score": round(float(score), 6),
                     "reason": reason,
                     "contributions": contributions,
@@ -453,11 +466,48 @@ class RecSys:
             if len(owned):
                 similar = self.state_.titles[owned[np.argmax(tt.item_vectors[owned] @ tt.item_vectors[c])]]
             reason = f"New in the catalog, like {similar}" if similar else "New in the catalog"
-            out.append({C.item_id: tt.item_ids[c], "score": round(best[c], 6), "reason": reason, "contributions": {"similar": 1.0}})
+            out.append(
+                {
+                    C.item_id: tt.item_ids[c],
+                    C.title: self.cold_items_.get(tt.item_ids[c], ["", ""])[0],
+                    C.category: self.cold_items_.get(tt.item_ids[c], ["", ""])[1],
+                    "score": round(best[c], 6),
+                    "reason": reason,
+                    "contributions": {"similar": 1.0},
+                }
+            )
         return out
 
-    def cold_scores(self, interactions: pd.DataFrame, users: Sequence[Any], now: pd.Timestamp | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Two-tower scores of every catalog item without training interactions, for each user: (item ids, users × items)."""
+    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """The ``k`` items most bought over the last 30 days before the cut: what a stranger is shown."""
+        self._check_fitted()
+        state, blocked = self.state_, set(map(str, exclude))
+        share = state.stats["i_buyers_30d"].to_numpy()
+        order = np.argsort(-(share + 1e-3 * state.stats["i_buyers"].to_numpy()), kind="stable")
+        out = []
+        for i in order:
+            if len(out) >= k:
+                break
+            if state.item_ids[i] in blocked:
+                continue
+            row = {"i_buyers_30d": float(share[i])}
+            out.append(
+                {
+                    C.item_id: state.item_ids[i],
+                    C.title: state.titles[i],
+                    C.category: state.category_names[state.categories[i]],
+                    "score": round(float(share[i]), 6),
+                    "reason": _sentence(ranker.describe_reason("popular", row, {}) or "popular this month"),
+                    "contributions": {"popular": 1.0},
+                }
+            )
+        return out
+
+    def cold_scores(
+        self, interactions: pd.DataFrame, users: Sequence[Any], now: pd.Timestamp | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two-tower scores of every catalog item without training interactions, for each user:
+        (item ids, users × items)."""
         self._check_fitted()
         now = pd.Timestamp(now) if now is not None else self.now_
         tt = self.two_tower_
@@ -486,6 +536,7 @@ class RecSys:
             "timings": self.timings_,
             "features": list(cand.FEATURES),
             "content_vocab": self.content_vocab_,
+            "cold_items": self.cold_items_,
         }
         (directory / "recsys.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
@@ -509,7 +560,44 @@ class RecSys:
         model.ease_scores_ = {float(k): v for k, v in meta["ease_scores"].items()}
         model.timings_ = meta["timings"]
         model.content_vocab_ = meta["content_vocab"]
+        model.cold_items_ = meta["cold_items"]
         return model
+
+
+def _titles_and_categories(catalog: pd.DataFrame, item_ids: np.ndarray) -> dict[str, list[str]]:
+    """item id → [title, category] from the catalog (empty strings where it says nothing)."""
+    info = catalog.drop_duplicates(C.item_id).set_index(C.item_id).reindex(item_ids)
+
+    def column(name: str) -> list[str]:
+        return info[name].fillna("").astype(str).tolist() if name in info else [""] * len(info)
+
+    return {str(i): [t, c] for i, t, c in zip(info.index, column(C.title), column(C.category), strict=True)}
+
+
+def _sentence(text_: str) -> str:
+    return text_[0].upper() + text_[1:]
+
+
+def _held_out(users: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Whether each customer is held out for early stopping: the same customers in every cut, by a hash of the
+    id, so a held-out customer never trains the ranker through an overlapping window."""
+    import zlib
+
+    salt = str(seed).encode()
+    return np.array([zlib.crc32(salt + str(u).encode()) / 2**32 < share for u in users.tolist()], dtype=bool)
+
+
+def _two_tower_scores(
+    index: TwoTowerIndex, state: ItemState, events: pd.DataFrame, users: np.ndarray, now: pd.Timestamp
+) -> np.ndarray:
+    """users × state items two-tower scores; the index may be older than ``state`` (its unknown items score by
+    content)."""
+    columns = pd.Index(index.item_ids).get_indexer(state.item_ids)
+    if (columns < 0).any():
+        raise ValueError("the two-tower index does not cover every item of the catalog state")
+    warm = {item: n for n, item in enumerate(index.item_ids[: index.n_warm].tolist())}
+    vectors = index.user_vectors(two_tower.user_weights(events, users, warm, now, index.params))
+    return index.scores(vectors, columns)
 
 
 def _history_frame(user_history: Any, now: pd.Timestamp) -> pd.DataFrame:

@@ -1,0 +1,127 @@
+"""The recommender on a small simulated shop: repeat buyers, exclusions, explanations, cold items, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from omnicart.datasets.simulator import ShopSimulator
+from omnicart.schemas import C
+from omnicart.settings import Settings
+from training import recsys
+from training.candidates import CandidateParams
+from training.ranker import RankerParams
+from training.two_tower import TwoTowerParams
+
+PARAMS = recsys.RecSysParams(
+    label_days=14,
+    n_cuts=2,
+    cut_stride_days=7,
+    ease_lambda=20.0,
+    candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=10, n_text=5, n_popular=10),
+    two_tower=TwoTowerParams(dim=16, hidden=32, epochs=3, batch_size=128),
+    ranker=RankerParams(max_rounds=60, early_stopping_rounds=20, eval_share=0.3, min_child_weight=2.0),
+)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    home = tmp_path_factory.mktemp("recsys-home")
+    sim = ShopSimulator(Settings(home=home, sim_customers=150, sim_days=60))
+    events = pd.concat([d.events for d in sim.days()], ignore_index=True)
+    purchases = events[events[C.event_type] == "purchase"].reset_index(drop=True)
+    model = recsys.RecSys(PARAMS, cache_dir=home / "cache").fit(purchases, sim.catalog())
+    return model, purchases, sim.catalog(), sim.ground_truth().repeat_items
+
+
+def _history(purchases: pd.DataFrame, customer: str) -> pd.DataFrame:
+    return purchases[purchases[C.customer_id] == customer]
+
+
+def test_a_regular_purchase_ranks_high(shop):
+    model, purchases, _, repeats = shop
+    bought = purchases.groupby([C.customer_id, C.item_id]).size()
+    regulars = [
+        (r[C.customer_id], r[C.item_id])
+        for r in repeats.to_dict("records")
+        if r[C.cycle_days] <= 14 and bought.get((r[C.customer_id], r[C.item_id]), 0) >= 3
+    ]
+    assert len(regulars) >= 10
+    ranks = []
+    for customer, item in regulars:
+        recs = [r[C.item_id] for r in model.recommend(_history(purchases, customer), k=10)]
+        ranks.append(recs.index(item) if item in recs else 99)
+    assert np.mean(np.array(ranks) < 3) >= 0.8, f"ranks of regular purchases: {ranks}"
+
+
+def test_excluded_items_never_appear(shop):
+    model, purchases, _, _ = shop
+    customer = purchases[C.customer_id].value_counts().index[0]
+    history = _history(purchases, customer)
+    first = [r[C.item_id] for r in model.recommend(history, k=10)]
+    unavailable = set(first[:3]) | {"NOT-IN-CATALOG"}
+    again = [r[C.item_id] for r in model.recommend(history, k=10, exclude=unavailable)]
+    assert len(again) == 10 and not unavailable & set(again)
+    ranked = model.rank_users(purchases, [customer], k=20, exclude={customer: set(first[:3])})
+    assert not set(first[:3]) & set(ranked[customer])
+
+
+def test_every_item_has_a_reason_from_its_own_contributions(shop):
+    model, purchases, _, _ = shop
+    for customer in purchases[C.customer_id].drop_duplicates().head(5):
+        history = _history(purchases, customer)
+        recs = model.recommend(history, k=10)
+        owned = set(history[C.item_id])
+        assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+        for r in recs:
+            assert isinstance(r["reason"], str) and r["reason"].strip()
+            assert r["contributions"] and all(np.isfinite(v) for v in r["contributions"].values())
+            if r[C.item_id] in owned and max(r["contributions"], key=r["contributions"].get) == "repeat":
+                assert r["reason"].lower().startswith("you b")  # "you buy this about every …" / "you bought this …"
+
+
+def test_discover_mode_proposes_only_items_never_bought(shop):
+    model, purchases, _, _ = shop
+    customer = purchases[C.customer_id].value_counts().index[1]
+    history = _history(purchases, customer)
+    recs = model.recommend(history, k=10, context={"discover": True})
+    assert len(recs) == 10
+    assert not {r[C.item_id] for r in recs} & set(history[C.item_id])
+
+
+def test_new_catalog_items_get_slots_from_the_content_model(shop):
+    model, purchases, catalog, _ = shop
+    never_sold = set(catalog[C.item_id]) - set(purchases[C.item_id])
+    if not never_sold:
+        pytest.skip("the simulated shop sold every catalog item")
+    customer = purchases[C.customer_id].value_counts().index[2]
+    recs = model.recommend(_history(purchases, customer), k=10, context={"new_items": 2})
+    assert len(recs) == 10
+    assert {r[C.item_id] for r in recs[-2:]} <= never_sold
+    assert all(r["reason"].startswith("New in the catalog") for r in recs[-2:])
+
+
+def test_bare_item_ids_are_a_valid_history(shop):
+    model, purchases, _, _ = shop
+    items = purchases[C.item_id].value_counts().index[:3].tolist()
+    recs = model.recommend(items, k=5)
+    assert len(recs) == 5 and all(r["reason"] for r in recs)
+
+
+def test_save_and_load_give_the_same_recommendations(shop, tmp_path):
+    model, purchases, _, _ = shop
+    model.save(tmp_path / "model")
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"recsys.json", "items.npz", "two_tower.npz", "ranker_main.json", "ranker_discover.json"} <= files
+    loaded = recsys.RecSys.load(tmp_path / "model")
+    customer = purchases[C.customer_id].iloc[0]
+    history = _history(purchases, customer)
+    assert loaded.recommend(history, k=10) == model.recommend(history, k=10)
+    users = purchases[C.customer_id].drop_duplicates().head(20).tolist()
+    assert loaded.rank_users(purchases, users, k=20) == model.rank_users(purchases, users, k=20)
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        recsys.RecSys().recommend(["x"])

@@ -1,8 +1,10 @@
 """What monitoring checks and how strictly: thresholds per column, outcome limits, alert cadence, the retrain assets.
 
-``MonitoringConfig.from_settings(settings)`` reads every field that ``Settings`` has under the same name (see the
-field list in ``SETTINGS_FIELDS``) and keeps the defaults below for the rest, so monitoring works before Settings
-grows these fields and follows them once it does. Pure pydantic: importing this module is cheap (DAG files do).
+``MonitoringConfig.from_settings(settings)`` reads each of its fields from ``Settings`` under the same name
+(``OMNICART_DRIFT_*``, ``OMNICART_ALERT_*``, ``OMNICART_OUTCOME_RULES`` ... or the YAML config); rules given there
+refine the defaults below instead of replacing them. The defaults here equal Settings' (a unit test holds them
+together), so a config built without Settings (the benchmark) judges alike. Pure pydantic: importing this module is
+cheap (DAG files do).
 """
 
 from __future__ import annotations
@@ -128,5 +130,5 @@ class MonitoringConfig(BaseModel):
         return self.outcome_rules.get(family, {}).get(metric)
 
 
-# Fields Settings may carry under the same name (all optional there; the ones it lacks keep the defaults above).
+# Fields read from Settings under the same name (one it lacks keeps the default above).
 SETTINGS_FIELDS: tuple[str, ...] = tuple(MonitoringConfig.model_fields)

@@ -4,9 +4,9 @@ how its outcomes are scored once they arrive.
 A family is data, not code paths: ``check_family`` treats every entry alike. A new family (or a richer pricing
 entry once training/pricing.py settles its features) is one ``register(Family(...))`` call.
 
-Logged predictions, when serving writes them, live in the lake table ``predictions_table(family)`` with an
-``event_timestamp`` column and the family's ``prediction_columns``; without them prediction drift and outcome
-quality are skipped, and only data drift is checked.
+Logged predictions live in the lake table ``schemas.predictions_table(family)``, appended by serving
+(serving/prediction_log.py) with an ``event_timestamp`` (the day the answer is about) and the family's
+``prediction_columns``; without them prediction drift and outcome quality are skipped, and only data drift is checked.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from omnicart import lake, schemas
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
-# Columns monitoring derives or reads from logged predictions (not lake columns yet; candidates for schemas.py).
+# Columns monitoring derives (not lake columns); the logged ones are spelled in schemas.C.
 COMPETITOR_GAP = "competitor_gap"  # log(price / competitor price); the same name as omnicart.pricing.features
 QUESTION_CHARS = "question_chars"  # length of a support question
-SCORE = "score"  # recommend: the model's score of a recommended item
-PREDICTED_UNITS = "predicted_units"  # pricing: units the demand model expected at the served price
-CONFIDENCE = "confidence"  # support: the answerer's confidence
-ESCALATED = "escalated"  # support: handed to a person (bool)
-FEEDBACK = "feedback"  # support: customer feedback, -1 / 0 / +1 (missing: none given)
+SCORE = C.score  # recommend: the model's score of a recommended item
+PREDICTED_UNITS = C.predicted_units  # pricing: units the demand model expected at the day's shelf price
+CONFIDENCE = C.confidence  # support: the answerer's confidence
+ESCALATED = C.escalated  # support: handed to a person (bool)
+FEEDBACK = C.feedback  # support: customer feedback, -1 / 0 / +1 (missing: none given)
 HIT = "hit"  # recommend outcome: a recommended item was bought (0/1)
 ABS_ERROR = "abs_error"  # pricing outcome: |predicted - actual units|
 NEGATIVE = "negative_feedback"  # support outcome: feedback was negative (0/1; missing when none given)
@@ -76,14 +76,13 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def predictions_table(family: str) -> str:
-    """The lake table serving logs ``family``'s predictions to (one partition per day)."""
-    return f"predictions_{family}"
-
-
 def load_predictions(settings: Settings, family: str, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """Logged predictions of [start, end]; empty when serving logs none."""
-    return lake.read_table(settings.lake_dir, predictions_table(family), start, end)
+    """Logged predictions of [start, end] with each item's category; empty when serving logged none."""
+    logged = lake.read_table(settings.lake_dir, schemas.predictions_table(family), start, end)
+    if logged.empty or C.item_id not in logged.columns or C.category in logged.columns:
+        return logged
+    items = lake.read_table(settings.lake_dir, schemas.ITEMS, end=end, columns=[C.item_id, C.category])
+    return logged.merge(items.drop_duplicates(C.item_id, keep="last"), on=C.item_id, how="left")
 
 
 # --- recommend: the enriched daily events (what shop_daily's skeleton checks) -------------------------------------
@@ -148,7 +147,10 @@ def pricing_outcomes(settings: Settings, day: dt.date) -> pd.DataFrame | None:
 
 def forecast_frame(forecasts: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
     """Per item: the last forecast of the day, the units sold, and the absolute error."""
-    last = forecasts.drop_duplicates(C.item_id, keep="last")[[C.item_id, PREDICTED_UNITS]]
+    # a forecast the model could not make (the guarded fallback answered) is not scored
+    last = forecasts.dropna(subset=[PREDICTED_UNITS]).drop_duplicates(C.item_id, keep="last")[
+        [C.item_id, PREDICTED_UNITS]
+    ]
     frame = last.merge(actual, on=C.item_id, how="inner")
     frame[ABS_ERROR] = (frame[PREDICTED_UNITS] - frame[C.units_sold]).abs()
     return frame

@@ -2,6 +2,10 @@
 
 One file per day keeps every daily task idempotent: a re-run replaces that day's partition atomically, so a reader
 never sees a half-written file and a backfill equals the daily runs.
+
+Append-only tables (the predictions serving logs) add chunk files ``part-<stamp>-<id>.parquet`` beside it with
+``append_partition``: each chunk is written whole and renamed into place, so writers never rewrite what another wrote
+and readers see every chunk that has landed. ``write_partition`` still replaces the whole day, chunks included.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +25,7 @@ import pyarrow.parquet as pq
 from omnicart.schemas import C
 
 PART_FILE = "part.parquet"
+CHUNK_GLOB = "part-*.parquet"  # chunks appended by append_partition
 _PREFIX = f"{C.dt}="
 
 
@@ -38,12 +44,28 @@ def write_partition(root: Path, table: str, day: date, df: pd.DataFrame, schema:
     """Write ``df`` as the table's partition for ``day``, atomically replacing any earlier one; returns the file.
 
     ``schema`` fixes the Arrow types (else inferred), so that a day whose column is all null or all empty lists
-    still agrees with the table's other partitions.
+    still agrees with the table's other partitions. Appended chunks present when the write starts are replaced too.
     """
     directory = partition_dir(root, table, day)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / PART_FILE
+    chunks = sorted(directory.glob(CHUNK_GLOB))
+    target = _write_file(directory, PART_FILE, df, schema)
+    for chunk in chunks:
+        chunk.unlink(missing_ok=True)
+    return target
+
+
+def append_partition(root: Path, table: str, day: date, df: pd.DataFrame) -> Path:
+    """Add ``df`` to the table's partition for ``day`` as a new chunk file (atomic; never touches other files)."""
+    directory = partition_dir(root, table, day)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    return _write_file(directory, name, df, None)
+
+
+def _write_file(directory: Path, name: str, df: pd.DataFrame, schema: pa.Schema | None) -> Path:
     # A temp file in the same directory makes os.replace an atomic rename on the same filesystem.
+    target = directory / name
     fd, tmp_name = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -55,6 +77,22 @@ def write_partition(root: Path, table: str, day: date, df: pd.DataFrame, schema:
     return target
 
 
+def partition_files(root: Path, table: str, day: date) -> list[Path]:
+    """The files of one day's partition: the written part first, then the appended chunks in the order they landed."""
+    directory = partition_dir(root, table, day)
+    main = [directory / PART_FILE] if (directory / PART_FILE).is_file() else []
+    return main + sorted(directory.glob(CHUNK_GLOB))
+
+
+def read_partition(root: Path, table: str, day: date, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every row of one day's partition (its part and its appended chunks)."""
+    frames = [
+        pq.read_table(f, columns=list(columns) if columns else None).to_pandas()
+        for f in partition_files(root, table, day)
+    ]
+    return _concat(frames, columns)
+
+
 def partitions(root: Path, table: str) -> list[date]:
     """The days for which the table has a partition, sorted."""
     table_dir = _table_dir(root, table)
@@ -62,7 +100,9 @@ def partitions(root: Path, table: str) -> list[date]:
         return []
     days = []
     for child in table_dir.iterdir():
-        if not child.name.startswith(_PREFIX) or not (child / PART_FILE).is_file():
+        if not child.name.startswith(_PREFIX) or not (
+            (child / PART_FILE).is_file() or next(child.glob(CHUNK_GLOB), None)
+        ):
             continue
         try:
             days.append(date.fromisoformat(child.name[len(_PREFIX) :]))
@@ -84,9 +124,13 @@ def read_table(
     """
     days = [d for d in partitions(root, table) if (start is None or d >= start) and (end is None or d <= end)]
     cols = list(columns) if columns is not None else None
-    frames = [pq.read_table(partition_dir(root, table, d) / PART_FILE, columns=cols).to_pandas() for d in days]
+    frames = [pq.read_table(f, columns=cols).to_pandas() for d in days for f in partition_files(root, table, d)]
+    return _concat(frames, cols)
+
+
+def _concat(frames: list[pd.DataFrame], columns: Sequence[str] | None) -> pd.DataFrame:
     if not frames:
-        return pd.DataFrame(columns=cols or [])
+        return pd.DataFrame(columns=list(columns) if columns is not None else [])
     # Empty partitions carry no rows and, concatenated, would only blur the dtypes of the others.
     nonempty = [f for f in frames if len(f)] or frames[:1]
     if len(nonempty) == 1:

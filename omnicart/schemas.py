@@ -27,6 +27,13 @@ ITEM_TEXT_EMBEDDINGS: Final = "item_text_embeddings"  # one row per item on the 
 CUSTOMER_LAST_EVENT: Final = "customer_last_event"  # batch history of the real-time (pushed) customer features
 ALL_CHANNELS: Final = "all"  # the channel value of a customer's cross-channel feature row
 FEATURE_WINDOWS: Final = (7, 30, 90)  # days of the windowed customer and item features
+# --- tables serving appends to (serving/prediction_log.py), one per model family; monitoring reads them ---
+PREDICTIONS_PREFIX: Final = "predictions_"
+
+
+def predictions_table(family: str) -> str:
+    """The lake table of ``family``'s logged answers, e.g. ``predictions_pricing`` (one partition per day)."""
+    return f"{PREDICTIONS_PREFIX}{family}"
 
 
 class C:
@@ -111,6 +118,21 @@ class C:
     order_id: Final = "order_id"  # one basket / invoice
     rating: Final = "rating"
     image_embedding: Final = "image_embedding"  # optional item column: a fixed-length vector per item
+
+    # logged predictions (predictions_<family> tables): what was answered, by which model, when
+    served_at: Final = "served_at"  # wall-clock time of the answer (event_timestamp is the time it is about)
+    request_id: Final = "request_id"
+    model_version: Final = "model_version"
+    rank: Final = "rank"  # recommend: 1-based position of the item in the answer
+    score: Final = "score"  # recommend: the model's score of a recommended item
+    source: Final = "source"  # recommend: "personal", "context" or "popular"
+    current_price: Final = "current_price"  # pricing: the shelf price the request was priced from
+    predicted_units: Final = "predicted_units"  # pricing: units the demand model expects at the current price
+    suggested_units: Final = "suggested_units"  # pricing: units it expects at the served (suggested) price
+    fallback: Final = "fallback"  # why a fallback answered instead of the model, if one did
+    confidence: Final = "confidence"  # support: the answerer's calibrated confidence
+    escalated: Final = "escalated"  # support: handed to a person (bool)
+    feedback: Final = "feedback"  # support: customer feedback, -1 / 0 / +1 (missing: none given)
 
 
 # The canonical interaction file of `omnicart bench recommend --input` (PROTOCOLS.md) names these columns.

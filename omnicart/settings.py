@@ -72,8 +72,43 @@ class Settings(BaseSettings):
     drift_threshold: float = Field(
         0.15, gt=0, description="Evidently distance (Wasserstein, Jensen-Shannon) above which a column has drifted."
     )
+    drift_significance: float = Field(
+        0.001, gt=0, lt=1, description="p-value (K-S, chi-square) below which a column's test rejects; both must agree."
+    )
+    drift_max_reference_days: int = Field(
+        28, ge=1, description="Most recent days of the champion's training window used as the drift reference."
+    )
+    drift_column_rules: dict[str, dict[str, float | bool | str]] = Field(
+        default_factory=dict,
+        description="Per-column tests, keyed 'column' or 'family.column': threshold, significance, categorical, "
+        "distance, test (Evidently stat-test names), e.g. {'pricing.competitor_gap': {'threshold': 0.3}}.",
+    )
+    drift_critical_share: float = Field(
+        0.5, gt=0, le=1, description="Share of drifted columns from which a family's data drift is critical."
+    )
+    drift_critical_score: float = Field(
+        1.0, gt=0, description="Distance of a single drifted column from which the finding is critical."
+    )
+    drift_report_rows: int = Field(5_000, ge=100, description="Rows per side in HTML reports (verdicts use all).")
+    outcome_rules: dict[str, dict[str, dict[str, float | int | str | None]]] = Field(
+        default_factory=dict,
+        description="Outcome limits per family and metric (min, max, baseline_metric, max_relative_drop, min_rows), "
+        "merged over the defaults, e.g. {'pricing': {'wape': {'max': 0.5}}}.",
+    )
     alert_from: str = "omnicart@localhost"
     alert_to: tuple[str, ...] = ("ml-team@localhost",)
+    alert_reminder_days: int = Field(3, ge=1, description="Days without mail before an open incident is reminded.")
+    alert_attach_max_bytes: int = Field(
+        20_000_000, ge=0, description="Reports bigger than this (together) are linked in the mail, not attached."
+    )
+    retrain_on_reminder: bool = Field(True, description="Request retraining again with each reminder.")
+    prediction_log_flush_rows: int = Field(
+        1_000, ge=1, description="Serving writes its buffered answers to the lake at this many rows ..."
+    )
+    prediction_log_flush_seconds: float = Field(5.0, gt=0, description="... and at least this often (seconds).")
+    prediction_log_max_rows: int = Field(
+        100_000, ge=1, description="Buffered rows kept while the lake is unwritable; beyond, answers are dropped."
+    )
 
     @field_validator("home")
     @classmethod

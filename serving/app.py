@@ -11,6 +11,7 @@ from ray import serve
 
 from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
+from serving.prediction_log import PredictionLog
 from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
 from serving.recommend import FEATURE_REFS, RecommendRequest, RecommendResponse, RecommendService
 
@@ -67,14 +68,17 @@ class Ingress:
 
         self.settings = settings
         self.api_key = settings.secret("api_key")
+        self.predictions = PredictionLog.from_settings(settings)
         store = feature_store(settings)
         version = registry.champion_version(settings, "recommend")
         self.store = store
-        self.recommender = RecommendService(
-            load_model=lambda: registry.load(settings, "recommend"),
-            read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
-            model_version=version,
-        )
+        self.recommender = None  # a platform may train pricing or support first: /recommend answers 503 until then
+        if version is not None:
+            self.recommender = RecommendService(
+                load_model=lambda: registry.load(settings, "recommend"),
+                read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
+                model_version=version,
+            )
         self.pricer = None
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
@@ -88,6 +92,7 @@ class Ingress:
                 model_version=pricing_version,
                 read_features=lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids),
             )
+            self.price_period = self.pricer.model.next_period()  # what a request without a period is priced for
 
     def _check_key(self, x_api_key: str | None) -> None:
         if x_api_key != self.api_key:
@@ -100,20 +105,24 @@ class Ingress:
 
     @api.get("/health")
     def health(self) -> dict[str, Any]:
-        models = {"recommend": self.recommender.model_version}
+        models = {"recommend": self.recommender.model_version if self.recommender else None}
         models["pricing"] = self.pricer.model_version if self.pricer else None
-        return {"status": "ok", "models": models}
+        return {"status": "ok", "models": models, "prediction_log": dict(self.predictions.counts)}
 
     @api.post("/price", response_model=PriceResponse)
     def price(self, body: PriceRequest, x_api_key: str | None = Header(None)) -> PriceResponse:
         """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
         self._check_key(x_api_key)
-        return self._pricing().price(body)
+        answer = self._pricing().price(body)
+        self.predictions.pricing([body], [answer], self.price_period)
+        return answer
 
     @api.post("/price/batch", response_model=PriceBatchResponse)
     def price_batch(self, body: PriceBatchRequest, x_api_key: str | None = Header(None)) -> PriceBatchResponse:
         self._check_key(x_api_key)
-        return self._pricing().price_batch(body)
+        answer = self._pricing().price_batch(body)
+        self.predictions.pricing(body.items, answer.results, self.price_period)
+        return answer
 
     @api.post("/events", response_model=PushResult, responses={404: {}, 410: {}})
     def events(self, body: ShopEvent, x_api_key: str | None = Header(None)) -> PushResult:
@@ -132,7 +141,16 @@ class Ingress:
     @api.post("/recommend", response_model=RecommendResponse)
     def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:
         self._check_key(x_api_key)
-        return self.recommender.recommend(body)
+        if self.recommender is None:
+            raise HTTPException(status_code=503, detail={"error": "no recommend champion deployed yet", "field": None})
+        answer = self.recommender.recommend(body)
+        self.predictions.recommend(body, answer)
+        return answer
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica (a redeploy): the buffered answers are written first."""
+        if hasattr(self, "predictions"):  # not when __init__ failed before making it
+            self.predictions.close()
 
 
 def deploy(settings: Settings) -> str:

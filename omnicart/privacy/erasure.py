@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from omnicart import lake, schemas
 from omnicart.privacy.pseudonymise import token
@@ -154,7 +153,7 @@ def _erase_table(root: Path, table: str, values: set[str], landing_key: str | No
     pattern = re.compile("|".join(re.escape(json.dumps(v)) for v in sorted(values))) if values else None
     rows = parts = 0
     for day in lake.partitions(root, table):
-        frame = pq.read_table(lake.partition_dir(root, table, day) / lake.PART_FILE).to_pandas()
+        frame = lake.read_partition(root, table, day)  # appended chunks too (the prediction logs)
         probe = frame
         if landing_key is not None:  # raw personal data: compare its tokens
             probe = pseudonymise_frame(

@@ -109,3 +109,18 @@ def test_delete_partition(tmp_path):
 def test_table_names_cannot_escape_the_root(tmp_path, table):
     with pytest.raises(ValueError):
         lake.write_partition(tmp_path, table, D1, _frame(D1))
+
+
+def test_appended_chunks_are_read_with_the_day_and_replaced_by_a_rewrite(tmp_path):
+    table = schemas.predictions_table("pricing")
+    lake.append_partition(tmp_path, table, D1, _frame(D1, n=2, price=1.0))
+    lake.append_partition(tmp_path, table, D1, _frame(D1, n=3, price=2.0))
+    lake.append_partition(tmp_path, table, D2, _frame(D2, n=1))
+    assert lake.partitions(tmp_path, table) == [D1, D2]  # a day of chunks only is a partition
+    day1 = lake.read_table(tmp_path, table, start=D1, end=D1)
+    assert list(day1[C.price]) == [1.0, 1.0, 2.0, 2.0, 2.0]  # in the order they landed
+    assert len(lake.read_partition(tmp_path, table, D1)) == 5 and len(lake.read_table(tmp_path, table)) == 6
+
+    lake.write_partition(tmp_path, table, D1, day1[day1[C.price] == 2.0])  # e.g. an erasure rewriting the day
+    assert len(lake.read_table(tmp_path, table, start=D1, end=D1)) == 3
+    assert [p.name for p in lake.partition_dir(tmp_path, table, D1).iterdir()] == [lake.PART_FILE]

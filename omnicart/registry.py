@@ -60,8 +60,10 @@ def log_model(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     tags: Mapping[str, str] | None = None,
+    signature: Any = None,
 ) -> Registered:
-    """Log one training run (params, metrics, tags, the pyfunc model with its artifacts) and register a version."""
+    """Log one training run (params, metrics, tags, the pyfunc model with its artifacts and optional signature)
+    and register a version."""
     import mlflow
 
     client(settings)
@@ -74,6 +76,7 @@ def log_model(
             python_model=python_model,
             artifacts={k: str(v) for k, v in artifacts.items()},
             registered_model_name=model_name(family),
+            signature=signature,
         )
     version = str(info.registered_model_version)
     return Registered(run.info.run_id, version, f"models:/{model_name(family)}/{version}")

@@ -13,7 +13,14 @@ from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
 from serving.prediction_log import PredictionLog
 from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
-from serving.recommend import FEATURE_REFS, RecommendRequest, RecommendResponse, RecommendService
+from serving.recommend import (
+    FEATURE_REFS,
+    RecommendRequest,
+    RecommendRequestError,
+    RecommendResponse,
+    RecommendService,
+    shop_state,
+)
 
 APP_NAME = "omnicart"
 
@@ -72,13 +79,15 @@ class Ingress:
         store = feature_store(settings)
         version = registry.champion_version(settings, "recommend")
         self.store = store
-        self.recommender = None  # a platform may train pricing or support first: /recommend answers 503 until then
-        if version is not None:
-            self.recommender = RecommendService(
-                load_model=lambda: registry.load(settings, "recommend"),
-                read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
-                model_version=version,
-            )
+        # without a recommend champion (a platform may train pricing or support first) popular items answer
+        unavailable, popular = shop_state(settings)
+        self.recommender = RecommendService(
+            load_model=lambda: registry.load(settings, "recommend"),
+            read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
+            model_version=version,
+            unavailable=lambda: unavailable,
+            popular=popular,
+        )
         self.pricer = None
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
@@ -105,9 +114,11 @@ class Ingress:
 
     @api.get("/health")
     def health(self) -> dict[str, Any]:
-        models = {"recommend": self.recommender.model_version if self.recommender else None}
+        models = {"recommend": self.recommender.model_version}
         models["pricing"] = self.pricer.model_version if self.pricer else None
-        return {"status": "ok", "models": models, "prediction_log": dict(self.predictions.counts)}
+        fallbacks = {"recommend": dict(self.recommender.fallbacks)}
+        log_counts = dict(self.predictions.counts)
+        return {"status": "ok", "models": models, "fallbacks": fallbacks, "prediction_log": log_counts}
 
     @api.post("/price", response_model=PriceResponse)
     def price(self, body: PriceRequest, x_api_key: str | None = Header(None)) -> PriceResponse:
@@ -138,12 +149,14 @@ class Ingress:
             return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
         return result
 
-    @api.post("/recommend", response_model=RecommendResponse)
+    @api.post("/recommend", response_model=RecommendResponse, responses={404: {}})
     def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:
+        """Ranked, explained items for a customer under the shop's rules; a fallback answers whatever fails."""
         self._check_key(x_api_key)
-        if self.recommender is None:
-            raise HTTPException(status_code=503, detail={"error": "no recommend champion deployed yet", "field": None})
-        answer = self.recommender.recommend(body)
+        try:
+            answer = self.recommender.recommend(body)
+        except RecommendRequestError as exc:
+            return JSONResponse(status_code=exc.status_code, content=exc.body())
         self.predictions.recommend(body, answer)
         return answer
 

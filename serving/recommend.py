@@ -1,6 +1,10 @@
-"""The recommend endpoint's logic, free of Ray: request and response models and the service that answers.
+"""The recommend endpoint's logic, free of Ray: request and response models, business rules and fallbacks.
 
 The Serve deployment (serving/app.py) only wires HTTP to ``RecommendService``, so unit tests reach all of this.
+The model ranks and explains; the service applies the shop's rules on top: unavailable and excluded items never
+appear, already-bought items on request, at most N items per category, boosted items first and buried ones last.
+Whatever fails (the online store, the model, a missing champion), an answer still comes back, with the reason
+logged and counted in ``fallbacks``.
 """
 
 from __future__ import annotations
@@ -8,67 +12,218 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, Field
 
-from omnicart.schemas import C, F
+from omnicart.schemas import CHANNELS, C, F
 
 log = logging.getLogger("omnicart.serving.recommend")
 
 FEATURE_REFS = [f"{F.customer_view}:{C.segment}", f"{F.customer_view}:{F.recent_items}"]
+OVERFETCH = 4  # candidates asked of the model per returned item, so the rules can still fill k
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+
+
+class RecommendContext(BaseModel):
+    item_id: str | None = Field(None, min_length=1, max_length=128, description="The item the customer is looking at.")
+    channel: Channel | None = Field(None, description="Where the request comes from.")
 
 
 class RecommendRequest(BaseModel):
     customer_id: str = Field(min_length=1, max_length=128, description="The customer's platform id.")
     k: int = Field(10, ge=1, le=100, description="How many items to return.")
+    context: RecommendContext = Field(default_factory=RecommendContext)
     exclude_items: list[str] = Field(default_factory=list, max_length=1000, description="Items never to return.")
+    exclude_bought: bool = Field(False, description="Only items the customer has never bought.")
+    max_per_category: int | None = Field(None, ge=1, le=100, description="Diversity: at most this many per category.")
+    boost: list[str] = Field(default_factory=list, max_length=100, description="Put these first when they qualify.")
+    bury: list[str] = Field(default_factory=list, max_length=1000, description="Put these last when they qualify.")
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
     title: str
+    category: str = ""
     reason: str = Field(description="Why this item, in plain words.")
+    contributions: dict[str, float] = Field(
+        default_factory=dict, description="The ranker's TreeSHAP contribution of each reason family."
+    )
 
 
 class RecommendResponse(BaseModel):
     customer_id: str
     items: list[RecommendedItem]
-    source: str = Field(description="'personal' when the customer's features were found, else 'popular'.")
+    source: str = Field(description="'personal' (the customer's history), 'context' (the current item) or 'popular'.")
+    fallback: str | None = Field(None, description="Why a fallback answered, when one did.")
     model_version: str | None
 
 
+class RecommendRequestError(ValueError):
+    """A request the service cannot answer as asked (an unknown context item): a 4xx naming the field."""
+
+    def __init__(self, status_code: int, error: str, field: str) -> None:
+        super().__init__(error)
+        self.status_code, self.error, self.field = status_code, error, field
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "field": self.field}
+
+
 class RecommendService:
-    """Reads the customer's online features, asks the model, and falls back to popular items when either fails."""
+    """Reads the customer's online features, asks the model, applies the rules; falls back instead of failing.
+
+    ``load_model`` returns a ``training.recommend.Recommender`` (or raises: the service then answers with
+    ``popular``, see ``popular_items``); ``read_features`` returns the customer's online features; ``unavailable``
+    the item ids that cannot be sold now."""
 
     def __init__(
         self,
         load_model: Callable[[], Any],
         read_features: Callable[[str], dict[str, Any]],
         model_version: str | None = None,
+        *,
+        unavailable: Callable[[], set[str]] = set,
+        popular: list[dict[str, Any]] | None = None,
     ) -> None:
-        self.model = load_model()
-        self.read_features = read_features
-        self.model_version = model_version
         self.fallbacks: Counter[str] = Counter()
+        self.read_features = read_features
+        self.unavailable = unavailable
+        self.popular = popular or []
+        self.model_version = model_version
+        try:
+            self.model = load_model()
+        except Exception:  # no champion, or one that cannot load: answer from popularity until a redeploy
+            log.exception("recommend model could not be loaded; serving popular items")
+            self.model = None
+
+    def _fallback(self, reason: str, customer_id: str) -> str:
+        self.fallbacks[reason] += 1
+        log.warning("recommend fallback %s for customer %s", reason, customer_id)
+        return reason
 
     def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        cid = request.customer_id
         try:
-            features = self.read_features(request.customer_id)
+            blocked = set(self.unavailable())
+        except Exception:
+            log.exception("availability unknown; only the request's exclusions apply")
+            self._fallback("availability_error", cid)
+            blocked = set()
+        blocked |= set(request.exclude_items)
+        if self.model is None:
+            reason = self._fallback("no_model", cid)
+            items = [i for i in self.popular if i[C.item_id] not in blocked]
+            return self._respond(request, items, "popular", reason)
+        context_item = request.context.item_id
+        if context_item is not None and not self.model.known_item(context_item):
+            raise RecommendRequestError(404, "unknown item", "context.item_id")
+
+        fallback = None
+        try:
+            features = self.read_features(cid)
         except Exception:  # a feature store outage must not fail the request
-            log.exception("online features unavailable for %s", request.customer_id)
-            self.fallbacks["features_error"] += 1
+            log.exception("online features unavailable for %s", cid)
+            fallback = self._fallback("features_error", cid)
             features = {}
-        segment = features.get(C.segment)
-        recent = features.get(F.recent_items) or []
-        known = segment is not None
-        if not known:
-            self.fallbacks["unknown_customer"] += 1
-        items = self.model.recommend(segment if known else None, list(recent), request.k, set(request.exclude_items))
+        recent = [*([context_item] if context_item else []), *(features.get(F.recent_items) or [])]
+        known = self.model.knows(cid) or bool(features.get(F.recent_items))
+        source = "personal" if known else ("context" if context_item else "popular")
+        if source == "popular":
+            fallback = fallback or self._fallback("unknown_customer", cid)
+        fetch = request.k * OVERFETCH + len(request.boost) + len(request.bury)
+        try:
+            if source == "popular":
+                items = self.model.popular(fetch, exclude=blocked)
+            else:
+                items = self.model.recommend(
+                    cid, fetch, recent_items=recent, exclude=blocked, discover=request.exclude_bought
+                )
+        except Exception:
+            log.exception("recommend model failed for %s", cid)
+            fallback, source = self._fallback("model_error", cid), "popular"
+            items = self.model.popular(fetch, exclude=blocked)
+        return self._respond(request, items, source, fallback)
+
+    def _respond(
+        self, request: RecommendRequest, items: list[dict[str, Any]], source: str, fallback: str | None
+    ) -> RecommendResponse:
+        picked = apply_rules(items, request.k, request.boost, request.bury, request.max_per_category)
         return RecommendResponse(
             customer_id=request.customer_id,
-            items=[RecommendedItem(**item) for item in items],
-            source="personal" if known else "popular",
+            items=[
+                RecommendedItem(**{k: v for k, v in i.items() if k in RecommendedItem.model_fields}) for i in picked
+            ],
+            source=source,
+            fallback=fallback,
             model_version=self.model_version,
         )
+
+
+def apply_rules(
+    items: list[dict[str, Any]], k: int, boost: list[str], bury: list[str], max_per_category: int | None
+) -> list[dict[str, Any]]:
+    """The top ``k`` of the model's ranked ``items`` after the business rules: boosted items first and buried ones
+    last (each keeping the model's order among themselves), then at most ``max_per_category`` per category."""
+    boosted, buried = set(boost), set(bury) - set(boost)
+
+    def tier(item: dict[str, Any]) -> int:
+        return 0 if item[C.item_id] in boosted else 2 if item[C.item_id] in buried else 1
+
+    ordered = sorted(items, key=tier)  # stable: the model's order within a tier
+    out: list[dict[str, Any]] = []
+    per_category: Counter[str] = Counter()
+    for item in ordered:
+        if len(out) >= k:
+            break
+        category = item.get(C.category) or ""
+        if max_per_category is not None and category and per_category[category] >= max_per_category:
+            continue
+        per_category[category] += 1
+        if item[C.item_id] in boosted:
+            item = {**item, "reason": f"{item['reason']} (featured by the shop)"}
+        out.append(item)
+    return out
+
+
+def popular_items(purchases: pd.DataFrame, catalog: pd.DataFrame, limit: int = 200) -> list[dict[str, Any]]:
+    """Items by distinct buyers in ``purchases`` (customer_id, item_id), with their catalog title and category:
+    the answer when no model can be loaded."""
+    buyers = purchases.groupby(C.item_id)[C.customer_id].nunique().sort_values(ascending=False, kind="stable")
+    info = catalog.drop_duplicates(C.item_id).set_index(C.item_id)
+    out = []
+    for item, n in buyers.head(limit).items():
+        row = info.loc[item] if item in info.index else {}
+        out.append(
+            {
+                C.item_id: str(item),
+                C.title: str(row.get(C.title, "") or ""),
+                C.category: str(row.get(C.category, "") or ""),
+                "score": float(n),
+                "reason": f"Popular: {n} customers bought it recently",
+                "contributions": {},
+            }
+        )
+    return out
+
+
+def shop_state(settings: Any, days: int = 30) -> tuple[set[str], list[dict[str, Any]]]:
+    """From the lake: the catalog items that cannot be sold now (no price on the latest price day) and the popular
+    items of the last ``days`` days of purchases (the answer without a model)."""
+    from omnicart import lake, schemas
+
+    root = settings.lake_dir
+    catalog = lake.read_table(root, schemas.ITEMS)
+    unavailable: set[str] = set()
+    price_days = lake.partitions(root, schemas.PRICES)
+    if price_days and not catalog.empty:
+        priced = set(lake.read_partition(root, schemas.PRICES, price_days[-1], columns=[C.item_id])[C.item_id])
+        unavailable = set(catalog[C.item_id].astype(str)) - set(map(str, priced))
+    event_days = lake.partitions(root, schemas.EVENTS)[-days:]
+    if not event_days or catalog.empty:
+        return unavailable, []
+    events = lake.read_table(root, schemas.EVENTS, event_days[0], event_days[-1])
+    buys = events[(events[C.event_type] == "purchase") & ~events[C.item_id].isin(unavailable)]
+    return unavailable, popular_items(buys, catalog)

@@ -1,14 +1,18 @@
-"""Recommend family, first model: popularity per segment plus item co-occurrence.
+"""Recommend family: the two-stage recommender of ``training/recsys.py`` on the platform's own data.
 
-Verbs as every family: ``build_dataset`` (lake events + point-in-time Feast features), ``train`` (a Ray Train job),
-``evaluate`` (the model beside a popularity baseline on the same held-out day) and the predictor ``Recommender``
-that serving loads from the registry.
+Verbs as every family: ``build_dataset`` (the lake's purchases before ``as_of`` and the catalog; the purchases of
+``as_of`` to evaluate on), ``train`` (``RecSys`` with both stages
+as Ray Train jobs), ``evaluate`` (the model beside the popularity and repeat-history baselines on the same day) and
+the predictor ``Recommender`` that serving loads from the registry: the fitted ``RecSys`` together with every
+customer's purchase history at the training cut, so a request needs only the customer id.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,220 +22,246 @@ import numpy as np
 import pandas as pd
 
 from omnicart import lake, schemas
-from omnicart.schemas import C, F
+from omnicart.schemas import C
 from omnicart.settings import Settings
+from training import recsys
+from training.candidates import CandidateParams
+from training.ranker import RankerParams
+from training.recsys_metrics import evaluate_rankings
+from training.two_tower import TwoTowerParams
+
+log = logging.getLogger(__name__)
 
 FAMILY = "recommend"
-FEATURE_SERVICE = "recommend_v1"
-GATE_METRIC = "hit_rate_at_10"
-EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
+FEATURE_SERVICE = "recommend_v2"
+GATE_METRIC = "ndcg_at_10"
+KS = (10, 20)
+HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id)
+CATALOG_COLUMNS = (C.item_id, C.title, C.description, C.category, C.brand, C.price)
 
 
 @dataclass(frozen=True)
 class RecommendDataset:
-    """Training interactions before ``as_of``; evaluation purchases on ``as_of`` with the features known then."""
+    """Purchases before ``as_of`` to train on; the purchases of ``as_of`` to evaluate on."""
 
     as_of: dt.date
     train_start: dt.date
-    events: pd.DataFrame  # customer_id, item_id, event_type, event_timestamp
-    segments: pd.DataFrame  # customer_id, segment (point-in-time, end of training window)
-    items: pd.DataFrame  # item_id, title, category
+    purchases: pd.DataFrame  # customer_id, item_id, event_timestamp, quantity, price, channel
+    items: pd.DataFrame  # the catalog known at as_of: item_id, title, description, category, brand, price
     eval_purchases: pd.DataFrame  # customer_id, item_id bought on as_of
-    eval_features: pd.DataFrame  # customer_id, segment, recent_items as of the start of as_of
+
+    @property
+    def cut(self) -> pd.Timestamp:
+        return pd.Timestamp(self.as_of, tz="UTC")
+
+    @property
+    def window(self) -> str:
+        return f"{self.train_start}..{self.as_of - dt.timedelta(days=1)} / eval {self.as_of}"
 
 
-def _historical(settings: Settings, customers: list[str], at: pd.Timestamp) -> pd.DataFrame:
-    """Customer features as Feast knew them at ``at`` (point-in-time join on the offline store)."""
-    from omnicart.featurestore import feature_store
-
-    entity_df = pd.DataFrame({C.customer_id: customers, C.event_timestamp: at})
-    refs = [f"{F.customer_view}:{C.segment}", f"{F.customer_view}:{F.recent_items}"]
-    return feature_store(settings).get_historical_features(entity_df=entity_df, features=refs).to_df()
-
-
-def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 28) -> RecommendDataset:
-    """Interactions of the ``window_days`` before ``as_of`` for training, and ``as_of``'s purchases to evaluate."""
+def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) -> RecommendDataset:
+    """Purchases of the ``window_days`` before ``as_of`` for training, ``as_of``'s purchases to evaluate on."""
     start = as_of - dt.timedelta(days=window_days)
     events = lake.read_table(settings.lake_dir, schemas.EVENTS, start, as_of)
     if events.empty:
         raise ValueError(f"no events in the lake between {start} and {as_of}")
     events[C.event_timestamp] = pd.to_datetime(events[C.event_timestamp], utc=True)
-    events = events[events[C.customer_id].notna()]
-    cutoff = pd.Timestamp(as_of, tz="UTC")
-    train = events[events[C.event_timestamp] < cutoff]
-    test = events[(events[C.event_timestamp] >= cutoff) & (events[C.event_type] == "purchase")]
-    items = lake.read_table(settings.lake_dir, schemas.ITEMS, end=as_of)[[C.item_id, C.title, C.category]]
-    customers = sorted(set(train[C.customer_id]) | set(test[C.customer_id]))
-    features = _historical(settings, customers, cutoff - pd.Timedelta(microseconds=1))
+    buys = events[(events[C.event_type] == "purchase") & events[C.customer_id].notna()]
+    cut = pd.Timestamp(as_of, tz="UTC")
+    train = buys[buys[C.event_timestamp] < cut]
+    test = buys[buys[C.event_timestamp] >= cut]
+    if train.empty:
+        raise ValueError(f"no purchases to train on before {as_of}")
+    catalog = lake.read_table(settings.lake_dir, schemas.ITEMS, end=as_of)
+    catalog = catalog[[c for c in CATALOG_COLUMNS if c in catalog.columns]].drop_duplicates(C.item_id, keep="last")
     return RecommendDataset(
         as_of=as_of,
         train_start=start,
-        events=train[[C.customer_id, C.item_id, C.event_type, C.event_timestamp]].reset_index(drop=True),
-        segments=features[[C.customer_id, C.segment]].dropna(),
-        items=items.drop_duplicates(C.item_id).reset_index(drop=True),
+        purchases=train[[C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.channel]].reset_index(
+            drop=True
+        ),
+        items=catalog.reset_index(drop=True),
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
-        eval_features=features[[C.customer_id, C.segment, F.recent_items]],
     )
 
 
-def fit(events: pd.DataFrame, segments: pd.DataFrame, items: pd.DataFrame) -> dict[str, Any]:
-    """The model's state from interactions: segment popularity and a normalised item co-occurrence matrix."""
-    item_ids = items[C.item_id].tolist()
-    index = {item: i for i, item in enumerate(item_ids)}
-    ev = events[events[C.item_id].isin(index) & events[C.event_type].isin(EVENT_WEIGHTS)]
-    # one weight per (customer, item): the strongest signal the customer gave
-    weights = ev.assign(w=ev[C.event_type].map(EVENT_WEIGHTS)).groupby([C.customer_id, C.item_id])["w"].max()
-    users = {u: i for i, u in enumerate(weights.index.get_level_values(0).unique())}
-    matrix = np.zeros((len(users), len(item_ids)), dtype=np.float32)
-    matrix[
-        [users[u] for u in weights.index.get_level_values(0)], [index[i] for i in weights.index.get_level_values(1)]
-    ] = weights.to_numpy()
-    binary = (matrix > 0).astype(np.float32)
-    cooc = binary.T @ binary
-    np.fill_diagonal(cooc, 0.0)
-    counts = binary.sum(axis=0)
-    cooc = cooc / np.sqrt(np.outer(counts, counts) + 1e-9)
-
-    buys = ev[ev[C.event_type] == "purchase"].merge(segments, on=C.customer_id, how="left")
-    buys[C.segment] = buys[C.segment].fillna("unknown")
-    global_pop = buys.groupby(C.item_id)[C.customer_id].nunique().reindex(item_ids).fillna(0).to_numpy(float)
-    segment_pop = {
-        str(seg): grp.groupby(C.item_id)[C.customer_id].nunique().reindex(item_ids).fillna(0).to_numpy(float)
-        for seg, grp in buys.groupby(C.segment)
-    }
-    return {
-        "item_ids": item_ids,
-        "titles": items[C.title].fillna("").tolist(),
-        "cooc": cooc.astype(np.float32),
-        "global_pop": global_pop,
-        "segment_pop": segment_pop,
-    }
-
-
-def save(state: dict[str, Any], directory: Path) -> None:
-    """Write the model state as plain files (npz + JSON), readable without pickle."""
-    directory.mkdir(parents=True, exist_ok=True)
-    segments = sorted(state["segment_pop"])
-    np.savez_compressed(
-        directory / "arrays.npz",
-        cooc=state["cooc"],
-        global_pop=state["global_pop"],
-        segment_pop=np.stack([state["segment_pop"][s] for s in segments]) if segments else np.zeros((0, 0)),
+def params_for(purchases: pd.DataFrame, seed: int = 0) -> recsys.RecSysParams:
+    """Training windows sized to the history: a year of retail gets the benchmark's 70-day label windows; a few
+    weeks of a small shop get windows of a few days, small towers and a lighter ranker."""
+    span = (purchases[C.event_timestamp].max() - purchases[C.event_timestamp].min()).days
+    if span >= 240:
+        return recsys.RecSysParams(seed=seed)
+    label_days = int(np.clip(span // 4, 1, 30))
+    return recsys.RecSysParams(
+        label_days=label_days,
+        n_cuts=3,
+        cut_stride_days=max(1, label_days // 2),
+        candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=10, n_text=5, n_popular=10),
+        two_tower=TwoTowerParams(dim=32, hidden=64, epochs=4, batch_size=256, seed=seed),
+        ranker=RankerParams(max_rounds=100, early_stopping_rounds=20, eval_share=0.3, min_child_weight=2.0, seed=seed),
+        seed=seed,
     )
-    meta = {"item_ids": state["item_ids"], "titles": state["titles"], "segments": segments}
-    (directory / "meta.json").write_text(json.dumps(meta))
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker: fit and report the model directory as the checkpoint."""
-    from training.ray_job import report_directory
-
-    def write(directory: Path) -> dict[str, float]:
-        state = fit(config["events"], config["segments"], config["items"])
-        save(state, directory)
-        return {"items": float(len(state["item_ids"])), "interactions": float(len(config["events"]))}
-
-    report_directory(write)
-
-
-def train(settings: Settings, dataset: RecommendDataset) -> Recommender:
-    """Fit the model in a Ray Train job and return the loaded predictor (its files in ``model_dir``)."""
-    from training import ray_job
-
-    output = settings.home_dir / "models" / FAMILY / f"as_of={dataset.as_of}"
-    config = {"events": dataset.events, "segments": dataset.segments, "items": dataset.items}
-    model_dir, _ = ray_job.run(settings, f"{FAMILY}-{dataset.as_of}", _train_loop, config, output)
-    return Recommender.from_directory(model_dir)
+def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysParams | None = None) -> Recommender:
+    """Fit ``RecSys`` (two-tower and ranker as Ray Train jobs) and save it with the customers' histories."""
+    params = params or params_for(dataset.purchases)
+    model = recsys.train(settings, dataset.purchases, dataset.items, params, now=dataset.cut)
+    directory = settings.home_dir / "models" / FAMILY / f"as_of={dataset.as_of}"
+    return Recommender.save(model, dataset.purchases, directory)
 
 
 class Recommender(mlflow.pyfunc.PythonModel):
-    """Scores every catalog item for a customer from their segment and recent items; explains each pick."""
+    """The fitted ``RecSys`` and the purchase history of every customer it was trained on."""
 
     def __init__(self) -> None:
         self.model_dir_: Path | None = None
 
     @classmethod
+    def save(cls, model: recsys.RecSys, purchases: pd.DataFrame, directory: Path) -> Recommender:
+        """Write the model and the histories as plain files under ``directory`` and return the loaded predictor."""
+        directory = Path(directory)
+        model.save(directory / "recsys")
+        history = recsys.cand.normalize_events(purchases)[list(HISTORY_COLUMNS)]
+        history.to_parquet(directory / "histories.parquet", index=False)
+        return cls.from_directory(directory)
+
+    @classmethod
     def from_directory(cls, directory: Path) -> Recommender:
-        model = cls()
-        model._load(Path(directory))
-        return model
+        predictor = cls()
+        predictor._load(Path(directory))
+        return predictor
 
     def load_context(self, context: Any) -> None:
         self._load(Path(context.artifacts["model_dir"]))
 
     def _load(self, directory: Path) -> None:
-        arrays = np.load(directory / "arrays.npz")
-        meta = json.loads((directory / "meta.json").read_text())
         self.model_dir_ = directory
-        self.item_ids_: list[str] = meta["item_ids"]
-        self.titles_: list[str] = meta["titles"]
-        self.index_ = {item: i for i, item in enumerate(self.item_ids_)}
-        self.cooc_ = arrays["cooc"]
-        self.global_pop_ = arrays["global_pop"]
-        self.segment_pop_ = dict(zip(meta["segments"], arrays["segment_pop"], strict=True))
+        self.model_ = recsys.RecSys.load(directory / "recsys")
+        self.histories_ = pd.read_parquet(directory / "histories.parquet")
+        self.rows_ = self.histories_.groupby(C.customer_id).indices
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list:
-        """pyfunc entry point: one recommendation list per row of (segment, recent_items)."""
-        k = int((params or {}).get("k", 10))
-        return [
-            self.recommend(row.get(C.segment), row.get(F.recent_items), k) for row in model_input.to_dict("records")
-        ]
+    @property
+    def cut(self) -> pd.Timestamp:
+        return self.model_.now_
+
+    def knows(self, customer_id: str) -> bool:
+        """Whether the customer bought anything before the training cut."""
+        return customer_id in self.rows_
+
+    def known_item(self, item_id: str) -> bool:
+        """Whether the item is in the catalog the model was trained with (sold, or new with content)."""
+        return item_id in self.model_.state_.index or item_id in self.model_.cold_items_
+
+    def history(self, customer_id: str, recent_items: Iterable[str] = ()) -> pd.DataFrame:
+        """The customer's purchases at the training cut, plus items touched since (one event each, at the cut)."""
+        rows = self.rows_.get(customer_id)
+        own = self.histories_.iloc[rows] if rows is not None else self.histories_.iloc[:0]
+        recent = [i for i in dict.fromkeys(map(str, recent_items)) if i in self.model_.state_.index]
+        if not recent:
+            return own
+        extra = pd.DataFrame(
+            {C.customer_id: customer_id, C.item_id: recent, C.event_timestamp: self.cut - pd.Timedelta(seconds=1)}
+        )
+        return pd.concat([own, extra], ignore_index=True)
 
     def recommend(
-        self, segment: str | None, recent_items: list[str] | None, k: int, exclude: set[str] | None = None
+        self,
+        customer_id: str,
+        k: int = 10,
+        *,
+        recent_items: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        discover: bool = False,
     ) -> list[dict[str, Any]]:
-        """The top ``k`` distinct items with a score and a one-line reason each."""
-        recent = [self.index_[i] for i in (recent_items or []) if i in self.index_]
-        pop = self.segment_pop_.get(segment or "", self.global_pop_)
-        pop_score = pop / (pop.max() or 1.0)
-        cooc_score = np.zeros(len(self.item_ids_))
-        best_anchor = np.full(len(self.item_ids_), -1)
-        if recent:
-            weights = 1.0 / (1.0 + np.arange(len(recent)))
-            contrib = self.cooc_[recent] * weights[:, None]
-            cooc_score = contrib.sum(axis=0)
-            best_anchor = np.asarray(recent)[contrib.argmax(axis=0)]
-            cooc_score = cooc_score / (cooc_score.max() or 1.0)
-        score = cooc_score + 0.5 * pop_score + 1e-3 * self.global_pop_ / (self.global_pop_.max() or 1.0)
-        if exclude:
-            score[[self.index_[i] for i in exclude if i in self.index_]] = -np.inf
-        top = np.argsort(-score, kind="stable")[:k]
-        return [
-            self._explain(int(i), float(score[i]), cooc_score[i], 0.5 * pop_score[i], best_anchor[i], segment)
-            for i in top
-            if np.isfinite(score[i])
-        ]
+        """Ranked, explained items for a customer (known by id, or by the items they touched)."""
+        history = self.history(customer_id, recent_items)
+        context = {"now": self.cut, "discover": discover}
+        return self.model_.recommend(history, k=k, exclude=exclude, context=context)
 
-    def _explain(self, i: int, score: float, cooc: float, pop: float, anchor: int, segment: str | None) -> dict:
-        if cooc >= pop and anchor >= 0:
-            reason = f"often bought with {self.titles_[anchor] or self.item_ids_[anchor]}, which you looked at recently"
-        elif segment and segment in self.segment_pop_:
-            reason = f"popular with {segment} customers this month"
-        else:
-            reason = "popular with customers this month"
-        return {C.item_id: self.item_ids_[i], "score": round(score, 6), C.title: self.titles_[i], "reason": reason}
+    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+        return self.model_.popular(k, exclude)
+
+    def rank(self, purchases: pd.DataFrame, customers: list[str], k: int, now: pd.Timestamp) -> dict[str, list[str]]:
+        """Top ``k`` item ids per customer from ``purchases`` before ``now``; a customer without any gets the
+        popular items."""
+        known = sorted(set(customers) & set(purchases[C.customer_id]))
+        ranked = self.model_.rank_users(purchases, known, k, now=now) if known else {}
+        popular = [r[C.item_id] for r in self.popular(k)]
+        return {c: ranked.get(c, popular) for c in customers}
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list:
+        """pyfunc entry point: one list of recommended items (dicts) per ``customer_id`` row."""
+        k = int((params or {}).get("k", 10))
+        return [self.recommend(str(c), k) for c in model_input[C.customer_id]]
 
 
-def _hit_metrics(recs: dict[str, list[str]], truth: dict[str, set[str]], k: int) -> dict[str, float]:
-    hits = [len(set(recs.get(u, [])[:k]) & items) for u, items in truth.items()]
-    recall = [h / min(k, len(truth[u])) for h, u in zip(hits, truth, strict=True)]
-    return {f"hit_rate_at_{k}": float(np.mean([h > 0 for h in hits])), f"recall_at_{k}": float(np.mean(recall))}
+def _baselines(purchases: pd.DataFrame, customers: list[str], k: int) -> dict[str, dict[str, list[str]]]:
+    """Popularity (distinct buyers) and repeat history (own purchase count, ties by popularity)."""
+    popularity = purchases.groupby(C.item_id)[C.customer_id].nunique().sort_values(ascending=False, kind="stable")
+    top = popularity.index[:k].tolist()
+    counts = purchases.groupby([C.customer_id, C.item_id]).size()
+    rank_of = {item: n for n, item in enumerate(popularity.index)}
+    repeat = {}
+    for c in customers:
+        own = counts.loc[c] if c in counts.index.get_level_values(0) else pd.Series(dtype=float)
+        mine = sorted(own.index, key=lambda i: (-own[i], rank_of.get(i, 0)))[:k]
+        repeat[c] = mine + [i for i in top if i not in set(mine)][: k - len(mine)]
+    return {"popularity": dict.fromkeys(customers, top), "repeat": repeat}
 
 
-def evaluate(model: Recommender, dataset: RecommendDataset, k: int = 10) -> dict[str, dict[str, float]]:
-    """Hit rate and recall@k on the held-out day, for the model and the global popularity baseline."""
+def _metrics(rankings: dict[str, list[str]], truth: dict[str, set[str]]) -> dict[str, float]:
+    m = evaluate_rankings(rankings, truth, KS)
+    out = {f"{name}_at_{k}": m[f"{name}@{k}"] for k in KS for name in ("ndcg", "recall")}
+    out["hit_rate_at_10"] = float(np.mean([bool(set(rankings.get(u, [])[:10]) & t) for u, t in truth.items()]))
+    out["users"] = m["users"]
+    return out
+
+
+def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[str, float]]:
+    """NDCG, recall and hit rate on ``as_of``'s purchases for the model and its baselines, every customer who
+    bought that day included (those without history get each model's answer for strangers)."""
     truth = dataset.eval_purchases.groupby(C.customer_id)[C.item_id].agg(set).to_dict()
     if not truth:
         raise ValueError(f"no purchases on {dataset.as_of} to evaluate on")
-    features = dataset.eval_features.set_index(C.customer_id)
-    recs = {}
-    for customer in truth:
-        row = features.loc[customer] if customer in features.index else None
-        segment = row[C.segment] if row is not None and isinstance(row[C.segment], str) else None
-        recent = list(row[F.recent_items]) if row is not None and row[F.recent_items] is not None else []
-        recs[customer] = [r[C.item_id] for r in model.recommend(segment, recent, k)]
-    popular = [model.item_ids_[i] for i in np.argsort(-model.global_pop_, kind="stable")[:k]]
+    customers = sorted(truth)
+    k = max(KS)
+    out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut), truth)}
+    for name, rankings in _baselines(dataset.purchases, customers, k).items():
+        out[name] = _metrics(rankings, truth)
+    return out
+
+
+def champion_metric(load_champion: Callable[[], Any], dataset: RecommendDataset) -> float | None:
+    """The champion's gate metric on this dataset; None (logged) when the champion cannot be loaded or cannot rank
+    (a model of an older format): the challenger then wins by default."""
+    try:
+        current = load_champion()
+    except Exception:
+        log.exception("the recommend champion could not be loaded to evaluate it on this window")
+        return None
+    if not isinstance(current, Recommender):
+        log.warning("the recommend champion (%s) cannot be evaluated on this window", type(current).__name__)
+        return None
+    return evaluate(current, dataset)["model"][GATE_METRIC]
+
+
+def run_params(model: Recommender, dataset: RecommendDataset) -> dict[str, Any]:
+    """Flat MLflow params: the data window and every hyper-parameter of the model."""
+    flat = pd.json_normalize(model.model_.params.to_dict(), sep=".").iloc[0].to_dict()
     return {
-        "model": {**_hit_metrics(recs, truth, k), "users": float(len(truth))},
-        "popularity": _hit_metrics(dict.fromkeys(truth, popular), truth, k),
+        "as_of": dataset.as_of.isoformat(),
+        "train_start": dataset.train_start.isoformat(),
+        "train_purchases": len(dataset.purchases),
+        "catalog_items": len(dataset.items),
+        "ease_lambda_fitted": model.model_.ease_lambda_,
+        **{k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flat.items()},
     }
+
+
+def signature(model: Recommender) -> Any:
+    """The pyfunc's signature: a customer id in, a list of recommended items out, ``k`` as a parameter."""
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({C.customer_id: [next(iter(model.rows_), "unknown")]})
+    return infer_signature(example, [json.dumps(model.predict(None, example, {"k": 3}))], params={"k": 10})

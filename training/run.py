@@ -25,30 +25,35 @@ class TrainOutcome:
 
 
 def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
-    """Train the recommender on the days before ``as_of`` and promote it when it beats the champion on ``as_of``."""
+    """Train the two-stage recommender on the purchases before ``as_of``; promote it when its NDCG@10 on the
+    purchases of ``as_of`` is at least the champion's on the same day."""
     from training import recommend
 
     dataset = recommend.build_dataset(settings, as_of)
     model = recommend.train(settings, dataset)
-    evaluation = recommend.evaluate(model, dataset, k=settings.top_k)
+    evaluation = recommend.evaluate(model, dataset)
     metrics = {f"{name}.{metric}": value for name, values in evaluation.items() for metric, value in values.items()}
-    gate = f"model.{recommend.GATE_METRIC}"
+    timings = {f"seconds.{stage}": value for stage, value in model.model_.timings_.items()}
 
     champion = registry.champion_version(settings, recommend.FAMILY)
     champion_metric = None
     if champion is not None:
-        current = registry.load(settings, recommend.FAMILY)
-        champion_metric = recommend.evaluate(current, dataset, k=settings.top_k)["model"][recommend.GATE_METRIC]
-    promoted = champion_metric is None or metrics[gate] >= champion_metric
+        champion_metric = recommend.champion_metric(lambda: registry.load(settings, recommend.FAMILY), dataset)
+    promoted = champion_metric is None or evaluation["model"][recommend.GATE_METRIC] >= champion_metric
 
     registered = registry.log_model(
         settings,
         recommend.FAMILY,
         recommend.Recommender(),
         artifacts={"model_dir": model.model_dir_},
-        params={"as_of": as_of.isoformat(), "train_start": dataset.train_start.isoformat(), "k": settings.top_k},
-        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
-        tags={"feature_service": recommend.FEATURE_SERVICE, "data_window": f"{dataset.train_start}..{as_of}"},
+        params=recommend.run_params(model, dataset),
+        metrics={**metrics, **timings, "gate.champion": champion_metric if champion_metric is not None else -1.0},
+        tags={
+            "feature_service": recommend.FEATURE_SERVICE,
+            "data_window": dataset.window,
+            "gate_metric": f"model.{recommend.GATE_METRIC}",
+        },
+        signature=recommend.signature(model),
     )
     if promoted:
         registry.promote(settings, recommend.FAMILY, registered.version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import httpx
 import pytest
@@ -121,8 +122,33 @@ def test_drift_day_emails_the_report(platform, clean_run):
     assert attachments and len(attachments[0].get_content()) > 10_000
 
 
+def test_recommend_rules_explanations_and_errors_over_http(platform, clean_run):
+    s = platform.settings
+    day, _ = clean_run
+    customer = lake.read_table(s.lake_dir, schemas.EVENTS, day - dt.timedelta(days=1), day)[C.customer_id].iloc[0]
+    first = _post(s, {"customer_id": customer, "k": 6}).json()["items"]
+    assert all(i["reason"] and i["contributions"] for i in first)  # TreeSHAP of the ranker, in plain words
+    gone = [i["item_id"] for i in first[:2]]
+    body = {"customer_id": customer, "k": 6, "exclude_items": gone, "max_per_category": 2}
+    again = _post(s, body)
+    assert again.status_code == 200, again.text
+    items = again.json()["items"]
+    assert len(items) == 6 and not set(gone) & {i["item_id"] for i in items}
+    assert max(Counter(i["category"] for i in items).values()) <= 2
+    bad = _post(s, {"customer_id": customer, "context": {"channel": "fax"}})
+    assert bad.status_code == 422 and [f["field"] for f in bad.json()["fields"]] == ["context.channel"]
+    unknown = _post(s, {"customer_id": customer, "context": {"item_id": "NO-SUCH-ITEM"}})
+    assert unknown.status_code == 404 and unknown.json() == {"error": "unknown item", "field": "context.item_id"}
+    stranger = _post(s, {"customer_id": "nobody-at-all", "k": 3, "context": {"channel": "app"}}).json()
+    assert stranger["source"] == "popular" and stranger["fallback"] == "unknown_customer"
+    health = httpx.get(f"{s.serve_url}/health", timeout=30).json()
+    assert health["fallbacks"]["recommend"]["unknown_customer"] >= 1
+
+
 def test_train_models_dag_gates_promotion_and_rollback_restores(platform, clean_run):
     """A retrain on the same day is evaluated against the champion on the same data; rollback moves the alias back."""
+    from training import recommend
+
     s = platform.settings
     day, _ = clean_run
     before = registry.champion_version(s, "recommend")
@@ -132,7 +158,7 @@ def test_train_models_dag_gates_promotion_and_rollback_restores(platform, clean_
     newest = max(int(v.version) for v in versions)
     metrics = registry.version_metrics(s, "recommend", str(newest))
     # promoted exactly when the challenger's gate metric is at least the champion's on the same evaluation day
-    promoted = metrics["model.hit_rate_at_10"] >= metrics["gate.champion"]
+    promoted = metrics[f"model.{recommend.GATE_METRIC}"] >= metrics["gate.champion"]
     after = registry.champion_version(s, "recommend")
     assert after == (str(newest) if promoted else before)
     if promoted:

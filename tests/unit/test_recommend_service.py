@@ -1,0 +1,218 @@
+"""The recommend family as served: the two-stage model behind ``RecommendService``, its rules and its fallbacks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from omnicart.datasets.simulator import ShopSimulator
+from omnicart.schemas import C, F
+from omnicart.settings import Settings
+from serving.recommend import (
+    RecommendRequest,
+    RecommendRequestError,
+    RecommendService,
+    apply_rules,
+    popular_items,
+)
+from training import recommend, recsys
+from training.candidates import CandidateParams
+from training.ranker import RankerParams
+from training.two_tower import TwoTowerParams
+
+PARAMS = recsys.RecSysParams(
+    label_days=14,
+    n_cuts=2,
+    cut_stride_days=7,
+    ease_lambda=20.0,
+    candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=10, n_text=5, n_popular=10),
+    two_tower=TwoTowerParams(dim=16, hidden=32, epochs=3, batch_size=128),
+    ranker=RankerParams(max_rounds=60, early_stopping_rounds=20, eval_share=0.3, min_child_weight=2.0),
+)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A Recommender trained on 60 simulated days, saved and loaded back as serving loads it."""
+    home = tmp_path_factory.mktemp("recommend-home")
+    sim = ShopSimulator(Settings(home=home, sim_customers=150, sim_days=60))
+    events = pd.concat([d.events for d in sim.days()], ignore_index=True)
+    purchases = events[events[C.event_type] == "purchase"].reset_index(drop=True)
+    model = recsys.RecSys(PARAMS, cache_dir=home / "cache").fit(purchases, sim.catalog())
+    predictor = recommend.Recommender.save(model, purchases, home / "model")
+    return predictor, purchases, sim.catalog(), sim.ground_truth().repeat_items
+
+
+def _service(predictor, features=None, unavailable=frozenset(), popular=None):
+    return RecommendService(
+        lambda: predictor,
+        features or (lambda _cid: {C.segment: "family", F.recent_items: []}),
+        "3",
+        unavailable=lambda: set(unavailable),
+        popular=popular,
+    )
+
+
+def _ids(response) -> list[str]:
+    return [i.item_id for i in response.items]
+
+
+def test_a_regular_purchase_ranks_high(shop):
+    predictor, purchases, _, repeats = shop
+    bought = purchases.groupby([C.customer_id, C.item_id]).size()
+    regulars = [
+        (r[C.customer_id], r[C.item_id])
+        for r in repeats.to_dict("records")
+        if r[C.cycle_days] <= 14 and bought.get((r[C.customer_id], r[C.item_id]), 0) >= 3
+    ]
+    assert len(regulars) >= 10
+    service = _service(predictor)
+    ranks = []
+    for customer, item in regulars:
+        items = _ids(service.recommend(RecommendRequest(customer_id=customer, k=10)))
+        ranks.append(items.index(item) if item in items else 99)
+    assert np.mean(np.array(ranks) < 3) >= 0.8, f"ranks of regular purchases: {ranks}"
+    customer, item = regulars[0]
+    answer = service.recommend(RecommendRequest(customer_id=customer, k=10))
+    regular = next(i for i in answer.items if i.item_id == item)
+    assert answer.source == "personal" and answer.fallback is None and answer.model_version == "3"
+    assert "you buy this about every" in regular.reason.lower() or "you bought this" in regular.reason.lower()
+
+
+def test_an_unavailable_item_never_appears(shop):
+    predictor, purchases, _, _ = shop
+    customers = purchases[C.customer_id].value_counts().index[:5].tolist()
+    first = {c: _ids(_service(predictor).recommend(RecommendRequest(customer_id=c, k=10))) for c in customers}
+    gone = {i for items in first.values() for i in items[:3]}
+    service = _service(predictor, unavailable=gone)
+    for c in customers:
+        for request in (
+            RecommendRequest(customer_id=c, k=10),
+            RecommendRequest(customer_id=c, k=10, exclude_bought=True, max_per_category=2),
+            RecommendRequest(customer_id=c, k=10, boost=sorted(gone)),
+            RecommendRequest(customer_id="stranger", k=10, context={"item_id": first[c][0]}),
+        ):
+            items = _ids(service.recommend(request))
+            assert len(items) == 10 and not gone & set(items)
+    excluded = service.recommend(
+        RecommendRequest(customer_id=customers[0], k=10, exclude_items=first[customers[0]][3:6])
+    )
+    assert not set(first[customers[0]][3:6]) & set(_ids(excluded))
+
+
+def test_every_item_has_an_explanation(shop):
+    predictor, purchases, _, _ = shop
+    service = _service(predictor)
+    answers = [service.recommend(RecommendRequest(customer_id=c, k=10)) for c in purchases[C.customer_id].unique()[:5]]
+    answers.append(service.recommend(RecommendRequest(customer_id="nobody", k=10)))
+    for answer in answers:
+        assert len(answer.items) == 10
+        for item in answer.items:
+            assert item.reason.strip() and item.contributions
+            assert all(np.isfinite(v) for v in item.contributions.values())
+    top = answers[0].items[0]
+    if max(top.contributions, key=top.contributions.get) == "repeat":
+        assert top.reason.lower().startswith("you b")  # the largest TreeSHAP contribution, in plain words
+
+
+def test_exclude_bought_and_diversity(shop):
+    predictor, purchases, _, _ = shop
+    customer = purchases[C.customer_id].value_counts().index[0]
+    owned = set(purchases.loc[purchases[C.customer_id] == customer, C.item_id])
+    service = _service(predictor)
+    fresh = service.recommend(RecommendRequest(customer_id=customer, k=10, exclude_bought=True))
+    assert len(fresh.items) == 10 and not owned & set(_ids(fresh))
+    diverse = service.recommend(RecommendRequest(customer_id=customer, k=8, max_per_category=2))
+    assert len(diverse.items) == 8
+    assert max(Counter(i.category for i in diverse.items).values()) <= 2
+
+
+def test_boost_puts_items_first_and_bury_puts_them_last(shop):
+    predictor, purchases, _, _ = shop
+    customer = purchases[C.customer_id].value_counts().index[1]
+    service = _service(predictor)
+    plain = _ids(service.recommend(RecommendRequest(customer_id=customer, k=10)))
+    ruled = service.recommend(RecommendRequest(customer_id=customer, k=10, boost=[plain[7]], bury=plain[:2]))
+    ids = _ids(ruled)
+    assert ids[0] == plain[7] and "featured" in ruled.items[0].reason
+    assert not set(plain[:2]) & set(ids[:8])
+
+
+def test_rules_alone():
+    items = [{C.item_id: f"i{n}", C.category: "ab"[n % 2], "reason": "r"} for n in range(8)]
+    picked = apply_rules(items, 4, boost=["i5"], bury=["i0"], max_per_category=3)
+    assert [i[C.item_id] for i in picked] == ["i5", "i1", "i2", "i3"]
+
+
+def test_unknown_customer_gets_context_or_popular_items_and_is_counted(shop):
+    predictor, purchases, _, _ = shop
+    service = _service(predictor, features=lambda _cid: {C.segment: None, F.recent_items: None})
+    popular = service.recommend(RecommendRequest(customer_id="stranger", k=5))
+    assert popular.source == "popular" and popular.fallback == "unknown_customer" and len(popular.items) == 5
+    item = purchases[C.item_id].value_counts().index[0]
+    context = service.recommend(RecommendRequest(customer_id="stranger", k=5, context={"item_id": item}))
+    assert context.source == "context" and len(context.items) == 5 and _ids(context) != _ids(popular)
+    assert service.fallbacks["unknown_customer"] == 1
+
+
+def test_failures_fall_back_and_are_counted(shop):
+    predictor, purchases, catalog, _ = shop
+    customer = purchases[C.customer_id].iloc[0]
+
+    def outage(_cid):
+        raise ConnectionError("online store down")
+
+    service = _service(predictor, features=outage)
+    answer = service.recommend(RecommendRequest(customer_id=customer, k=5))
+    assert answer.source == "personal" and answer.fallback == "features_error" and len(answer.items) == 5
+    assert service.fallbacks["features_error"] == 1
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(predictor, name)
+
+        def recommend(self, *args, **kwargs):
+            raise RuntimeError("model bug")
+
+    broken = _service(Broken())
+    answer = broken.recommend(RecommendRequest(customer_id=customer, k=5))
+    assert answer.source == "popular" and answer.fallback == "model_error" and len(answer.items) == 5
+
+    def missing():
+        raise LookupError("no champion")
+
+    popular = popular_items(purchases, catalog)
+    none = RecommendService(
+        missing, lambda _cid: {}, None, popular=popular, unavailable=lambda: {popular[0][C.item_id]}
+    )
+    answer = none.recommend(RecommendRequest(customer_id=customer, k=5))
+    assert answer.fallback == "no_model" and len(answer.items) == 5 and popular[0][C.item_id] not in _ids(answer)
+    assert all(i.reason for i in answer.items) and none.fallbacks["no_model"] == 1
+
+
+def test_bad_requests_name_the_field(shop):
+    predictor, _, _, _ = shop
+    with pytest.raises(RecommendRequestError) as err:
+        _service(predictor).recommend(RecommendRequest(customer_id="c", context={"item_id": "NO-SUCH-ITEM"}))
+    assert err.value.status_code == 404 and err.value.body() == {"error": "unknown item", "field": "context.item_id"}
+    with pytest.raises(ValidationError) as invalid:
+        RecommendRequest(customer_id="", k=0, max_per_category=0, context={"channel": "fax"})
+    assert {".".join(map(str, e["loc"])) for e in invalid.value.errors()} == {
+        "customer_id",
+        "k",
+        "max_per_category",
+        "context.channel",
+    }
+
+
+def test_the_registry_model_answers_through_pyfunc(shop):
+    predictor, purchases, _, _ = shop
+    customer = purchases[C.customer_id].iloc[0]
+    out = predictor.predict(None, pd.DataFrame({C.customer_id: [customer, "stranger"]}), {"k": 3})
+    assert len(out) == 2 and all(len(items) == 3 for items in out)
+    signature = recommend.signature(predictor)
+    assert signature.inputs.input_names() == [C.customer_id] and signature.params is not None

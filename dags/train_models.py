@@ -28,7 +28,7 @@ def _settings():
 
 
 # monitor_models emits omnicart://retrain/<family> when a family drifts; any of them starts a retraining run
-RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "pricing")]
+RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "pricing", "support")]
 
 
 @dag(
@@ -41,7 +41,9 @@ RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "
     tags=["omnicart", "training", "registry"],
     doc_md=DOC,
     params={
-        "families": Param(["recommend"], type="array", description="Model families to retrain (recommend, pricing)."),
+        "families": Param(
+            ["recommend"], type="array", description="Model families to retrain (recommend, pricing, support)."
+        ),
     },
 )
 def train_models():

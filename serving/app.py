@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -21,12 +22,20 @@ from serving.recommend import (
     RecommendService,
     shop_state,
 )
+from serving.support import (
+    FeedbackRequest,
+    FeedbackResponse,
+    SupportBatchRequest,
+    SupportBatchResponse,
+    SupportRequest,
+    SupportResponse,
+)
 
 APP_NAME = "omnicart"
 
 api = FastAPI(
     title="omnicart",
-    description="Recommendations (and, as families land, support answers and prices) for every shop channel.",
+    description="Recommendations, support answers and prices for every shop channel.",
     version="0.1.0",
 )
 
@@ -102,6 +111,17 @@ class Ingress:
                 read_features=lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids),
             )
             self.price_period = self.pricer.model.next_period()  # what a request without a period is priced for
+        self.support = None
+        support_version = registry.champion_version(settings, "support")
+        if support_version is not None:
+            from serving.support import SupportService
+
+            self.support = SupportService(
+                load_model=lambda: registry.load(settings, "support"),
+                home=settings.home_dir,
+                pseudonym_key=settings.secret("pseudonym_key"),
+                model_version=support_version,
+            )
 
     def _check_key(self, x_api_key: str | None) -> None:
         if x_api_key != self.api_key:
@@ -112,10 +132,16 @@ class Ingress:
             raise HTTPException(status_code=503, detail={"error": "no pricing champion deployed yet", "field": None})
         return self.pricer
 
+    def _support(self) -> Any:
+        if self.support is None:
+            raise HTTPException(status_code=503, detail={"error": "no support champion deployed yet", "field": None})
+        return self.support
+
     @api.get("/health")
     def health(self) -> dict[str, Any]:
         models = {"recommend": self.recommender.model_version}
         models["pricing"] = self.pricer.model_version if self.pricer else None
+        models["support"] = self.support.model_version if self.support else None
         fallbacks = {"recommend": dict(self.recommender.fallbacks)}
         log_counts = dict(self.predictions.counts)
         return {"status": "ok", "models": models, "fallbacks": fallbacks, "prediction_log": log_counts}
@@ -148,6 +174,36 @@ class Ingress:
             field = "customer_id" if body.customer_id else "identifier"
             return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
         return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _answer_together(self, requests: list[SupportRequest]) -> list[SupportResponse]:
+        """Concurrent single questions are encoded as one batch; the model runs off the event loop."""
+        answers = await asyncio.to_thread(self.support.answer_batch, requests)
+        self.predictions.support(requests, answers)
+        return answers
+
+    @api.post("/support/answer", response_model=SupportResponse, responses={503: {}})
+    async def support_answer(self, body: SupportRequest, x_api_key: str | None = Header(None)) -> SupportResponse:
+        """The answer from the shop's past answers with its confidence and sources, or a handover to a person."""
+        self._check_key(x_api_key)
+        self._support()
+        return await self._answer_together(body)
+
+    @api.post("/support/answer/batch", response_model=SupportBatchResponse, responses={503: {}})
+    def support_answer_batch(
+        self, body: SupportBatchRequest, x_api_key: str | None = Header(None)
+    ) -> SupportBatchResponse:
+        """Up to 64 questions in one request, answered together."""
+        self._check_key(x_api_key)
+        answers = self._support().answer_batch(body.requests)
+        self.predictions.support(body.requests, answers)
+        return SupportBatchResponse(responses=answers)
+
+    @api.post("/support/feedback", response_model=FeedbackResponse, responses={503: {}})
+    def support_feedback(self, body: FeedbackRequest, x_api_key: str | None = Header(None)) -> FeedbackResponse:
+        """Whether an answer helped; stored for evaluation and retraining."""
+        self._check_key(x_api_key)
+        return self._support().feedback(body)
 
     @api.post("/recommend", response_model=RecommendResponse, responses={404: {}})
     def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:

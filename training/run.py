@@ -75,7 +75,15 @@ def train_pricing(settings: Settings, as_of: dt.date) -> TrainOutcome:
     return pricing.train_and_register(settings, as_of)
 
 
-FAMILIES = {"recommend": train_recommend, "pricing": train_pricing}
+def train_support(settings: Settings, as_of: dt.date) -> TrainOutcome:
+    """Fine-tune and index the support assistant on the tickets before ``as_of``; promote when its hit@1 on the
+    tickets of ``as_of`` is at least the champion's."""
+    from training import support
+
+    return support.train_and_register(settings, as_of)
+
+
+FAMILIES = {"recommend": train_recommend, "pricing": train_pricing, "support": train_support}
 
 
 def train_family(settings: Settings, family: str, as_of: dt.date) -> TrainOutcome:

@@ -64,6 +64,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "train_question_length": 48,
     "train_answer_length": 64,
     "freeze_layers": 2,  # embeddings and the lowest transformer layers stay as pre-trained (a CPU saving)
+    # False: only the question side is fine-tuned, against every training answer as a negative; the answers keep
+    # their off-the-shelf embeddings, so the pool is encoded once (shared with the MiniLM baseline via cache_dir)
+    "tune_answers": True,
+    "question_index": True,  # index the known questions of each answer (dense_q, bm25_q)
+    "cache_dir": None,  # where off-the-shelf answer embeddings are cached (tune_answers False)
     "max_seconds": 840.0,
     "question_length": 64,  # tokens when encoding questions for the index and at query time
     "answer_length": 128,
@@ -78,6 +83,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 KB_SOURCES = ("ticket", "faq", "product_qa", "catalog")
+MNRL_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default: cosine / 0.05
 MIN_NEGATIVES = 20  # fewer wrong validation answers than this: calibrate with held-out-answer negatives too
 
 
@@ -286,6 +292,83 @@ def fine_tune(
     return stats
 
 
+def fine_tune_queries(
+    base: Path,
+    output: Path,
+    questions: Sequence[str],
+    targets: Sequence[int],
+    bank: np.ndarray,
+    cfg: dict,
+    groups: tuple[Sequence[Any], Sequence[Any]] | None = None,
+) -> dict[str, float]:
+    """MultipleNegativesRankingLoss against a frozen answer bank: question i's positive is ``bank[targets[i]]`` and
+    every other training answer is a negative, not only those of its batch. Only the query tower trains (a forward
+    and backward pass over short questions; the answers are never re-encoded). With ``groups`` (per question, per
+    bank entry), bank entries of the question's group other than its own answer are not negatives (same intent).
+
+    Returns what was done, as ``fine_tune`` does."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    idx = np.arange(len(questions))
+    if len(idx) > cfg["max_pairs"]:
+        idx = np.sort(rng.choice(idx, size=cfg["max_pairs"], replace=False))
+    stats = {"pairs": float(len(idx)), "steps": 0.0, "seconds": 0.0, "loss": float("nan"), "stopped_early": 0.0}
+    stats.update({"gpu": float(device == "cuda"), "negatives": float(max(len(bank) - 1, 0))})
+    if cfg["epochs"] <= 0 or len(idx) < 2 or len(bank) < 2:
+        shutil.copytree(base, output, dirs_exist_ok=True)
+        stats["pairs"] = 0.0
+        return stats
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(base), device=device)
+    model.max_seq_length = cfg["train_question_length"]
+    for module in [model[0].auto_model.embeddings, *model[0].auto_model.encoder.layer[: cfg["freeze_layers"]]]:
+        module.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
+    batch_size = int(cfg["batch_size"])
+    total = int(cfg["epochs"]) * int(np.ceil(len(idx) / batch_size))
+    warmup = max(1, int(cfg["warmup_share"] * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    answers = torch.as_tensor(np.asarray(bank, dtype=np.float32), device=device)
+    targets = np.asarray(targets)
+    if groups is not None:
+        q_group, bank_group = (np.asarray(g, dtype=object) for g in groups)
+    model.train()
+    started = time.perf_counter()
+    for _ in range(int(cfg["epochs"])):
+        order = rng.permutation(idx)
+        for start in range(0, len(order), batch_size):
+            if time.perf_counter() - started > cfg["max_seconds"]:
+                stats["stopped_early"] = 1.0
+                break
+            batch = order[start : start + batch_size]
+            features = model.preprocess([questions[i] for i in batch])
+            features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+            scores = MNRL_SCALE * model(features)["sentence_embedding"] @ answers.T
+            if groups is not None:
+                same = q_group[batch][:, None] == bank_group[None, :]
+                same[np.arange(len(batch)), targets[batch]] = False
+                scores = scores.masked_fill(torch.as_tensor(same, device=device), float("-inf"))
+            loss = torch.nn.functional.cross_entropy(scores, torch.as_tensor(targets[batch], device=device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            stats["steps"] += 1
+            stats["loss"] = float(loss.detach())
+    stats["seconds"] = round(time.perf_counter() - started, 1)
+    model.eval()
+    model.save(str(output), create_model_card=False)
+    return stats
+
+
 class _Cached:
     """Encode each distinct text once per max length (validation and final index share most texts)."""
 
@@ -362,7 +445,7 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     pairs, held out of fine-tuning and of the validation knowledge base's questions."""
     import torch
 
-    from training.text import model_path
+    from training import text
 
     cfg = {**DEFAULT_CONFIG, **config}
     torch.set_num_threads(int(cfg["threads"] or os.cpu_count() or 1))
@@ -373,23 +456,48 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     is_val = np.zeros(len(train), dtype=bool)
     is_val[rng.choice(len(train), size=n_val, replace=False)] = True
     fit_rows, val_rows = train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
+    device = "cuda" if torch.cuda.is_available() else None
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
 
     # 1. fine-tune the dense encoder on the fitting pairs
     with_q = fit_rows[fit_rows[C.question].notna()]
     by_intent = dataset.protocol == "intent" and with_q[C.intent].notna().all() and len(with_q)
     keys = with_q[C.intent].tolist() if by_intent else [doc_key(a) for a in with_q[C.answer]]
-    tuned = fine_tune(
-        model_path(), directory / "encoder", with_q[C.question].tolist(), with_q[C.answer].tolist(), keys, cfg
-    )
-    encoder = Encoder(directory / "encoder", device="cuda" if torch.cuda.is_available() else None)
-    enc_q, enc_a = _Cached(encoder, cfg["question_length"]), _Cached(encoder, cfg["answer_length"])
+    questions, output = with_q[C.question].tolist(), directory / "encoder"
+    if cfg["tune_answers"]:
+        tuned = fine_tune(text.model_path(), output, questions, with_q[C.answer].tolist(), keys, cfg)
+        enc_a = _Cached(Encoder(output, device=device), cfg["answer_length"])
+    else:
+        cache_dir = Path(cfg["cache_dir"]) if cfg["cache_dir"] else None
+
+        def enc_a(texts: Sequence[str]) -> np.ndarray:
+            return text.encode(texts, cache_dir, device)
+
+        answer_keys = [doc_key(a) for a in with_q[C.answer]]
+        bank = list(dict.fromkeys(answer_keys))
+        position = {a: n for n, a in enumerate(bank)}
+        targets = [position[a] for a in answer_keys]
+        bank_emb = enc_a(bank)
+        stages["encode_answer_bank"] = time.perf_counter() - clock
+        groups = None
+        if by_intent:
+            intent_of = dict(zip(answer_keys, with_q[C.intent], strict=True))
+            groups = (with_q[C.intent].tolist(), [intent_of[a] for a in bank])
+        tuned = fine_tune_queries(text.model_path(), output, questions, targets, bank_emb, cfg, groups)
+    stages["fine_tune"] = tuned["seconds"]
+    clock = time.perf_counter()
+    enc_q = _Cached(Encoder(output, device=device), cfg["question_length"])
+    if not cfg["question_index"]:
+        fit_rows = fit_rows.assign(**{C.question: None})  # the questions still train; they are not indexed
+    labelled = with_q[with_q[C.intent].notna()]
 
     # 2. validation: a knowledge base without the validation questions; tune the fusion, calibrate confidence
     val_kb_rows = [fit_rows, dataset.extra_kb]
     if dataset.protocol == "reqa":
         val_kb_rows.append(val_rows.assign(**{C.question: None}))
     val_kb = KnowledgeBase.build(pd.concat(val_kb_rows, ignore_index=True), enc_a, enc_q)
-    classifier = IntentClassifier.fit(enc_q(with_q[C.question].tolist()), with_q[C.intent].tolist())
+    classifier = IntentClassifier.fit(enc_q(labelled[C.question].tolist()), labelled[C.intent].tolist())
     val_questions = val_rows[C.question].tolist()
     val_products = val_rows[C.product_id].tolist() if cfg["use_product_scope"] else [None] * len(val_rows)
     mask, _ = _scope_mask(val_kb, val_products)
@@ -411,15 +519,30 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
         calibration = calibrate(fused, intent_p, relevant, cfg["target_precision"])
         dense_only = rank_metrics(fuse(feats, {"dense_a": 1.0}, mask), relevant)
         val_metrics = {**val_metrics, "dense_a_hit@1": dense_only["hit@1"]}
+        stages["validate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         if cfg["onnx"]:
             onnx_report = _choose_onnx(
-                directory, encoder, val_questions, val_features, weights, mask, relevant, val_metrics["hit@1"], cfg
+                directory,
+                enc_q.encoder,
+                val_questions,
+                val_features,
+                weights,
+                mask,
+                relevant,
+                val_metrics["hit@1"],
+                cfg,
             )
+            stages["onnx"] = time.perf_counter() - clock
+            clock = time.perf_counter()
 
     # 3. the knowledge base to serve: every training pair plus the extra entries, and the final intent classifier
-    kb = KnowledgeBase.build(dataset.kb, enc_a, enc_q)
-    all_q = train[train[C.question].notna()]
-    classifier = IntentClassifier.fit(enc_q(all_q[C.question].tolist()), all_q[C.intent].tolist())
+    kb = KnowledgeBase.build(
+        dataset.kb if cfg["question_index"] else dataset.kb.assign(**{C.question: None}), enc_a, enc_q
+    )
+    labelled = train[train[C.question].notna() & train[C.intent].notna()]
+    classifier = IntentClassifier.fit(enc_q(labelled[C.question].tolist()), labelled[C.intent].tolist())
+    stages["index"] = time.perf_counter() - clock
     kb.save(directory)
     classifier.save(directory)
     meta = {
@@ -433,6 +556,8 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
         "weights": weights,
         "calibration": calibration.__dict__,
         "fine_tune": tuned,
+        "answer_encoder": "fine-tuned" if cfg["tune_answers"] else "off-the-shelf all-MiniLM-L6-v2 (frozen)",
+        "seconds": {k: round(v, 1) for k, v in stages.items()},
         "validation": val_metrics,
         "onnx": onnx_report,
         "docs": len(kb),
@@ -510,6 +635,54 @@ def fit_local(dataset: SupportDataset, directory: Path, key: str, config: dict[s
     """The same fit without Ray (tests, notebooks): scrub, fit into ``directory``, load."""
     fit_scrubbed(scrub_dataset(dataset, key), directory, config or {})
     return SupportModel.from_directory(directory)
+
+
+def mlflow_metrics(evaluation: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Flat, MLflow-legal metric names ("omnicart.hit_at_1", "omnicart_at_50pct.answered_accuracy"); NaN left out."""
+    out = {}
+    for name, values in evaluation.items():
+        for metric, value in values.items():
+            key = f"{name}.{metric}".replace("@", "_at_").replace("%", "pct").replace("+", "_")
+            if isinstance(value, int | float) and np.isfinite(value):
+                out[key] = float(value)
+    return out
+
+
+def train_and_register(settings: Settings, as_of: dt.date, config: dict[str, Any] | None = None) -> Any:
+    """Train on the tickets before ``as_of``, evaluate on the tickets of ``as_of`` beside the baselines, register;
+    promote when its hit@1 is at least the champion's on the same questions. Returns a ``TrainOutcome``."""
+    from omnicart import registry
+    from training.run import TrainOutcome
+
+    dataset = build_dataset(settings, as_of)
+    model = train(settings, dataset, config)
+    evaluation = evaluate(model, dataset, cache_dir=settings.home_dir / "cache" / FAMILY)
+    metrics = mlflow_metrics(evaluation)
+    champion = registry.champion_version(settings, FAMILY)
+    champion_metric = None
+    if champion is not None:
+        current = registry.load(settings, FAMILY)
+        champion_metric = evaluate(current, dataset, baselines=False)["omnicart"][GATE_METRIC]
+    promoted = champion_metric is None or evaluation["omnicart"][GATE_METRIC] >= champion_metric
+    registered = registry.log_model(
+        settings,
+        FAMILY,
+        SupportModel(),
+        artifacts={"model_dir": model.model_dir_},
+        params={"as_of": as_of.isoformat(), **{f"config.{k}": v for k, v in model.meta_["config"].items()}},
+        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
+        tags={"data_window": f"..{as_of}", "dataset": dataset.name, "fingerprint": dataset.fingerprint()},
+    )
+    if promoted:
+        registry.promote(settings, FAMILY, registered.version)
+    return TrainOutcome(
+        family=FAMILY,
+        version=registered.version,
+        metrics=metrics,
+        champion_metric=champion_metric,
+        promoted=promoted,
+        champion_version=registered.version if promoted else str(champion),
+    )
 
 
 # --- the predictor ---------------------------------------------------------------------------------------------------
@@ -650,13 +823,18 @@ def baseline_texts(model: SupportModel, protocol: str) -> list[str]:
 
 
 def evaluate(
-    model: SupportModel, dataset: SupportDataset, cache_dir: Path | None = None, product_scope: bool | None = None
+    model: SupportModel,
+    dataset: SupportDataset,
+    cache_dir: Path | None = None,
+    product_scope: bool | None = None,
+    baselines: bool = True,
 ) -> dict[str, dict[str, float]]:
     """hit@1 and MRR@10 of the model, BM25 and the off-the-shelf MiniLM on the held-out questions (same docs).
 
     With ``product_scope`` (default: when the test questions carry product ids) each is also scored with answers
     restricted to the question's product ("<name>+scope"). The model also reports the answered share and accuracy at
-    its calibrated threshold, and the share–accuracy curve."""
+    its calibrated threshold, and the share–accuracy curve. ``baselines=False`` skips BM25 and MiniLM (judging a
+    champion on the challenger's data needs only the model's own figures)."""
     from training import text
     from training.support_index import BM25Index
 
@@ -690,6 +868,8 @@ def evaluate(
     if scoped_too:
         scoped = np.concatenate([f for _, f, _, _ in model.score(questions, products, embeddings=emb)])
         out["omnicart+scope"] = rank_metrics(scoped, relevant)
+    if not baselines:
+        return out
 
     texts = baseline_texts(model, dataset.protocol)
     bm25 = BM25Index().fit(texts).scores(tokenize(questions))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 
 import httpx
@@ -190,3 +191,78 @@ def test_price_without_a_pricing_champion_is_a_clear_503(platform, clean_run):
     )
     assert response.status_code == 503
     assert "pricing" in response.json()["detail"]["error"]
+
+
+# --- support: no champion (503), then a tiny model trained on the lake's tickets, answering over HTTP -------------
+SUPPORT_CONFIG = {"epochs": 1, "max_pairs": 64, "batch_size": 16, "max_val": 40, "onnx": False}
+
+
+def _support(settings, path, body):
+    headers = {"X-API-Key": settings.secret("api_key")}
+    return httpx.post(f"{settings.serve_url}/support/{path}", json=body, headers=headers, timeout=60)
+
+
+def test_support_without_a_champion_is_a_clear_503(platform, clean_run):
+    response = _support(platform.settings, "answer", {"question": "Where is my order?"})
+    assert response.status_code == 503
+    assert "support" in response.json()["detail"]["error"]
+
+
+@pytest.fixture(scope="module")
+def support_champion(platform, clean_run):
+    """Two support models trained on the tickets before the clean day, each judged on that day's tickets against
+    the champion (the first has none); then the app is redeployed with the champion."""
+    from serving.app import deploy
+    from training import support
+
+    s = platform.settings
+    day, _ = clean_run
+    first = support.train_and_register(s, day, SUPPORT_CONFIG)
+    second = support.train_and_register(s, day, SUPPORT_CONFIG)
+    deploy(s)
+    return first, second
+
+
+def test_support_answers_over_http_with_sources_or_hands_over(platform, clean_run, support_champion):
+    s = platform.settings
+    day, _ = clean_run
+    tickets = lake.read_table(s.lake_dir, schemas.SUPPORT, day, day)
+    health = httpx.get(f"{s.serve_url}/health", timeout=30).json()
+    assert health["models"]["support"] == support_champion[1].champion_version
+
+    one = _support(s, "answer", {"question": tickets[C.question].iloc[0], "channel": "web"})
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["sources"] and 0.0 <= body["confidence"] <= 1.0
+    assert body["answered"] == (body["confidence"] >= body["threshold"])
+    assert (body["answer"] is not None) == body["answered"] and (body["escalation"] is None) == body["answered"]
+
+    questions = tickets[C.question].head(3).tolist()
+    batch = _support(s, "answer/batch", {"requests": [{"question": q} for q in questions]})
+    assert batch.status_code == 200, batch.text
+    assert len(batch.json()["responses"]) == 3
+
+    feedback = _support(s, "feedback", {"request_id": body["request_id"], "helpful": False, "question": questions[0]})
+    assert feedback.status_code == 200 and feedback.json()["stored"] is True
+    from serving.support import feedback_path
+
+    stored = [json.loads(line) for line in feedback_path(s.home_dir).read_text().splitlines()]
+    assert stored[-1]["request_id"] == body["request_id"] and stored[-1]["helpful"] is False
+
+
+@pytest.mark.parametrize("question", ["", "   ", "x" * 1001])
+def test_support_bad_question_is_4xx_naming_the_field(platform, support_champion, question):
+    response = _support(platform.settings, "answer", {"question": question})
+    assert response.status_code == 422
+    assert [f["field"] for f in response.json()["fields"]] == ["question"]
+
+
+def test_support_is_gated_against_its_champion_and_rolls_back(platform, support_champion):
+    first, second = support_champion
+    s = platform.settings
+    assert first.promoted and first.champion_metric is None
+    assert second.champion_metric is not None  # judged against the champion on the same day's tickets
+    assert second.promoted == (second.metrics["omnicart.hit_at_1"] >= second.champion_metric)
+    if second.promoted:
+        assert registry.rollback(s, "support") == first.version
+        assert registry.champion_version(s, "support") == first.version

@@ -387,7 +387,7 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _stop_session(pid: int, leader_only: bool = False, grace: float = 20.0) -> None:
+def stop_session(pid: int, leader_only: bool = False, grace: float = 20.0) -> None:
     """SIGTERM the service (its process group, or just its leader when it tears down its own children), wait,
     then SIGKILL whatever of its session is left."""
     with contextlib.suppress(ProcessLookupError):
@@ -413,7 +413,7 @@ def _await(settings: Settings, spec: _Spec, proc: subprocess.Popen[bytes] | None
         if exited or time.monotonic() > deadline:
             why = f"exited with code {proc.returncode}" if exited else f"did not answer within {timeout:.0f}s"
             if proc is not None:
-                _stop_session(proc.pid)
+                stop_session(proc.pid)
                 _pid_file(settings, spec.name).unlink(missing_ok=True)
             raise RuntimeError(f"{spec.name} on {spec.url} {why}; see {log}:\n{_tail(log)}")
         time.sleep(0.5)
@@ -518,7 +518,7 @@ def down(settings: Settings) -> list[str]:
         if pid is not None:
             # `ray start --block` stops its node on SIGTERM; signalling its group too would kill GCS under it.
             # Not `ray stop`: that kills every Ray on the machine, including other people's in-process clusters.
-            _stop_session(pid, leader_only=name == "ray")
+            stop_session(pid, leader_only=name == "ray")
             stopped.append(name)
         _pid_file(settings, name).unlink(missing_ok=True)
     return stopped

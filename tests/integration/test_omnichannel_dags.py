@@ -1,18 +1,26 @@
-"""ingest_omnichannel and materialize_features run by Airflow (dag.test) on a small simulated shop: per-channel
-counts, asset events, idempotent re-runs, a backfill equal to the daily runs, and no raw PII anywhere afterwards."""
+"""ingest_omnichannel and materialize_features run by Airflow on a small simulated shop: per-channel counts, asset
+events, idempotent re-runs (dag.test), a backfill from the Airflow CLI run by a real scheduler that equals the daily
+runs, and no raw PII anywhere afterwards (lake, Feast, MLflow after training, Airflow's logs)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +28,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from omnicart import lake, orchestration, schemas
+from omnicart import lake, orchestration, schemas, services
 from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F
 from omnicart.settings import Settings, get_settings
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 N_DAYS = 3
+TRAINED_FAMILY = "recommend"  # trained on the customers' events before the PII scan, so MLflow holds what it saw
 
 
 @dataclass
@@ -160,46 +170,155 @@ def test_rerunning_a_past_day_changes_nothing(omni):
     ], "the catalog's vectors, written on day 0, stay online"
 
 
-def _dry_run_dates(s: Settings, first: dt.date, last: dt.date) -> list[dt.date]:
-    """The logical dates `airflow backfill create --dry-run` plans for ingest_omnichannel over [first, last]."""
+# --- a backfill from Airflow's CLI, run by Airflow's scheduler ---------------------------------------------------
+@contextlib.contextmanager
+def _scheduler(platform_settings: Settings, logs: Path) -> Iterator[dict[str, subprocess.Popen]]:
+    """Airflow's scheduler (LocalExecutor) and the API server's task execution API on a free loopback port, over
+    this process's metadata DB, for the duration of the block; then both stop, with every task process they started.
+
+    No DAG processor: the DAGs are already serialized in the DB (dag.test syncs them) and each task parses its own
+    file. The scheduler creates no runs of its own (``use_job_schedule`` off): unpausing ingest_omnichannel must not
+    add a scheduled run of today, and materialize_features is run once afterwards, as the daily runs did.
+    """
+    port = free_port()
+    airflow_settings = platform_settings.model_copy(update={"airflow_port": port})
+    env = {
+        **os.environ,  # the OMNICART_* of this module's home: what the tasks read
+        **services.airflow_env(airflow_settings, orchestration.dags_folder()),
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # the scheduler signs task tokens, the API checks them
+        "PYTHONUNBUFFERED": "1",
+    }
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    commands = {
+        "api-server": [airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1"],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+    }
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for name, argv in commands.items():
+            with (logs / f"{name}.log").open("wb") as out:
+                started[name] = subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        services.wait_for_port("127.0.0.1", port, timeout=120)
+        yield started
+    finally:
+        for proc in started.values():
+            services.stop_session(proc.pid)  # its whole session: the executor's workers and task processes too
+
+
+def _set_paused(dag_id: str, paused: bool) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=paused))
+
+
+def _backfill_cli(first: dt.date, last: dt.date) -> None:
     airflow = Path(sys.executable).with_name("airflow")
-    command = [
-        str(airflow),
-        "backfill",
-        "create",
-        "--dag-id",
-        "ingest_omnichannel",
-        "--from-date",
-        first.isoformat(),
-        "--to-date",
-        last.isoformat(),
-        "--reprocess-behavior",
-        "completed",
-        "--dry-run",
-    ]
-    out = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120, check=True)
-    found = re.findall(r"^\|\s*(\d{4}-\d{2}-\d{2}) 00:00:00\+00:00\s*\|", out.stdout, flags=re.M)
-    return [dt.date.fromisoformat(d) for d in found]
+    command = [str(airflow), "backfill", "create", "--dag-id", "ingest_omnichannel"]
+    command += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
+    command += ["--max-active-runs", "1", "--reprocess-behavior", "completed"]  # oldest first; redo the daily runs
+    done = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command[1:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-def test_backfill_equals_the_daily_runs(omni):
-    """The CLI plans the range (dry run); its runs are then executed as the scheduler would, oldest first, with
-    dag.test (no scheduler here), and materialize_features runs once for the days their asset events name."""
+def _backfill_runs(timeout: float, started: dict[str, subprocess.Popen], logs: Path) -> list:
+    """Wait until the newest backfill of ingest_omnichannel is complete; its DagRuns, oldest first."""
+    from airflow.models.backfill import Backfill, BackfillDagRun
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with create_session() as session:
+            backfill = session.scalars(
+                select(Backfill).where(Backfill.dag_id == "ingest_omnichannel").order_by(Backfill.id.desc())
+            ).first()
+            if backfill is not None and backfill.completed_at is not None:
+                runs = session.scalars(
+                    select(DagRun)
+                    .join(BackfillDagRun, BackfillDagRun.dag_run_id == DagRun.id)
+                    .where(BackfillDagRun.backfill_id == backfill.id)
+                    .order_by(DagRun.logical_date)
+                ).all()
+                session.expunge_all()
+                return runs
+        dead = [name for name, proc in started.items() if proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = {name: (logs / f"{name}.log").read_text(errors="replace")[-3000:] for name in started}
+            pytest.fail(f"backfill not complete ({'exited: ' + str(dead) if dead else 'timed out'}): {tails}")
+        time.sleep(2)
+
+
+def _queued_by_the_scheduler(run) -> dict[str, str]:
+    """Task id → state of the run's task instances that a SchedulerJob queued (dag.test queues none)."""
+    from airflow.jobs.job import Job
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.state)
+            .join(Job, Job.id == TaskInstance.queued_by_job_id)
+            .where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id, Job.job_type == "SchedulerJob")
+        ).all()
+    return {task_id: str(state) for task_id, state in rows}
+
+
+def _drop_days(root: Path, days: list[dt.date]) -> int:
+    """Remove every table's partitions of ``days`` under ``root``; how many there were."""
+    doomed = [p for d in days for p in root.glob(f"*/{C.dt}={d.isoformat()}")]
+    for path in doomed:
+        shutil.rmtree(path)
+    return len(doomed)
+
+
+def test_backfill_from_the_cli_by_the_scheduler_equals_the_daily_runs(omni, platform, tmp_path):
+    """`airflow backfill create` over the last two days, executed by a real scheduler, rebuilds their landing files
+    and lake partitions; materialize_features then runs once for those days. Everything equals the daily runs."""
     s = omni.settings
     daily = _digests(s)
-    logical = [d + dt.timedelta(days=1) for d in omni.days]  # a run at midnight processes the day before
+    redone = omni.days[1:]
+    logical = [d + dt.timedelta(days=1) for d in redone]  # a run at midnight processes the day before
+    assert _drop_days(s.landing_dir, redone) >= 5 and _drop_days(s.lake_dir, redone) >= 10
     started = time.perf_counter()
-    planned = _dry_run_dates(s, logical[0], logical[-1])
-    omni.seconds["backfill_dry_run_cli"] = round(time.perf_counter() - started, 1)
-    assert planned == logical
-    for path in (s.lake_dir, s.landing_dir, s.feast_dir):
-        shutil.rmtree(path)
+    _set_paused("ingest_omnichannel", False)  # a paused DAG's backfill runs wait
+    try:
+        _backfill_cli(logical[0], logical[-1])  # queues the runs; SQLite takes one writer at a time, so before
+        with _scheduler(platform.settings, tmp_path) as components:
+            omni.seconds["scheduler_start"] = round(time.perf_counter() - started, 1)
+            runs = _backfill_runs(240, components, tmp_path)
+    finally:
+        _set_paused("ingest_omnichannel", True)
+    omni.seconds["backfill_by_scheduler"] = round(time.perf_counter() - started, 1)
+
+    assert [r.logical_date.date() for r in runs] == logical
+    task_logs = platform.settings.airflow_home / "logs" / "dag_id=ingest_omnichannel"
+    for run in runs:
+        assert (str(run.run_type), str(run.state)) == ("backfill", "success"), run
+        states = _queued_by_the_scheduler(run)
+        assert states == dict.fromkeys(orchestration.task_states(run), "success"), (run.run_id, states)
+        assert len(list(task_logs.glob(f"run_id={run.run_id}/*/*.log"))) >= len(states)  # each task logged to a file
     started = time.perf_counter()
-    for when in planned:
-        _run("ingest_omnichannel", when - dt.timedelta(days=1))
-    days = {"first_day": omni.days[0].isoformat(), "last_day": omni.days[-1].isoformat()}
-    _run("materialize_features", omni.days[-1], conf=days)
-    omni.seconds["backfill_runs"] = round(time.perf_counter() - started, 1)
+    _run(
+        "materialize_features",
+        redone[-1],
+        conf={"first_day": redone[0].isoformat(), "last_day": redone[-1].isoformat()},
+    )
+    omni.seconds["backfill_materialize"] = round(time.perf_counter() - started, 1)
     assert _digests(s) == daily
 
 
@@ -228,27 +347,57 @@ def _raw_pii(s: Settings) -> set[str]:
 
 
 def _texts(path: Path):
-    """The readable content of a file: Parquet decoded (its pages are compressed), anything else as bytes."""
+    """The readable content of a file: Parquet decoded (its pages are compressed), gzip and zip archives (MLflow and
+    torch artefacts may be either) unpacked, anything else (SQLite databases, logs, pickles) as its bytes."""
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         yield table.to_pandas().to_json(orient="records", default_handler=str)
         return
     data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member in archive.namelist():
+                yield archive.read(member).decode("latin-1")
     yield data.decode("latin-1")
 
 
-def _scan(roots: list[Path], needles: set[str], skip: tuple[Path, ...]) -> dict[str, list[str]]:
+def _scan(roots: list[Path], needles: set[str], skip: tuple[Path, ...]) -> tuple[dict[str, list[str]], list[Path]]:
+    """Files under ``roots`` (``skip`` aside) holding any needle, case-insensitively; and every file read."""
     hits: dict[str, list[str]] = {}
+    lowered = {n.lower() for n in needles}
+    read = []
     for root in roots:
         for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
             if any(path.is_relative_to(k) for k in skip):
                 continue
+            read.append(path)
             for text in _texts(path):
                 low = text.lower()
-                found = [n for n in needles if n.lower() in low]
+                found = [n for n in lowered if n in low]
                 if found:
-                    hits[str(path)] = found[:3]
-    return hits
+                    hits.setdefault(str(path), []).extend(found[:3])
+    return hits, read
+
+
+def _plant_controls(s: Settings, airflow_home: Path, email: str, phone: str) -> list[Path]:
+    """Positive controls: a raw email or phone of the input in a scratch file of each kind the scan must read, in
+    each store it covers (MLflow artefacts gzipped, a zipped one, a lake Parquet table, a SQLite DB beside Feast's,
+    an Airflow log). The scan must find exactly these."""
+    controls = [s.mlflow_artifacts / "pii-control.json.gz", s.mlflow_artifacts / "pii-control.zip"]
+    controls[0].write_bytes(gzip.compress(json.dumps({"contact": email}).encode()))
+    with zipfile.ZipFile(controls[1], "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("note.txt", f"call {phone}")
+    controls.append(lake.write_partition(s.lake_dir, "pii_control", dt.date(2026, 1, 1), pd.DataFrame({"v": [email]})))
+    controls.append(s.feast_dir / "pii-control.db")
+    with contextlib.closing(sqlite3.connect(controls[-1])) as db, db:
+        db.execute("create table t (v text)")
+        db.execute("insert into t values (?)", (phone,))
+    controls.append(airflow_home / "logs" / "pii-control.log")
+    controls[-1].parent.mkdir(parents=True, exist_ok=True)
+    controls[-1].write_text(f"[info] customer {email} wrote in\n")
+    return controls
 
 
 def _plant_bad_rows(s: Settings, day: dt.date) -> int:
@@ -284,6 +433,7 @@ def _plant_bad_rows(s: Settings, day: dt.date) -> int:
 def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd, caplog):
     from omnicart.ingest.daily import land_simulated_day
     from omnicart.realtime import push_event
+    from training.run import train_family
 
     caplog.set_level(logging.INFO, logger="omnicart")  # task logs reach pytest's handler or the process's streams
     s = omni.settings
@@ -302,6 +452,10 @@ def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd, caplog):
         for e in emails
     ]
     assert any(p.pushed for p in pushed)  # a raw email in, resolved through its token
+    # the platform trains on what it ingested: MLflow gets a run, a registered version and the model's artefacts
+    started = time.perf_counter()
+    outcome = train_family(s, TRAINED_FAMILY, day)
+    omni.seconds[f"train_{TRAINED_FAMILY}"] = round(time.perf_counter() - started, 1)
     output = capfd.readouterr()
     logged = output.out + output.err + caplog.text
 
@@ -316,13 +470,36 @@ def test_no_raw_pii_in_lake_feast_mlflow_or_logs(omni, platform, capfd, caplog):
     needles = _raw_pii(s)
     assert {"leaky.person@pii-test.example", "+44 7000 111222", "+447000111222"} <= needles
     assert len(needles) > 200
+    mlflow_db, artifacts = s.home_dir / "mlflow.db", s.mlflow_artifacts
+    assert outcome.version and mlflow_db.is_file() and len(list(artifacts.rglob("MLmodel"))) >= 1
     assert (s.feast_dir / "online.db").is_file() and lake.partitions(s.lake_dir, schemas.CUSTOMER_CHANNEL_FEATURES)
-    roots = [s.home, platform.settings.airflow_home]  # lake (Feast's offline tables too), Feast, any MLflow, logs
-    roots += [p for p in (platform.settings.mlflow_artifacts, platform.settings.home_dir / "mlflow.db") if p.exists()]
-    skip = (s.landing_dir, s.home / "secrets", s.ground_truth_dir)  # the raw input itself, and the key
-    assert _scan([s.landing_dir / schemas.CUSTOMERS], needles, ()), "the scan finds raw data where it is"
-    hits = _scan(roots, needles, skip)
-    assert hits == {}, f"raw personal data found: {hits}"
+    airflow_home = platform.settings.airflow_home  # its metadata DB (XComs, rendered fields) and the tasks' logs
+    # lake (Feast's offline tables too), Feast's registry and online store, mlflow.db, mlartifacts, Ray's results
+    roots = [s.home_dir, airflow_home]
+    skip = (s.landing_dir, s.home_dir / "secrets", s.ground_truth_dir)  # the raw input itself, and the key
+    assert _scan([s.landing_dir / schemas.CUSTOMERS], needles, ())[0], "the scan finds raw data where it is"
+    email, phone = "leaky.person@pii-test.example", "+44 7000 111222"
+    controls = _plant_controls(s, airflow_home, email, phone)
+    try:
+        started = time.perf_counter()
+        hits, read = _scan(roots, needles, skip)
+        omni.seconds["pii_scan"] = round(time.perf_counter() - started, 1)
+    finally:
+        for control in controls:
+            control.unlink()
+        shutil.rmtree(s.lake_dir / "pii_control")
+    assert set(hits) == {str(c) for c in controls}, f"raw personal data found: {hits}"
+    # ... and it read every store: MLflow's tracking DB and model files, Feast's online store, Airflow's DB and logs
+    assert {mlflow_db, s.feast_dir / "online.db", airflow_home / "airflow.db"} <= set(read)
+    assert any(p.name == "MLmodel" and p.is_relative_to(artifacts) for p in read)
+    stores = {"lake": s.lake_dir, "feast": s.feast_dir, "mlartifacts": artifacts, "ray_results": s.ray_storage}
+    stores["airflow task logs"] = airflow_home / "logs"
+    counts = {name: sum(p.is_relative_to(root) and p not in controls for p in read) for name, root in stores.items()}
+    backfilled = "backfill_by_scheduler" in omni.seconds  # the scheduler's tasks write log files; dag.test's none
+    assert all(n > 0 for name, n in counts.items() if backfilled or name != "airflow task logs"), counts
+    if backfilled:
+        assert counts["airflow task logs"] >= 2 * (len(LANDING_CHANNELS) + 2), counts  # two runs of 8 tasks
     found_in_output = [n for n in needles if n.lower() in logged.lower()]
     assert found_in_output == [], found_in_output
-    print(f"\nomnichannel integration timings (s): {omni.seconds}")
+    print(f"\nPII scan: {len(needles)} raw values, {len(read)} files read, of which {counts}")
+    print(f"omnichannel integration timings (s): {omni.seconds}")

@@ -204,3 +204,25 @@ def test_fine_tuning_and_onnx_export_within_tolerance(tmp_path):
         a, b = model.encode(["Are you open on Sunday?"]), torch_model.encode(["Are you open on Sunday?"])
         assert float(a[0] @ b[0]) > 0.95  # the same encoder, another runtime
     assert model.answer("Are you open on Sunday?")["sources"][0]["text"] == HOURS
+
+
+@pytest.mark.slow
+def test_query_side_fine_tuning_keeps_the_answers_off_the_shelf(tmp_path):
+    """tune_answers False: the questions learn against every training answer; the indexed answers keep their
+    off-the-shelf MiniLM embeddings (shared with the baseline's cache) and no question is indexed."""
+    from training import text
+
+    pairs = _frame([(q, a, None, None) for q, a, _, _ in TICKETS])
+    test = _frame([("where's my parcel?", ORDER, None, None)])
+    dataset = SupportDataset("tiny", "reqa", pairs, test, test.assign(**{C.question: None}))
+    config = {"tune_answers": False, "question_index": False, "cache_dir": str(tmp_path / "cache")}
+    config |= {"epochs": 1, "max_pairs": 16, "batch_size": 4, "val_share": 0.25, "onnx": False}
+    model = fit_local(dataset, tmp_path / "m", KEY, config)
+    tuned = model.meta_["fine_tune"]
+    assert tuned["steps"] >= 3 and tuned["negatives"] >= 4  # every other training answer, not only the batch's
+    assert len(model.kb_.questions) == 0
+    off_the_shelf = text.encode(model.kb_.docs[C.answer].tolist(), tmp_path / "cache")
+    assert np.allclose(model.kb_.answer_emb, off_the_shelf, atol=2e-3)  # stored as float16
+    base = text.encode(["Are you open on Sunday?"])
+    assert float(model.encode(["Are you open on Sunday?"])[0] @ base[0]) < 0.9999  # the query side did move
+    assert model.answer("Are you open on Sunday?")["sources"][0]["text"] == HOURS

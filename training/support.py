@@ -71,7 +71,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cache_dir": None,  # where off-the-shelf answer embeddings are cached (tune_answers False)
     "max_seconds": 840.0,
     "question_length": 64,  # tokens when encoding questions for the index and at query time
-    "answer_length": 128,
+    "answer_length": 128,  # fine-tuned answers only; off-the-shelf ones use MiniLM's own 256 (the baseline's)
     "val_share": 0.1,
     "max_val": 1000,
     "target_precision": 0.9,

@@ -101,8 +101,8 @@ class Ingress:
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
             from omnicart import lake, schemas
+            from omnicart.pricing.features import DEMAND_REFS
             from serving.pricing import PricingService
-            from training.pricing import DEMAND_REFS
 
             self.pricer = PricingService(
                 load_model=lambda: registry.load(settings, "pricing"),

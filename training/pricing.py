@@ -20,10 +20,17 @@ import pandas as pd
 
 from omnicart import lake, schemas
 from omnicart.pricing.baselines import LogLog, SeriesMean, rmse
-from omnicart.pricing.features import CANONICAL, OPTIONAL, period_kind, require_columns
+from omnicart.pricing.features import (
+    CANONICAL,
+    DEMAND_FEATURES,
+    DEMAND_REFS,
+    OPTIONAL,
+    period_kind,
+    require_columns,
+)
 from omnicart.pricing.model import DemandModel
 from omnicart.pricing.pyfunc import PricingPredictor
-from omnicart.schemas import C, F, windowed
+from omnicart.schemas import C, F
 from omnicart.settings import Settings
 
 log = logging.getLogger("omnicart.training.pricing")
@@ -32,10 +39,6 @@ FAMILY = "pricing"
 GATE_METRIC = "rmse"  # lower is better
 TRAIN_SHARE = 0.8  # PROTOCOLS.md: the test starts at the distinct period at the 80 % position
 FEATURE_SERVICE = "pricing_v1"
-# Recent demand of each item across every channel, read point-in-time from Feast: the row of a period is what the
-# store knew at the period's start (the windows up to the day before), in training and, online, at serving time.
-DEMAND_FEATURES: tuple[str, ...] = tuple(windowed(n, w) for w in (7, 30) for n in (F.sales, F.conversion))
-DEMAND_REFS: tuple[str, ...] = tuple(f"{F.item_window_view}:{name}" for name in DEMAND_FEATURES)
 
 __all__ = [
     "FAMILY",

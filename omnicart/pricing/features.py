@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from omnicart.schemas import C
+from omnicart.schemas import C, F, windowed
 
 LAG_WINDOW = 13  # periods of demand history a row looks back at (and the serving state keeps per series)
 REF_WINDOW = 8  # periods over which the regular (reference) price is the highest recent price
@@ -75,6 +75,11 @@ LABELS: dict[str, str] = {
     CATEGORY_CODE: "category",
     C.promo: "promotion / display",
 }
+
+# The platform's extra columns: each item's recent demand across every channel, read point-in-time from Feast (the
+# windows up to the day before a period), offline in training and online at serving time.
+DEMAND_FEATURES: tuple[str, ...] = tuple(windowed(n, w) for w in (7, 30) for n in (F.sales, F.conversion))
+DEMAND_REFS: tuple[str, ...] = tuple(f"{F.item_window_view}:{name}" for name in DEMAND_FEATURES)
 
 CANONICAL: tuple[str, ...] = (C.series_id, C.product_id, C.period, C.price, C.units)
 OPTIONAL: tuple[str, ...] = (C.store_id, C.cost, C.promo, C.competitor_price, C.category, C.inventory)

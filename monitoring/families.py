@@ -173,10 +173,17 @@ def support_frame(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFr
 
 
 def support_outcomes(settings: Settings, day: dt.date) -> pd.DataFrame | None:
-    """The day's answered tickets: escalated or not, and the customer's feedback where given."""
+    """The day's answered tickets: escalated or not, and the customer's feedback on the answer where given that day
+    (``POST /support/feedback``, logged as ``predictions_support_feedback``; the latest rating of an answer counts)."""
     answers = load_predictions(settings, "support", day, day)
     if answers.empty:
         return None
+    rated = lake.read_table(settings.lake_dir, schemas.predictions_table("support_feedback"), day, day)
+    if not rated.empty and C.request_id in answers.columns:
+        latest = rated.sort_values(C.event_timestamp).drop_duplicates(C.request_id, keep="last")
+        answers = answers.drop(columns=[FEEDBACK], errors="ignore").merge(
+            latest[[C.request_id, FEEDBACK]], on=C.request_id, how="left"
+        )
     return feedback_frame(answers)
 
 

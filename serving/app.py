@@ -203,7 +203,9 @@ class Ingress:
     def support_feedback(self, body: FeedbackRequest, x_api_key: str | None = Header(None)) -> FeedbackResponse:
         """Whether an answer helped; stored for evaluation and retraining."""
         self._check_key(x_api_key)
-        return self._support().feedback(body)
+        stored = self._support().feedback(body)
+        self.predictions.support_feedback(body)
+        return stored
 
     @api.post("/recommend", response_model=RecommendResponse, responses={404: {}})
     def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:

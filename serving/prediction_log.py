@@ -84,6 +84,10 @@ class PredictionLog:
         """One row per answered (or escalated) question: intent, confidence, whether a person took it."""
         self._record("support", lambda: _support_rows(requests, responses, self.clock()))
 
+    def support_feedback(self, request: Any) -> None:
+        """One row per feedback: the answer it rates (``request_id``) and +1 (helped) or -1 (did not)."""
+        self._record("support_feedback", lambda: _feedback_rows(request, self.clock()))
+
     # --- buffer and writer -------------------------------------------------------------------------------------
     def _record(self, family: str, rows: Callable[[], list[Row]]) -> None:
         try:
@@ -216,6 +220,11 @@ def _support_rows(requests: Sequence[Any], responses: Sequence[Any], now: dt.dat
         }
         for request, answer in zip(requests, responses, strict=True)
     ]
+
+
+def _feedback_rows(request: Any, now: dt.datetime) -> list[Row]:
+    # the question and comment stay out: feedback rows only say which answer helped
+    return [{C.event_timestamp: now, C.request_id: request.request_id, C.feedback: 1 if request.helpful else -1}]
 
 
 def _period_start(period: Any) -> pd.Timestamp | None:

@@ -17,7 +17,7 @@ from omnicart.settings import Settings
 from serving.prediction_log import PredictionLog
 from serving.pricing import OutcomeModel, PriceRequest, PriceResponse
 from serving.recommend import RecommendedItem, RecommendRequest, RecommendResponse
-from serving.support import SupportRequest, SupportResponse
+from serving.support import FeedbackRequest, SupportRequest, SupportResponse
 
 DAY = dt.date(2026, 1, 12)
 NOON = dt.datetime(2026, 1, 12, 12, 0, tzinfo=dt.UTC)
@@ -136,6 +136,15 @@ def test_support_answers_give_the_escalation_rate(settings):
     logged = families.load_predictions(settings, "support", DAY, DAY)
     assert "question" not in logged.columns and list(logged[C.escalated]) == [False, True]
     rate, rows = families.support_metrics(families.support_outcomes(settings, DAY))["escalation_rate"]
+    assert (rate, rows) == (0.5, 2)
+
+    # feedback through POST /support/feedback rates the answers: the latest rating of an answer counts
+    for request_id, helpful in (("r0", True), ("r0", False), ("r1", True)):
+        log.support_feedback(FeedbackRequest(request_id=request_id, helpful=helpful, question="where is a@b.com?"))
+    log.flush()
+    rated = lake.read_table(settings.lake_dir, schemas.predictions_table("support_feedback"), DAY, DAY)
+    assert set(rated.columns) == {C.event_timestamp, C.request_id, C.feedback}  # no question, no comment
+    rate, rows = families.support_metrics(families.support_outcomes(settings, DAY))["negative_feedback_rate"]
     assert (rate, rows) == (0.5, 2)
 
 

@@ -443,7 +443,9 @@ class RecSys:
         """The history item behind "often bought with" / "similar to", and the item's category name."""
         state = self.state_
         names = {"category": state.category_names[state.categories[i]]}
-        others = owned[owned != i]
+        # another variant of the same product (same title) would read "similar to <itself>"
+        title = state.titles[i]
+        others = owned[[o != i and not (title and state.titles[o] == title) for o in owned]]
         if len(others):
             together = others[np.argmax(state.ease[others, i] + 0.1 * state.cooc[others, i])]
             similar = others[np.argmax(state.text[others] @ state.text[i])]

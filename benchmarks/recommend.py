@@ -91,7 +91,7 @@ def _split(split: str | None, interactions: pd.DataFrame) -> pd.Timestamp:
     return interactions[C.event_timestamp].quantile(0.8).normalize()
 
 
-# --- canonical files -------------------------------------------------------------------------------------------------
+# --- canonical files ----------------------------------------------------------------------------------------------
 def _read(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in {".parquet", ".pq"}:
         return pd.read_parquet(path)
@@ -123,7 +123,7 @@ def read_canonical(path: Path, items_path: Path | None = None) -> tuple[pd.DataF
     return df.reset_index(drop=True), catalog
 
 
-# --- temporal-full -----------------------------------------------------------------------------------------------------
+# --- temporal-full ------------------------------------------------------------------------------------------------
 def _metrics(rankings: dict[Any, list[str]], truth: dict, novel_rankings: dict, novel: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     m = evaluate_rankings(rankings, truth, KS)
@@ -170,7 +170,9 @@ def temporal_full(
     users = sorted(truth)
     owned = {u: set(g) for u, g in train[train[C.customer_id].isin(truth)].groupby(C.customer_id)[C.item_id]}
     novel = {u: truth[u] - owned[u] for u in users if truth[u] - owned[u]}
-    _say(f"train {len(train):,} lines, {len(items):,} items; {len(users):,} test users ({len(novel):,} with novel truth)")
+    _say(
+        f"train {len(train):,} lines, {len(items):,} items; {len(users):,} test users ({len(novel):,} with novel truth)"
+    )
 
     x_all = item2item.binary_matrix(train, train_users, items)
     x = x_all[np.searchsorted(train_users, np.array(users))]
@@ -201,7 +203,10 @@ def temporal_full(
     t = time.perf_counter()
     counts = train[train[C.customer_id].isin(truth)].groupby([C.customer_id, C.item_id]).size()
     own = np.zeros((len(users), len(items)))
-    own[np.searchsorted(np.array(users), counts.index.get_level_values(0)), np.searchsorted(items, counts.index.get_level_values(1))] = counts.to_numpy()
+    own[
+        np.searchsorted(np.array(users), counts.index.get_level_values(0)),
+        np.searchsorted(items, counts.index.get_level_values(1)),
+    ] = counts.to_numpy()
     add("repeat", own + popularity / (popularity.max() + 1.0), time.perf_counter() - t)  # ties by popularity
 
     t = time.perf_counter()
@@ -235,7 +240,10 @@ def temporal_full(
     ours = rows[-1]
     gates = [
         {**runner.gate("ndcg@10", ours["ndcg@10"], best["ndcg@10"], TARGET), "baseline_model": best["model"]},
-        {**runner.gate("novel_ndcg@10", ours["novel_ndcg@10"], ease_row["novel_ndcg@10"], TARGET), "baseline_model": "ease"},
+        {
+            **runner.gate("novel_ndcg@10", ours["novel_ndcg@10"], ease_row["novel_ndcg@10"], TARGET),
+            "baseline_model": "ease",
+        },
     ]
     return rows, gates
 
@@ -247,7 +255,7 @@ def _with_lambda(params: Any, lam: float) -> Any:
     return replace(params, ease_lambda=lam)
 
 
-# --- cold items ----------------------------------------------------------------------------------------------------------
+# --- cold items ---------------------------------------------------------------------------------------------------
 def cold_items(
     settings: Settings, reviews: pd.DataFrame, catalog: pd.DataFrame, cut: pd.Timestamp, *, seed: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -266,7 +274,9 @@ def cold_items(
     users = sorted(truth)
     if not users:
         raise ValueError(f"no test interactions with cold items after {cut}")
-    _say(f"train {len(train):,} reviews, {len(warm)} warm items; {len(cold_items_)} cold items, {len(users)} test users")
+    _say(
+        f"train {len(train):,} reviews, {len(warm)} warm items; {len(cold_items_)} cold items, {len(users)} test users"
+    )
 
     params = recsys.RecSysParams(
         label_days=365,
@@ -278,7 +288,9 @@ def cold_items(
     )
     t = time.perf_counter()
     model = recsys.RecSys(params, cache_dir=settings.home_dir / "cache")
-    model.fit(train, catalog, executor=recsys.RayExecutor(settings, name="bench-recommend-cold"), now=cut, progress=_say)
+    model.fit(
+        train, catalog, executor=recsys.RayExecutor(settings, name="bench-recommend-cold"), now=cut, progress=_say
+    )
     fit_seconds = time.perf_counter() - t
     pool, scores = model.cold_scores(train, users, now=cut)
     rows: list[dict[str, Any]] = []
@@ -286,8 +298,16 @@ def cold_items(
     def add(name: str, s: np.ndarray, seconds: float) -> None:
         ranked = _rank_matrix(s, users, pool, 10)
         m = evaluate_rankings(ranked, truth, ks=(10,))
-        rows.append({"model": name, "cold_recall@10": m["recall@10"], "cold_ndcg@10": m["ndcg@10"],
-                     "users": int(m["users"]), "pool_items": len(pool), "train_seconds": round(seconds, 2)})
+        rows.append(
+            {
+                "model": name,
+                "cold_recall@10": m["recall@10"],
+                "cold_ndcg@10": m["ndcg@10"],
+                "users": int(m["users"]),
+                "pool_items": len(pool),
+                "train_seconds": round(seconds, 2),
+            }
+        )
 
     add("omnicart (two-tower, content)", scores, fit_seconds)
     info = catalog.drop_duplicates(C.item_id).set_index(C.item_id).reindex(pool)
@@ -298,17 +318,28 @@ def cold_items(
         s = info[column].fillna("").map(pop).fillna(0.0).to_numpy(np.float64)
         add(name, np.broadcast_to(s, (len(users), len(pool))), time.perf_counter() - t)
     t = time.perf_counter()
-    emb = dict(zip(catalog[C.item_id], text.encode(text.item_text(catalog), cache_dir=settings.home_dir / "cache"), strict=True))
+    emb = dict(
+        zip(
+            catalog[C.item_id], text.encode(text.item_text(catalog), cache_dir=settings.home_dir / "cache"), strict=True
+        )
+    )
     pool_emb = np.stack([emb.get(i, np.zeros(text.DIM, np.float32)) for i in pool])
-    profile = np.stack([
-        np.mean([emb.get(i, np.zeros(text.DIM, np.float32)) for i in train.loc[train[C.customer_id] == u, C.item_id]], axis=0)
-        for u in users
-    ])
+    profile = np.stack(
+        [
+            np.mean(
+                [emb.get(i, np.zeros(text.DIM, np.float32)) for i in train.loc[train[C.customer_id] == u, C.item_id]],
+                axis=0,
+            )
+            for u in users
+        ]
+    )
     add("minilm similarity", profile @ pool_emb.T, time.perf_counter() - t)
     ours = rows[0]
     baseline = next(r for r in rows if r["model"] == "category popularity")
     gates = [
-        {**runner.gate("cold_recall@10", ours["cold_recall@10"], baseline["cold_recall@10"], TARGET),
-         "baseline_model": "category popularity"}
+        {
+            **runner.gate("cold_recall@10", ours["cold_recall@10"], baseline["cold_recall@10"], TARGET),
+            "baseline_model": "category popularity",
+        }
     ]
     return rows, gates

@@ -282,7 +282,7 @@ def train_and_register(settings: Settings, as_of: dt.date, **params: Any) -> Any
     """Build, train, evaluate, register; promote when the challenger's RMSE is at most the champion's on the same
     evaluation data (and its elasticities are negative for ≥ 95 % of products). Returns a ``TrainOutcome``."""
     from omnicart import registry
-    from training.run import TrainOutcome
+    from training.run import register_and_promote
 
     dataset = build_dataset(settings, as_of)
     model = train(settings, dataset, **params)
@@ -295,26 +295,19 @@ def train_and_register(settings: Settings, as_of: dt.date, **params: Any) -> Any
         champion_metric = evaluate(current.model_, dataset)["model"][GATE_METRIC]
     sane = evaluation["model"]["negative_elasticity_share"] >= 0.95
     promoted = sane and (champion_metric is None or evaluation["model"][GATE_METRIC] <= champion_metric)
-    registered = registry.log_model(
+    return register_and_promote(
         settings,
         FAMILY,
         PricingPredictor(),
+        promote=promoted,
+        champion=champion,
+        champion_metric=champion_metric,
+        metrics=metrics,
         artifacts={"model_dir": model.model_dir_},
         params={"as_of": as_of.isoformat(), "split": str(dataset.split), **model.get_params()},
-        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
         tags={
             "data_window": f"..{as_of}",
             "dataset": dataset.name,
             "feature_service": FEATURE_SERVICE if set(DEMAND_FEATURES) & set(model.spec_.extras) else "none",
         },
-    )
-    if promoted:
-        registry.promote(settings, FAMILY, registered.version)
-    return TrainOutcome(
-        family=FAMILY,
-        version=registered.version,
-        metrics=metrics,
-        champion_metric=champion_metric,
-        promoted=promoted,
-        champion_version=registered.version if promoted else str(champion),
     )

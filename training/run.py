@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from omnicart import registry
 from omnicart.settings import Settings
@@ -24,6 +25,38 @@ class TrainOutcome:
         return asdict(self)
 
 
+def register_and_promote(
+    settings: Settings,
+    family: str,
+    predictor: Any,
+    *,
+    promote: bool,
+    champion: str | None,
+    champion_metric: float | None,
+    metrics: dict[str, float],
+    **logged: Any,
+) -> TrainOutcome:
+    """Log the run and register its model (``logged``: artifacts, params, tags, signature, extra metrics go in
+    ``metrics``), move ``champion`` to it when ``promote``, and say what happened. Every family ends here."""
+    registered = registry.log_model(
+        settings,
+        family,
+        predictor,
+        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
+        **logged,
+    )
+    if promote:
+        registry.promote(settings, family, registered.version)
+    return TrainOutcome(
+        family=family,
+        version=registered.version,
+        metrics=metrics,
+        champion_metric=champion_metric,
+        promoted=promote,
+        champion_version=registered.version if promote else str(champion),
+    )
+
+
 def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
     """Train the two-stage recommender on the purchases before ``as_of``; promote it when its NDCG@10 on the
     purchases of ``as_of`` is at least the champion's on the same day."""
@@ -41,29 +74,22 @@ def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
         champion_metric = recommend.champion_metric(lambda: registry.load(settings, recommend.FAMILY), dataset)
     promoted = champion_metric is None or evaluation["model"][recommend.GATE_METRIC] >= champion_metric
 
-    registered = registry.log_model(
+    return register_and_promote(
         settings,
         recommend.FAMILY,
         recommend.Recommender(),
+        promote=promoted,
+        champion=champion,
+        champion_metric=champion_metric,
+        metrics={**metrics, **timings},
         artifacts={"model_dir": model.model_dir_},
         params=recommend.run_params(model, dataset),
-        metrics={**metrics, **timings, "gate.champion": champion_metric if champion_metric is not None else -1.0},
         tags={
             "feature_service": recommend.FEATURE_SERVICE,
             "data_window": dataset.window,
             "gate_metric": f"model.{recommend.GATE_METRIC}",
         },
         signature=recommend.signature(model),
-    )
-    if promoted:
-        registry.promote(settings, recommend.FAMILY, registered.version)
-    return TrainOutcome(
-        family=recommend.FAMILY,
-        version=registered.version,
-        metrics=metrics,
-        champion_metric=champion_metric,
-        promoted=promoted,
-        champion_version=registered.version if promoted else str(champion),
     )
 
 

@@ -652,7 +652,7 @@ def train_and_register(settings: Settings, as_of: dt.date, config: dict[str, Any
     """Train on the tickets before ``as_of``, evaluate on the tickets of ``as_of`` beside the baselines, register;
     promote when its hit@1 is at least the champion's on the same questions. Returns a ``TrainOutcome``."""
     from omnicart import registry
-    from training.run import TrainOutcome
+    from training.run import register_and_promote
 
     dataset = build_dataset(settings, as_of)
     model = train(settings, dataset, config)
@@ -664,24 +664,17 @@ def train_and_register(settings: Settings, as_of: dt.date, config: dict[str, Any
         current = registry.load(settings, FAMILY)
         champion_metric = evaluate(current, dataset, baselines=False)["omnicart"][GATE_METRIC]
     promoted = champion_metric is None or evaluation["omnicart"][GATE_METRIC] >= champion_metric
-    registered = registry.log_model(
+    return register_and_promote(
         settings,
         FAMILY,
         SupportModel(),
+        promote=promoted,
+        champion=champion,
+        champion_metric=champion_metric,
+        metrics=metrics,
         artifacts={"model_dir": model.model_dir_},
         params={"as_of": as_of.isoformat(), **{f"config.{k}": v for k, v in model.meta_["config"].items()}},
-        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
         tags={"data_window": f"..{as_of}", "dataset": dataset.name, "fingerprint": dataset.fingerprint()},
-    )
-    if promoted:
-        registry.promote(settings, FAMILY, registered.version)
-    return TrainOutcome(
-        family=FAMILY,
-        version=registered.version,
-        metrics=metrics,
-        champion_metric=champion_metric,
-        promoted=promoted,
-        champion_version=registered.version if promoted else str(champion),
     )
 
 

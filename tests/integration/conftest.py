@@ -3,9 +3,9 @@ SQLite online store, a local Ray cluster with Serve on a free loopback port, MLf
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,22 @@ from omnicart.settings import Settings, get_settings
 
 SIM_DAYS = 12
 DRIFT_DAY = SIM_DAYS  # the day after the clean history: price shock
+
+
+@contextmanager
+def settings_env(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[None]:
+    """``OMNICART_*`` overrides for a block (restored after, by pytest's MonkeyPatch), with the settings cache
+    cleared on the way in and out so ``get_settings()`` reads them."""
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in values.items():
+                env.setenv(key, value)
+            for key in unset:
+                env.delenv(key, raising=False)
+            get_settings.cache_clear()
+            yield
+    finally:
+        get_settings.cache_clear()
 
 
 def free_port() -> int:
@@ -43,34 +59,24 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "OMNICART_SERVE_PORT": str(free_port()),
         "OMNICART_SMTP_PORT": str(free_port()),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("OMNICART_RAY_ADDRESS", None)
-    os.environ.pop("OMNICART_CONFIG", None)
-    get_settings.cache_clear()
-    settings = get_settings()
+    with settings_env(env, unset=("OMNICART_RAY_ADDRESS", "OMNICART_CONFIG")):
+        settings = get_settings()
 
-    from omnicart import orchestration
+        from omnicart import orchestration
 
-    orchestration.prepare(settings)
-    mail = MailSink(settings.mail_dir, host=settings.smtp_host, port=settings.smtp_port).start()
-    try:
-        yield Platform(settings, mail)
-    finally:
-        mail.stop()
-        import ray
+        orchestration.prepare(settings)
+        mail = MailSink(settings.mail_dir, host=settings.smtp_host, port=settings.smtp_port).start()
+        try:
+            yield Platform(settings, mail)
+        finally:
+            mail.stop()
+            import ray
 
-        if ray.is_initialized():
-            from ray import serve
+            if ray.is_initialized():
+                from ray import serve
 
-            serve.shutdown()
-            ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+                serve.shutdown()
+                ray.shutdown()
 
 
 def mails(directory: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from omnicart.assets import DAY_KEY, IMPORT_URI, LAST_DAY_KEY, lake_uri
 from omnicart.ingest.importer import default_data_root
 from omnicart.schemas import C
 from omnicart.settings import Settings, get_settings
+from tests.integration.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -66,18 +67,8 @@ def _materialize_unpaused(platform):
 def _home(path: Path) -> Iterator[Settings]:
     """The settings of a platform home at ``path`` (its own lake), as the DAG's tasks will read them."""
     env = {"OMNICART_HOME": str(path), "OMNICART_PSEUDONYM_KEY": KEY}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    try:
+    with settings_env(env):
         yield get_settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
 
 
 def _sample(path: Path) -> Path:

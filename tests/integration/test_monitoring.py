@@ -13,7 +13,6 @@ skeleton's mail assertions do not depend on the order the modules run in.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,7 @@ from omnicart import lake, orchestration, registry, schemas
 from omnicart.ingest.daily import land_and_ingest
 from omnicart.mailsink import MailSink
 from omnicart.schemas import C
-from omnicart.settings import get_settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -100,38 +98,30 @@ def loop(platform, tmp_path_factory) -> Loop:
     land_and_ingest(s, s.sim_start, drift_day)  # idempotent: the same partitions the skeleton writes
     sink = MailSink(tmp_path_factory.mktemp("monitor-mail"), port=free_port()).start()
     env = {"OMNICART_SMTP_PORT": str(sink.port), "OMNICART_PREDICTION_LOG_FLUSH_SECONDS": "0.5"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
     try:
-        first_day = s.sim_start + dt.timedelta(days=FIRST_TRAINING_DAYS)
-        first = orchestration.run_dag("train_models", first_day, conf={"families": ["pricing"]})
-        assert str(first.state) == "success", orchestration.task_states(first)
-        first_version = registry.champion_version(s, "pricing")
-        assert first_version is not None
+        with settings_env(env):
+            first_day = s.sim_start + dt.timedelta(days=FIRST_TRAINING_DAYS)
+            first = orchestration.run_dag("train_models", first_day, conf={"families": ["pricing"]})
+            assert str(first.state) == "success", orchestration.task_states(first)
+            first_version = registry.champion_version(s, "pricing")
+            assert first_version is not None
 
-        priced = [s.sim_start + dt.timedelta(days=i) for i in range(PRICED_FROM, s.drift_day + 1)]
-        for day in priced:
-            response = price_day(s, day)
-            assert response.status_code == 200, response.text
-        logged = wait_for_log(s, priced, rows=s.sim_items * len(priced))
+            priced = [s.sim_start + dt.timedelta(days=i) for i in range(PRICED_FROM, s.drift_day + 1)]
+            for day in priced:
+                response = price_day(s, day)
+                assert response.status_code == 200, response.text
+            logged = wait_for_log(s, priced, rows=s.sim_items * len(priced))
 
-        clean_run = orchestration.run_dag("monitor_models", clean_day)
-        clean_mails = sink.messages()
-        drift_run = orchestration.run_dag("monitor_models", drift_day)
-        drift_mails = sink.messages()[len(clean_mails) :]
+            clean_run = orchestration.run_dag("monitor_models", clean_day)
+            clean_mails = sink.messages()
+            drift_run = orchestration.run_dag("monitor_models", drift_day)
+            drift_mails = sink.messages()[len(clean_mails) :]
 
-        # train_models on the asset the monitor emitted (the scheduler would start it on the event; dag.test cannot)
-        events = asset_events(retrain_asset_uri("pricing"), drift_run.run_id)
-        fired = sorted({e["extra"]["family"] for e in events})
-        retrain_run = orchestration.run_dag("train_models", drift_day, conf={"families": fired}) if fired else None
+            # train_models on the asset the monitor emitted (the scheduler would start it on the event; dag.test cannot)
+            events = asset_events(retrain_asset_uri("pricing"), drift_run.run_id)
+            fired = sorted({e["extra"]["family"] for e in events})
+            retrain_run = orchestration.run_dag("train_models", drift_day, conf={"families": fired}) if fired else None
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
         sink.stop()
     return Loop(
         clean_day, drift_day, first_version, logged, clean_run, drift_run, clean_mails, drift_mails, retrain_run

@@ -33,7 +33,7 @@ from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +66,7 @@ def omni(platform, tmp_path_factory):
         "OMNICART_SIM_DAYS": str(N_DAYS + 2),
         "OMNICART_DRIFT_KIND": "none",
     }
-    saved = {k: os.environ.get(k) for k in [*env, "OMNICART_DRIFT_DAY"]}
-    os.environ.update(env)
-    os.environ.pop("OMNICART_DRIFT_DAY", None)
-    get_settings.cache_clear()
-    try:
+    with settings_env(env, unset=("OMNICART_DRIFT_DAY",)):
         s = get_settings()
         days = [s.sim_start + dt.timedelta(days=n) for n in range(N_DAYS)]
         runs, started = {}, time.perf_counter()
@@ -78,13 +74,6 @@ def omni(platform, tmp_path_factory):
             runs[("ingest_omnichannel", day)] = _run("ingest_omnichannel", day)
             runs[("materialize_features", day)] = _run("materialize_features", day)
         yield Omni(s, days, runs, {"daily_runs": round(time.perf_counter() - started, 1)})
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
 
 
 def _digests(s: Settings) -> dict[str, str]:

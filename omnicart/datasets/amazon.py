@@ -11,7 +11,7 @@ import gzip
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,14 @@ def parse_category(levels: Any) -> str:
     return clean[-1] if clean else ""
 
 
-def _lines(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+def records(
+    path: Path,
+    limit: int | None = None,
+    parse: Callable[[str], Any] = json.loads,
+    errors: tuple[type[Exception], ...] = (json.JSONDecodeError,),
+) -> Iterator[dict[str, Any]]:
+    """The dict records of a file with one record per line (gzip when it ends in .gz): ``parse`` reads a line; a
+    line it rejects with one of ``errors`` (a truncated one) is skipped, not fatal. At most ``limit`` lines."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f):
@@ -77,14 +84,15 @@ def _lines(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
             if not line:
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a truncated line is skipped, not fatal
+                record = parse(line)
+            except errors:
+                continue
             if isinstance(record, dict):
                 yield record
 
 
-def _resolve(path: Path, default: Path) -> Path:
+def resolve(path: Path, default: Path) -> Path:
+    """``path`` itself, or ``default`` inside it when ``path`` is the dataset folder."""
     path = Path(path)
     return path / default if path.is_dir() else path
 
@@ -96,7 +104,7 @@ def load_reviews(path: Path, limit: int | None = None) -> pd.DataFrame:
     reviewed the same item twice at different times keeps both rows (two interactions)."""
     rows = [
         (r.get("reviewerID"), r.get("asin"), r.get("unixReviewTime"), r.get("overall"))
-        for r in _lines(_resolve(path, REVIEWS_FILE), limit)
+        for r in records(resolve(path, REVIEWS_FILE), limit)
     ]
     df = pd.DataFrame(rows, columns=[C.customer_id, C.item_id, C.event_timestamp, C.rating])
     df[C.event_timestamp] = pd.to_numeric(df[C.event_timestamp], errors="coerce")
@@ -113,7 +121,7 @@ def load_catalog(path: Path, limit: int | None = None) -> pd.DataFrame:
 
     The first record of a repeated asin wins."""
     rows = []
-    for r in _lines(_resolve(path, CATALOG_FILE), limit):
+    for r in records(resolve(path, CATALOG_FILE), limit):
         asin = r.get("asin")
         if not isinstance(asin, str) or not asin:
             continue

@@ -8,16 +8,15 @@ responses. ``load_pairs`` reads any shop's canonical CSV or Parquet file. ``prot
 from __future__ import annotations
 
 import ast
-import gzip
 import html
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from omnicart.datasets.amazon import records, resolve
 from omnicart.schemas import INPUT_TIMESTAMP, C
 
 AMAZON_QA = "amazon_qa_appliances"
@@ -38,27 +37,8 @@ def clean(value: Any) -> str:
     return _SPACE.sub(" ", html.unescape(value)).strip()
 
 
-def _resolve(path: Path, default: Path) -> Path:
-    path = Path(path)
-    return path / default if path.is_dir() else path
-
-
-def _literal_lines(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
-    """Records of a file with one Python dict literal per line; a broken line is skipped, never fatal."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if limit is not None and n >= limit:
-                return
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = ast.literal_eval(line)  # safe: literals only, never code
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                continue
-            if isinstance(record, dict):
-                yield record
+# one Python dict literal per line (not JSON); ast.literal_eval evaluates literals only, never code
+_LITERAL_ERRORS = (ValueError, SyntaxError, MemoryError, RecursionError)
 
 
 def load_amazon_qa(path: Path, limit: int | None = None) -> pd.DataFrame:
@@ -69,7 +49,7 @@ def load_amazon_qa(path: Path, limit: int | None = None) -> pd.DataFrame:
     ``unixTime`` (missing on ~5 % of the records). ``limit`` reads only the first ``limit`` lines."""
     rows = [
         (r.get("asin"), r.get("question"), r.get("answer"), r.get("unixTime"))
-        for r in _literal_lines(_resolve(path, AMAZON_QA_FILE), limit)
+        for r in records(resolve(path, AMAZON_QA_FILE), limit, ast.literal_eval, _LITERAL_ERRORS)
     ]
     raw = pd.DataFrame(rows, columns=["asin", "question", "answer", "unix"])
     raw = raw.drop_duplicates(subset=["asin", "question", "answer"], keep="first").reset_index(drop=True)
@@ -91,7 +71,7 @@ def load_bitext(path: Path, limit: int | None = None) -> pd.DataFrame:
 
     Bitext generates these utterances (not real customers); responses keep their ``{{placeholders}}``. There is no
     product or time. ``limit`` reads only the first ``limit`` records."""
-    raw = pd.read_csv(_resolve(path, BITEXT_FILE), nrows=limit, dtype=str, keep_default_na=False)
+    raw = pd.read_csv(resolve(path, BITEXT_FILE), nrows=limit, dtype=str, keep_default_na=False)
     missing = {"instruction", "response", "intent"} - set(raw.columns)
     if missing:
         raise ValueError(f"{path}: not the Bitext CSV, missing columns {sorted(missing)}")

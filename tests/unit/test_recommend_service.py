@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
+from recsys_data import fitted_shop
 
-from omnicart.datasets.simulator import ShopSimulator
 from omnicart.schemas import C, F
-from omnicart.settings import Settings
 from serving.recommend import (
     RecommendRequest,
     RecommendRequestError,
@@ -19,32 +18,15 @@ from serving.recommend import (
     apply_rules,
     popular_items,
 )
-from training import recommend, recsys
-from training.candidates import CandidateParams
-from training.ranker import RankerParams
-from training.two_tower import TwoTowerParams
-
-PARAMS = recsys.RecSysParams(
-    label_days=14,
-    n_cuts=2,
-    cut_stride_days=7,
-    ease_lambda=20.0,
-    candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=10, n_text=5, n_popular=10),
-    two_tower=TwoTowerParams(dim=16, hidden=32, epochs=3, batch_size=128),
-    ranker=RankerParams(max_rounds=60, early_stopping_rounds=20, eval_share=0.3, min_child_weight=2.0),
-)
+from training import recommend
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A Recommender trained on 60 simulated days, saved and loaded back as serving loads it."""
-    home = tmp_path_factory.mktemp("recommend-home")
-    sim = ShopSimulator(Settings(home=home, sim_customers=150, sim_days=60))
-    events = pd.concat([d.events for d in sim.days()], ignore_index=True)
-    purchases = events[events[C.event_type] == "purchase"].reset_index(drop=True)
-    model = recsys.RecSys(PARAMS, cache_dir=home / "cache").fit(purchases, sim.catalog())
-    predictor = recommend.Recommender.save(model, purchases, home / "model")
-    return predictor, purchases, sim.catalog(), sim.ground_truth().repeat_items
+    """The shared small-shop recommender, saved and loaded back as serving loads it."""
+    model, purchases, catalog, repeats = fitted_shop()
+    predictor = recommend.Recommender.save(model, purchases, tmp_path_factory.mktemp("recommend-home") / "model")
+    return predictor, purchases, catalog, repeats
 
 
 def _service(predictor, features=None, unavailable=frozenset(), popular=None):

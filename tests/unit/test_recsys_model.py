@@ -5,34 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from recsys_data import fitted_shop
 
-from omnicart.datasets.simulator import ShopSimulator
 from omnicart.schemas import C
-from omnicart.settings import Settings
 from training import recsys
-from training.candidates import CandidateParams
-from training.ranker import RankerParams
-from training.two_tower import TwoTowerParams
-
-PARAMS = recsys.RecSysParams(
-    label_days=14,
-    n_cuts=2,
-    cut_stride_days=7,
-    ease_lambda=20.0,
-    candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=10, n_text=5, n_popular=10),
-    two_tower=TwoTowerParams(dim=16, hidden=32, epochs=3, batch_size=128),
-    ranker=RankerParams(max_rounds=60, early_stopping_rounds=20, eval_share=0.3, min_child_weight=2.0),
-)
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    home = tmp_path_factory.mktemp("recsys-home")
-    sim = ShopSimulator(Settings(home=home, sim_customers=150, sim_days=60))
-    events = pd.concat([d.events for d in sim.days()], ignore_index=True)
-    purchases = events[events[C.event_type] == "purchase"].reset_index(drop=True)
-    model = recsys.RecSys(PARAMS, cache_dir=home / "cache").fit(purchases, sim.catalog())
-    return model, purchases, sim.catalog(), sim.ground_truth().repeat_items
+def shop():
+    return fitted_shop()
 
 
 def _history(purchases: pd.DataFrame, customer: str) -> pd.DataFrame:

@@ -47,24 +47,49 @@ def run(settings: Settings, family: str, **options: Any) -> dict[str, Any]:
 
 
 def print_result(result: dict[str, Any], console: Console) -> None:
-    columns = sorted({k for row in result["rows"] for k in row} - {"model"})
-    table = Table(title=f"{result['benchmark']} — {result['dataset']} ({result['protocol']})")
-    table.add_column("model")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for row in result["rows"]:
-        table.add_row(str(row["model"]), *(_fmt(row.get(c)) for c in columns))
-    console.print(table)
+    """The metrics several models share as a table; a field only one model has (its stage timings, chosen encoder,
+    fusion weights...) as a detail line under it, so the table stays readable in an 80-column log."""
+    rows = result["rows"]
+    counts: dict[str, int] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k != "model" and v is not None:
+                counts[k] = counts.get(k, 0) + 1
+    shared = sorted(k for k, n in counts.items() if n > 1 or len(rows) == 1)
+    title = f"{result['benchmark']} — {result['dataset']} ({result['protocol']})"
+    cells = [[str(row["model"]), *(_fmt(row.get(c)) for c in shared)] for row in rows]
+    widths = [max(len(h), *(len(r[n]) for r in cells)) for n, h in enumerate(["model", *shared])]
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:
+        table = Table(title=title)
+        table.add_column("model")
+        for column in shared:
+            table.add_column(column, justify="right")
+        for cell in cells:
+            table.add_row(*cell)
+        console.print(table)
+    else:  # too wide to read as a table here (a log, a narrow terminal): one line per model
+        console.print(title, markup=False)
+        for cell in cells:
+            console.print(
+                f"  {cell[0]}: " + ", ".join(f"{c}={v}" for c, v in zip(shared, cell[1:], strict=True) if v),
+                soft_wrap=True,
+                markup=False,
+            )
+    for row in rows:
+        details = [f"{k}={_fmt(v)}" for k, v in row.items() if k not in shared and k != "model" and v is not None]
+        if details:
+            console.print(f"  {row['model']}: " + ", ".join(details), soft_wrap=True, markup=False)
     for g in result["gates"]:
         mark = "[green]PASS[/]" if g["pass"] else "[red]FAIL[/]"
-        console.print(
-            f"{mark} {g['metric']}: {g['model']:.4f} vs {g['baseline']:.4f} = {g['ratio']:.3f}× (target {g['target']})"
-        )
+        ratio = f"{g['ratio']:.3f}× (target {g['target']})"
+        console.print(f"{mark} {g['metric']}: {_fmt(g['model'])} vs {_fmt(g['baseline'])} = {ratio}", soft_wrap=True)
     console.print(f"{result['seconds']:.1f} s")
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
+    return "" if value is None else str(value)
 
 
 def datasets_dir() -> Path:

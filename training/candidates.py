@@ -44,6 +44,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "ui_orders_rank",
         "ui_recency_rank",
         "ui_decay_rank",
+        "ui_repeat_rank",
     ),
     "user": (
         "u_orders",
@@ -81,7 +82,7 @@ FEATURE_GROUP = {f: g for g, fs in FEATURE_GROUPS.items() for f in fs}
 class CandidateParams:
     """How many items each source contributes per user."""
 
-    n_history: int = 150
+    n_history: int = 1000  # in effect all: most repeat-aware truth is a past item, so none is left out
     n_ease: int = 100
     n_cooc: int = 40
     n_two_tower: int = 40
@@ -342,6 +343,9 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
         ui_decay30=("d30", "sum"),
         ui_decay180=("d180", "sum"),
     ).reset_index()
+    pairs["ui_lines"] = (
+        ev.groupby([USER, ITEM]).size().reindex(pd.MultiIndex.from_frame(pairs[[USER, ITEM]])).to_numpy()
+    )
     span = pairs["ui_days_since_first"] - pairs["ui_days_since_last"]
     pairs["ui_cycle"] = np.where(pairs["ui_orders"] >= 2, span / (pairs["ui_orders"] - 1).clip(lower=1), np.nan)
     pairs["ui_due"] = pairs["ui_days_since_last"] / pairs["ui_cycle"].clip(lower=1.0)
@@ -506,6 +510,11 @@ def candidates(
     df.loc[own, "ui_orders_rank"] = g_own["ui_orders"].rank(ascending=False, method="average")
     df.loc[own, "ui_recency_rank"] = g_own["ui_days_since_last"].rank(ascending=True, method="average")
     df.loc[own, "ui_decay_rank"] = g_own["ui_decay180"].rank(ascending=False, method="average")
+    # the repeat-history order itself: purchase lines, ties by all-time buyers (shares < 1 never outweigh a line)
+    repeat_key = (df["ui_lines"] + 0.5 * df["i_buyers"]).where(own)
+    df.loc[own, "ui_repeat_rank"] = (
+        repeat_key[own].groupby(df.loc[own, USER], sort=False).rank(ascending=False, method="first")
+    )
     df["price_fit"] = (df["i_logprice"] - users["u_logprice_mean"].to_numpy()) / (
         users["u_logprice_std"].to_numpy() + 0.25
     )

@@ -44,8 +44,8 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class RecSysParams:
     label_days: int = 70
-    n_cuts: int = 4
-    cut_stride_days: int = 35  # label windows may overlap: more ranker training data from the same history
+    n_cuts: int = 8
+    cut_stride_days: int = 17  # label windows overlap: more ranker training data from the same history
     users_per_cut: int | None = None  # sample of users per cut: many cuts (seasons) at the cost of few
     two_tower_every: int = 1  # a two-tower model every this many cuts; a cut uses the latest one trained before it
     ease_lambda: float | None = None  # None: tuned on the last month of the training events

@@ -8,6 +8,7 @@ import pytest
 from recsys_data import fitted_shop
 
 from omnicart.schemas import C
+from training import candidates as cand
 from training import recsys
 
 
@@ -106,3 +107,23 @@ def test_save_and_load_give_the_same_recommendations(shop, tmp_path):
 def test_unfitted_model_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         recsys.RecSys().recommend(["x"])
+
+
+def test_past_items_are_candidates_in_the_repeat_history_order(shop):
+    """The repeat-history baseline's order (purchase lines, ties by all-time buyers) reaches the ranker as
+    ``ui_repeat_rank`` over every item a customer bought (up to ``n_history`` of them)."""
+    model, purchases, _, _ = shop
+    state = model.state_
+    events = cand.normalize_events(purchases)
+    events = events[events[C.item_id].isin(state.index)]
+    users = np.array(sorted(events[C.customer_id].unique()))[:30]
+    frame = cand.candidates(cand.describe(events, state, model.now_, users), state, model.params.candidates)
+    buyers = state.stats["i_buyers"].to_numpy()
+    for n, user in enumerate(users.tolist()):
+        lines = events[events[C.customer_id] == user].groupby(C.item_id).size()
+        if len(lines) > model.params.candidates.n_history:
+            continue
+        expected = sorted(lines.index, key=lambda i: (-lines[i], -buyers[state.index[i]], state.index[i]))
+        mine = frame[(frame[cand.USER] == n) & frame["ui_repeat_rank"].notna()].sort_values("ui_repeat_rank")
+        assert state.item_ids[mine[cand.ITEM].to_numpy()].tolist() == expected
+        assert mine["ui_repeat_rank"].tolist() == list(range(1, len(expected) + 1))

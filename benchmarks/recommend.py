@@ -309,7 +309,7 @@ def cold_items(
             }
         )
 
-    add("omnicart (two-tower, content)", scores, fit_seconds)
+    add("omnicart (two-tower + text, content)", scores, fit_seconds)
     info = catalog.drop_duplicates(C.item_id).set_index(C.item_id).reindex(pool)
     for name, column in (("category popularity", C.category), ("brand popularity", C.brand)):
         t = time.perf_counter()

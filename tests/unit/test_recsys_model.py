@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +12,7 @@ from recsys_data import fitted_shop
 
 from omnicart.schemas import C
 from training import candidates as cand
-from training import recsys
+from training import recsys, text
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,22 @@ def test_new_catalog_items_get_slots_from_the_content_model(shop):
     assert len(recs) == 10
     assert {r[C.item_id] for r in recs[-2:]} <= never_sold
     assert all(r["reason"].startswith("New in the catalog") for r in recs[-2:])
+
+
+def test_a_cold_item_is_found_by_its_text(shop):
+    """With the text share at 1, the new-item slot for a customer who bought one item is the never-sold item whose
+    title and description are closest to that item's (cosine of MiniLM vectors computed here independently)."""
+    model, purchases, catalog, _ = shop
+    never_sold = sorted(set(catalog[C.item_id]) - set(purchases[C.item_id]))
+    if len(never_sold) < 2:
+        pytest.skip("the simulated shop sold nearly every catalog item")
+    by_text = copy.copy(model)
+    by_text.params = dataclasses.replace(model.params, cold_text_weight=1.0)
+    vectors = dict(zip(catalog[C.item_id], text.encode(text.item_text(catalog)), strict=True))
+    for item in purchases[C.item_id].value_counts().index[:3]:
+        expected = max(never_sold, key=lambda c: float(vectors[c] @ vectors[item]))
+        recs = by_text.recommend([item], k=5, context={"new_items": 1})
+        assert recs[-1][C.item_id] == expected, item
 
 
 def test_bare_item_ids_are_a_valid_history(shop):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.runner import NotAvailable, gate
+from benchmarks.runner import BenchOptions, BenchResult, NotAvailable, gate
 from monitoring import families, incidents
 from monitoring.checks import FamilyCheck, check_family
 from monitoring.config import MonitoringConfig
@@ -178,17 +178,9 @@ def speed(seed: int) -> dict[str, float]:
     return out
 
 
-def run(
-    settings: Settings,
-    *,
-    dataset: str | None = None,
-    input: Path | None = None,
-    items: Path | None = None,
-    split: str | None = None,
-    protocol: str | None = None,
-    seed: int = 0,
-) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
+def run(settings: Settings, options: BenchOptions) -> BenchResult:
     """Detection and false-alarm rates over simulator runs of every drift kind, and the speed of one large check."""
+    dataset, input, seed = options.dataset, options.input, options.seed
     if dataset or input:
         raise NotAvailable("drift is scored on the simulator's ground truth only: use --seed, not --dataset/--input")
     reminder_days = MonitoringConfig.from_settings(settings).alert_reminder_days

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.runner import gate
+from benchmarks.runner import BenchOptions, BenchResult, gate
 from omnicart import schemas
 from omnicart.datasets.simulator import ShopSimulator
 from omnicart.ingest.identity import RECORD, links_from_tables, resolve
@@ -113,17 +112,9 @@ def _exact_map(links: pd.DataFrame) -> pd.DataFrame:
     return result.drop_duplicates([C.id_kind, C.identifier])
 
 
-def run(
-    settings: Settings,
-    *,
-    dataset: str | None = None,
-    input: Path | None = None,
-    items: Path | None = None,
-    split: str | None = None,
-    protocol: str | None = None,
-    seed: int = 0,
-) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
+def run(settings: Settings, options: BenchOptions) -> BenchResult:
     """Pairwise precision/recall of the resolver and its baselines, plus id stability across re-runs."""
+    dataset, input, seed = options.dataset, options.input, options.seed
     if dataset or input:
         from benchmarks.runner import NotAvailable
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.runner import NotAvailable, datasets_dir, gate
+from benchmarks.runner import BenchOptions, BenchResult, NotAvailable, datasets_dir, gate
 from omnicart.pricing import experiment
 from omnicart.pricing.features import history_tail
 from omnicart.pricing.optimiser import PricingItem, PricingPolicy, optimise, violations
@@ -361,32 +361,23 @@ def simulator(settings: Settings, seed: int) -> tuple[list[dict], list[dict]]:
     return rows, gates
 
 
-def run(
-    settings: Settings,
-    *,
-    dataset: str | None = None,
-    input: Path | None = None,
-    items: Path | None = None,
-    split: str | None = None,
-    protocol: str | None = None,
-    seed: int = 0,
-) -> tuple[str, str, list[dict], list[dict]]:
-    if protocol not in (None, PROTOCOL, SIMULATOR):
-        raise NotAvailable(f"pricing protocols: {PROTOCOL}, {SIMULATOR} (got {protocol!r})")
+def run(settings: Settings, options: BenchOptions) -> BenchResult:
+    if options.protocol not in (None, PROTOCOL, SIMULATOR):
+        raise NotAvailable(f"pricing protocols: {PROTOCOL}, {SIMULATOR} (got {options.protocol!r})")
     rows: list[dict] = []
     gates: list[dict] = []
     names, protocols = [], []
-    if protocol != SIMULATOR and (dataset is not None or input is not None):
-        ds = _out_of_time_dataset(dataset, input, items, split)
+    if options.protocol != SIMULATOR and (options.dataset is not None or options.input is not None):
+        ds = _out_of_time_dataset(options.dataset, options.input, options.items, options.split)
         r, g = out_of_time(settings, ds)
         rows += r
         gates += g
         names.append(ds.name)
         protocols.append(PROTOCOL)
-    elif protocol == PROTOCOL:
+    elif options.protocol == PROTOCOL:
         raise NotAvailable("the out-of-time protocol needs --dataset dominicks_beer or --input FILE")
-    if protocol != PROTOCOL:
-        r, g = simulator(settings, seed or settings.seed)
+    if options.protocol != PROTOCOL:
+        r, g = simulator(settings, options.seed or settings.seed)
         rows += r
         gates += g
         names.append("shop simulator")

@@ -37,41 +37,32 @@ def _say(message: str) -> None:
     _console.log(message)
 
 
-def run(
-    settings: Settings,
-    *,
-    dataset: str | None = None,
-    input: Path | None = None,
-    items: Path | None = None,
-    split: str | None = None,
-    protocol: str | None = None,
-    seed: int = 0,
-) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
-    if protocol not in (None, PROTOCOL):
+def run(settings: Settings, options: runner.BenchOptions) -> runner.BenchResult:
+    if options.protocol not in (None, PROTOCOL):
         raise runner.NotAvailable(f"recommend has one protocol, {PROTOCOL!r}")
-    if input is not None:
-        interactions, catalog = read_canonical(Path(input), Path(items) if items else None)
-        cut = _split(split, interactions)
-        rows, gates = temporal_full(settings, interactions, catalog, cut, seed=seed)
-        return Path(input).name, PROTOCOL, rows, gates
-    if dataset == "online_retail_ii":
+    if options.input is not None:
+        interactions, catalog = read_canonical(Path(options.input), Path(options.items) if options.items else None)
+        cut = _split(options.split, interactions)
+        rows, gates = temporal_full(settings, interactions, catalog, cut, seed=options.seed)
+        return Path(options.input).name, PROTOCOL, rows, gates
+    if options.dataset == "online_retail_ii":
         from omnicart.datasets import online_retail
 
-        folder = _dataset_folder(dataset)
+        folder = _dataset_folder(options.dataset)
         _say(f"loading {folder / online_retail.RAW_FILE}")
         purchases = online_retail.load(folder)
-        cut = pd.Timestamp(split, tz="UTC") if split else online_retail.SPLIT
+        cut = pd.Timestamp(options.split, tz="UTC") if options.split else online_retail.SPLIT
         catalog = online_retail.items(purchases[purchases[C.event_timestamp] < cut])
-        rows, gates = temporal_full(settings, purchases, catalog, cut, seed=seed)
-        return dataset, PROTOCOL, rows, gates
-    if dataset == "amazon_gift_cards":
+        rows, gates = temporal_full(settings, purchases, catalog, cut, seed=options.seed)
+        return options.dataset, PROTOCOL, rows, gates
+    if options.dataset == "amazon_gift_cards":
         from omnicart.datasets import amazon
 
-        folder = _dataset_folder(dataset)
+        folder = _dataset_folder(options.dataset)
         reviews, catalog = amazon.load_reviews(folder), amazon.load_catalog(folder)
-        cut = pd.Timestamp(split, tz="UTC") if split else AMAZON_SPLIT
-        rows, gates = cold_items(settings, reviews, catalog, cut, seed=seed)
-        return dataset, COLD_PROTOCOL, rows, gates
+        cut = pd.Timestamp(options.split, tz="UTC") if options.split else AMAZON_SPLIT
+        rows, gates = cold_items(settings, reviews, catalog, cut, seed=options.seed)
+        return options.dataset, COLD_PROTOCOL, rows, gates
     raise runner.NotAvailable(
         "recommend needs --dataset online_retail_ii | amazon_gift_cards, or --input FILE [--items FILE] --split DATE"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,20 @@ from rich.table import Table
 
 from omnicart.settings import Settings
 
-# Each benchmark is a module ``benchmarks/<family>.py`` with
-#   run(settings, *, dataset, input, items, split, protocol, seed) -> (dataset_name, protocol, rows, gates)
+# Each benchmark is a module ``benchmarks/<family>.py`` with ``run(settings, options) -> BenchResult``.
+BenchResult = tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]  # dataset name, protocol, rows, gates
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``omnicart bench`` was asked for; a family rejects (``NotAvailable``) what it cannot honour."""
+
+    dataset: str | None = None  # a public dataset in ../shared/datasets
+    input: Path | None = None  # a canonical input file
+    items: Path | None = None  # a canonical items file (recommend)
+    split: str | None = None  # the temporal cut for --input
+    protocol: str | None = None  # a protocol variant (reqa / intent, out-of-time / simulator)
+    seed: int = 0  # simulator and training seed
 
 
 class NotAvailable(RuntimeError):
@@ -27,7 +40,7 @@ def gate(metric: str, model: float, baseline: float, target: float, higher_is_be
     return {"metric": metric, "model": model, "baseline": baseline, "ratio": ratio, "target": target, "pass": bool(ok)}
 
 
-def run(settings: Settings, family: str, **options: Any) -> dict[str, Any]:
+def run(settings: Settings, family: str, options: BenchOptions) -> dict[str, Any]:
     try:
         module = importlib.import_module(f"benchmarks.{family}")
     except ModuleNotFoundError as exc:
@@ -35,7 +48,7 @@ def run(settings: Settings, family: str, **options: Any) -> dict[str, Any]:
             raise
         raise NotAvailable(f"`omnicart bench {family}` is not implemented yet (its issue is still open).") from exc
     started = time.perf_counter()
-    dataset, protocol, rows, gates = module.run(settings, **options)
+    dataset, protocol, rows, gates = module.run(settings, options)
     return {
         "benchmark": family,
         "dataset": dataset,

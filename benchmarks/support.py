@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.runner import NotAvailable, datasets_dir, gate
+from benchmarks.runner import BenchOptions, BenchResult, NotAvailable, datasets_dir, gate
 from omnicart.datasets import support_data
 from omnicart.schemas import INPUT_TIMESTAMP, C
 from omnicart.settings import Settings
@@ -86,20 +86,11 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
-def run(
-    settings: Settings,
-    *,
-    dataset: str | None = None,
-    input: Path | None = None,
-    items: Path | None = None,
-    split: str | None = None,
-    protocol: str | None = None,
-    seed: int = 0,
-) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
+def run(settings: Settings, options: BenchOptions) -> BenchResult:
     from training import support, text
     from training.support_index import Encoder, rank_metrics, throughput
 
-    name, protocol, pairs, source, is_test = load(dataset, input, protocol, split)
+    name, protocol, pairs, source, is_test = load(options.dataset, options.input, options.protocol, options.split)
     if protocol not in support.PROTOCOLS:
         raise NotAvailable(f"support protocols are {', '.join(support.PROTOCOLS)}, not {protocol!r}")
     key = settings.secret("pseudonym_key")
@@ -111,7 +102,7 @@ def run(
     # computed once for the model and the MiniLM baseline alike (the cache).
     cache = settings.home_dir / "cache" / "support"
     reqa = protocol == "reqa"
-    config = {"use_product_scope": not reqa, "question_index": not reqa, "tune_answers": not reqa, "seed": seed}
+    config = {"use_product_scope": not reqa, "question_index": not reqa, "tune_answers": not reqa, "seed": options.seed}
     model, reused = _trained(settings, ds, {**config, "cache_dir": str(cache) if reqa else None})
     started = time.perf_counter()
     evaluation = support.evaluate(model, ds, cache_dir=cache)

@@ -188,7 +188,7 @@ def bench(
     items: Annotated[Path | None, typer.Option(help="Canonical items file.")] = None,
     split: Annotated[str | None, typer.Option(help="Temporal cut (YYYY-MM-DD) for --input.")] = None,
     protocol: Annotated[str | None, typer.Option(help="Protocol variant, e.g. reqa or intent.")] = None,
-    seed: Annotated[int, typer.Option(help="Simulator seed (identity, drift).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulator and of model training.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the PROTOCOLS.md JSON here.")] = None,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
@@ -198,9 +198,8 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        result = runner.run(
-            _settings(), family, dataset=dataset, input=input, items=items, split=split, protocol=protocol, seed=seed
-        )
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed)
+        result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")
         raise typer.Exit(2) from exc

@@ -30,7 +30,7 @@ from omnicart.pricing.features import (
 )
 from omnicart.pricing.model import DemandModel
 from omnicart.pricing.pyfunc import PricingPredictor
-from omnicart.schemas import C, F
+from omnicart.schemas import C
 from omnicart.settings import Settings
 
 log = logging.getLogger("omnicart.training.pricing")
@@ -166,29 +166,17 @@ def with_demand_features(settings: Settings, frame: pd.DataFrame) -> pd.DataFram
     knew it at the start of each period: a point-in-time join on the offline store, so a period never sees its own
     or later sales. Without the item windows in the feature store (no ``materialize_features`` run yet) the frame
     comes back unchanged and the model keeps to the lags of its own price history."""
-    from omnicart.featurestore import feature_store
+    from omnicart.featurestore import item_features_at, item_window_store
 
-    if not lake.partitions(settings.lake_dir, schemas.ITEM_WINDOW_FEATURES):
-        log.warning("no item window features in the lake: pricing trains without Feast demand features")
+    store = item_window_store(settings, "pricing")
+    if store is None:
         return frame
-    store = feature_store(settings)
-    try:
-        store.get_feature_view(F.item_window_view)
-    except Exception:  # Feast raises its own not-found error types per registry kind
-        log.warning("feature view %s is not applied: pricing trains without Feast demand features", F.item_window_view)
-        return frame
-    at = pd.to_datetime(frame[C.period]).dt.tz_localize("UTC")
-    entities = pd.DataFrame({C.item_id: frame[C.product_id].astype(str), C.event_timestamp: at}).drop_duplicates()
-    found = store.get_historical_features(entity_df=entities, features=list(DEMAND_REFS)).to_df()
-    found[C.event_timestamp] = pd.to_datetime(found[C.event_timestamp], utc=True)
-    # the file offline store drops entity rows without a feature row in the TTL: join back onto every row
-    keys = pd.DataFrame({C.item_id: entities[C.item_id], C.event_timestamp: entities[C.event_timestamp]})
-    lags = keys.merge(found, on=[C.item_id, C.event_timestamp], how="left")
-    lookup = lags.set_index([C.item_id, C.event_timestamp])[list(DEMAND_FEATURES)]
-    index = pd.MultiIndex.from_arrays([frame[C.product_id].astype(str), at])
+    at = pd.to_datetime(frame[C.period]).dt.tz_localize("UTC").reset_index(drop=True)
+    keys = pd.DataFrame({C.item_id: frame[C.product_id].astype(str).reset_index(drop=True), C.event_timestamp: at})
+    lags = item_features_at(store, DEMAND_REFS, keys)
     out = frame.copy()
     for name in DEMAND_FEATURES:
-        out[name] = lookup[name].reindex(index).to_numpy(np.float64)
+        out[name] = lags[name].to_numpy(np.float64)
     return out
 
 

@@ -10,10 +10,12 @@ logged and counted in ``fallbacks``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
@@ -61,6 +63,40 @@ class RecommendResponse(BaseModel):
     model_version: str | None
 
 
+class ItemFeatureCache:
+    """The ranker's item features from the online store, each item's values kept ``ttl_s`` seconds (the item windows
+    change once a day), so most requests cost a dict lookup rather than a store read of every candidate.
+
+    ``read(ids)`` returns one dict per id. A failing read is logged and counted in ``failures``; the items then rank
+    with those features missing (the model's NaN branch), never with an error."""
+
+    def __init__(
+        self,
+        read: Callable[[list[str]], list[dict[str, Any]]],
+        names: Sequence[str],
+        ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read, self.names, self.ttl_s, self.clock = read, list(names), ttl_s, clock
+        self.failures = 0
+        self._values: dict[str, tuple[float, list[float]]] = {}
+
+    def __call__(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame | None:
+        now = self.clock()
+        ids = [str(i) for i in item_ids]
+        stale = [i for i in ids if i not in self._values or now - self._values[i][0] > self.ttl_s]
+        if stale:
+            try:
+                rows = self.read(stale)
+            except Exception:  # the online store is down: rank without these features this time
+                log.exception("online item features unavailable for %d items", len(stale))
+                self.failures += 1
+                return None
+            for item, row in zip(stale, rows, strict=True):
+                self._values[item] = (now, [np.nan if row.get(n) is None else float(row[n]) for n in self.names])
+        return pd.DataFrame([self._values[i][1] for i in ids], index=ids, columns=self.names)
+
+
 class RecommendRequestError(ValueError):
     """A request the service cannot answer as asked (an unknown context item): a 4xx naming the field."""
 
@@ -87,8 +123,10 @@ class RecommendService:
         *,
         unavailable: Callable[[], set[str]] = set,
         popular: list[dict[str, Any]] | None = None,
+        item_features: ItemFeatureCache | None = None,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
+        self.item_features = item_features
         self.read_features = read_features
         self.unavailable = unavailable
         self.popular = popular or []
@@ -98,6 +136,8 @@ class RecommendService:
         except Exception:  # no champion, or one that cannot load: answer from popularity until a redeploy
             log.exception("recommend model could not be loaded; serving popular items")
             self.model = None
+        if self.model is not None and item_features is not None:
+            self.model.use_item_features(item_features)
 
     def _fallback(self, reason: str, customer_id: str) -> str:
         self.fallbacks[reason] += 1
@@ -134,6 +174,7 @@ class RecommendService:
         if source == "popular":
             fallback = fallback or self._fallback("unknown_customer", cid)
         fetch = request.k * OVERFETCH + len(request.boost) + len(request.bury)
+        failures = self.item_features.failures if self.item_features is not None else 0
         try:
             if source == "popular":
                 items = self.model.popular(fetch, exclude=blocked)
@@ -145,6 +186,8 @@ class RecommendService:
             log.exception("recommend model failed for %s", cid)
             fallback, source = self._fallback("model_error", cid), "popular"
             items = self.model.popular(fetch, exclude=blocked)
+        if self.item_features is not None and self.item_features.failures > failures:
+            fallback = fallback or self._fallback("item_features_error", cid)
         return self._respond(request, items, source, fallback)
 
     def _respond(

@@ -1,6 +1,7 @@
 """XGBoost learning-to-rank over the candidates' features, and plain-words explanations from its own TreeSHAP.
 
-Two boosters share the features of ``candidates.FEATURES``: ``main`` ranks every candidate (repeat purchases and new
+Two boosters share the features of ``candidates.FEATURES`` (plus any item features the platform reads from Feast,
+explained as the "trend" group): ``main`` ranks every candidate (repeat purchases and new
 items together), ``discover`` is trained on the items a user has never bought and ranks them when the caller asks
 for new items only. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer``
 worker (``ray_loop``), which shards the query groups across workers.
@@ -8,6 +9,7 @@ worker (``ray_loop``), which shards the query groups across workers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,7 +59,12 @@ class RankerParams:
         return params
 
 
-def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.ndarray]:
+EXTRA_GROUP = "trend"  # the reason group of a feature outside candidates.FEATURES (recent sales, conversion)
+
+
+def training_rows(
+    frame: pd.DataFrame, params: RankerParams, features: Sequence[str] = FEATURES
+) -> dict[str, np.ndarray]:
     """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``holdout``.
 
     Training rows keep every item the user bought before and every positive; of the other negatives, a uniform
@@ -72,7 +79,8 @@ def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.nda
     keep[order[nth < params.neg_per_user]] = True
     kept = frame[keep]
     return {
-        "x": kept[list(FEATURES)].to_numpy(np.float32),
+        "x": kept[list(features)].to_numpy(np.float32),
+        "features": np.asarray(list(features)),
         "y": kept["label"].to_numpy(np.float32),
         "group": kept["group"].to_numpy(np.int64),
         "holdout": kept["holdout"].to_numpy(bool),
@@ -80,10 +88,10 @@ def training_rows(frame: pd.DataFrame, params: RankerParams) -> dict[str, np.nda
     }
 
 
-def _dmatrix(x: np.ndarray, y: np.ndarray, group: np.ndarray):
+def _dmatrix(x: np.ndarray, y: np.ndarray, group: np.ndarray, features: Sequence[str]):
     import xgboost as xgb
 
-    d = xgb.DMatrix(x, label=y, feature_names=list(FEATURES))
+    d = xgb.DMatrix(x, label=y, feature_names=list(features))
     _, sizes = np.unique(group, return_counts=True)  # groups are contiguous and sorted
     d.set_group(sizes)
     return d
@@ -103,8 +111,9 @@ def fit_boosters(
     for name in BOOSTERS:
         m = mine & (np.ones_like(mine) if name == "main" else ~rows["owned"])
         train, hold = m & ~rows["holdout"], m & rows["holdout"]
-        dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train])
-        dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold])
+        features = rows["features"].tolist()
+        dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train], features)
+        dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold], features)
         booster = xgb.train(
             params.xgb_params(use_gpu),
             dtrain,
@@ -140,13 +149,15 @@ def ray_loop(config: dict[str, Any]) -> None:
 
 # --- explanations ------------------------------------------------------------------------------------------------
 def contributions(booster, x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
-    """Scores and TreeSHAP contributions of each row, summed per feature group (``FEATURE_GROUPS``)."""
+    """Scores and TreeSHAP contributions of each row (columns in the booster's feature order), summed per feature
+    group (``FEATURE_GROUPS``)."""
     import xgboost as xgb
 
-    d = xgb.DMatrix(x, feature_names=list(FEATURES))
+    names = list(booster.feature_names)
+    d = xgb.DMatrix(x, feature_names=names)
     contrib = booster.predict(d, pred_contribs=True)  # last column: bias
-    per_feature = pd.DataFrame(contrib[:, :-1], columns=list(FEATURES))
-    groups = per_feature.T.groupby(pd.Series(FEATURE_GROUP)).sum().T
+    per_feature = pd.DataFrame(contrib[:, :-1], columns=names)
+    groups = per_feature.T.groupby(pd.Series({f: FEATURE_GROUP.get(f, EXTRA_GROUP) for f in names})).sum().T
     return contrib.sum(axis=1), groups.reindex(columns=list(FEATURE_GROUPS), fill_value=0.0)
 
 

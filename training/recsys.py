@@ -8,7 +8,8 @@
    the features known at the cut predict; the latest cut's users are partly held out for early stopping.
 4. Two-tower models (one per cut, and one on all events) trained in one job — a Ray Train ``TorchTrainer`` with
    ``RayExecutor``, in process with ``LocalExecutor`` (tests).
-5. Candidates and features per cut, then both boosters in one job (Ray Train ``XGBoostTrainer``).
+5. Candidates and features per cut (plus optional item features read point-in-time at the cut, the platform's
+   Feast item windows), then both boosters in one job (Ray Train ``XGBoostTrainer``).
 6. The catalog side is refitted on all events for recommending.
 
 ``recommend`` ranks one customer's candidates and explains every item from the booster's own TreeSHAP values;
@@ -19,6 +20,7 @@ files: JSON, NPZ and XGBoost JSON, which MLflow carries as artifacts.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -37,6 +39,11 @@ from training import item2item, ranker, text, two_tower
 from training.candidates import USER, CandidateParams, ItemState
 from training.ranker import RankerParams
 from training.two_tower import TwoTowerIndex, TwoTowerParams
+
+log = logging.getLogger(__name__)
+# Item features from outside the event log (the platform's Feast item windows): item ids and the time they are
+# wanted for -> a frame indexed by item id, one numeric column per feature, as known at that time (point in time).
+ItemFeatures = Callable[[np.ndarray, pd.Timestamp], pd.DataFrame]
 
 FORMAT_VERSION = 2  # 2: the text vectors of every item (text.npz) for the cold-item blend
 
@@ -198,9 +205,13 @@ class RecSys:
         executor: LocalExecutor | RayExecutor | None = None,
         now: pd.Timestamp | None = None,
         progress: Callable[[str], None] | None = None,
+        item_features: ItemFeatures | None = None,
     ) -> RecSys:
         """Fit on purchase events (customer_id, item_id, event_timestamp; optional quantity, price, order_id) and an
-        optional catalog (item_id, title, description, category, brand, price, image_embedding)."""
+        optional catalog (item_id, title, description, category, brand, price, image_embedding).
+
+        ``item_features`` adds the columns it returns to the ranker's features, read at each training cut; the
+        model then needs the same source at serving time (``use_item_features``), or ranks with them missing."""
         p = self.params
         executor = executor or LocalExecutor()
         say = progress or (lambda _msg: None)
@@ -254,6 +265,12 @@ class RecSys:
         self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
         lap("two_tower")
 
+        self.extra_features_: list[str] = []
+        self.item_features = item_features
+        self.item_feature_failures_ = 0
+        if item_features is not None and cuts:
+            first = self._item_values(states[0].item_ids, cuts[0])
+            self.extra_features_ = [str(c) for c in first.columns] if first is not None else []
         frames = []
         for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
             index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
@@ -271,6 +288,7 @@ class RecSys:
                 continue
             batch = cand.describe(events, state, cut, users)
             frame = cand.candidates(batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut))
+            frame = self._with_item_features(frame, state, cut)
             frame["label"] = [
                 (u, i) in labels
                 for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
@@ -286,7 +304,7 @@ class RecSys:
             groups = data["group"].unique()
             held_groups = groups[np.random.default_rng(p.seed).random(len(groups)) < p.ranker.eval_share]
             data["holdout"] = data["group"].isin(held_groups if len(held_groups) else groups[:1])
-        rows = ranker.training_rows(data, p.ranker)
+        rows = ranker.training_rows(data, p.ranker, self.features)
         self.train_rows_ = len(rows["y"])
         lap("features")
 
@@ -325,6 +343,37 @@ class RecSys:
         warm[: len(state.item_ids)] = True
         return two_tower.build_content(item_ids, catalog, emb, warm, vocab)
 
+    # --- item features from outside the event log ----------------------------------------------------------------
+    @property
+    def features(self) -> list[str]:
+        """The ranker's features: the candidates' own, then the item features the model was trained with."""
+        return [*cand.FEATURES, *self.extra_features_]
+
+    def use_item_features(self, source: ItemFeatures | None) -> None:
+        """Where serving reads the extra item features (e.g. the Feast online store); None: rank without them."""
+        self.item_features = source
+
+    def _item_values(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame | None:
+        try:
+            return None if self.item_features is None else self.item_features(item_ids, at)
+        except Exception:  # a feature store outage ranks with the features missing; it never fails the answer
+            log.exception("item features unavailable at %s; ranking without them", at)
+            self.item_feature_failures_ += 1
+            return None
+
+    def _with_item_features(self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp) -> pd.DataFrame:
+        """``frame`` with a column per extra item feature (NaN where the source has no value or failed)."""
+        if not self.extra_features_:
+            return frame
+        codes = frame[cand.ITEM].to_numpy()
+        wanted = np.unique(codes)
+        values = self._item_values(state.item_ids[wanted], at)
+        table = np.full((len(state.item_ids), len(self.extra_features_)), np.nan, dtype=np.float32)
+        if values is not None:
+            found = values.reindex(index=state.item_ids[wanted], columns=self.extra_features_)
+            table[wanted] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.extra_features_)})
+
     # --- ranking ----------------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "state_"):
@@ -354,12 +403,12 @@ class RecSys:
         vectors = tt.user_vectors(weights)
         self._user_weights, self._user_vectors = weights, vectors
         frame = cand.candidates(batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask)
+        frame = self._with_item_features(frame, state, now)
         booster = self.boosters_["discover" if discover else "main"]
         import xgboost as xgb
 
-        frame["score"] = booster.predict(
-            xgb.DMatrix(frame[list(cand.FEATURES)].to_numpy(np.float32), feature_names=list(cand.FEATURES))
-        )
+        features = self.features
+        frame["score"] = booster.predict(xgb.DMatrix(frame[features].to_numpy(np.float32), feature_names=features))
         return frame, batch
 
     def rank_users(
@@ -426,7 +475,7 @@ class RecSys:
         n_new = min(int(context.get("new_items", 0)), k)
         top = frame.head(k - n_new)
         booster = self.boosters_["discover" if context.get("discover") else "main"]
-        scores, groups = ranker.contributions(booster, top[list(cand.FEATURES)].to_numpy(np.float32))
+        scores, groups = ranker.contributions(booster, top[self.features].to_numpy(np.float32))
         owned = batch.binary.indices
         out = []
         for (_, row), score, (_, contrib) in zip(top.iterrows(), scores, groups.iterrows(), strict=True):
@@ -558,7 +607,8 @@ class RecSys:
             "ease_lambda": self.ease_lambda_,
             "ease_scores": {str(k): v for k, v in self.ease_scores_.items()},
             "timings": self.timings_,
-            "features": list(cand.FEATURES),
+            "features": self.features,
+            "extra_features": self.extra_features_,
             "content_vocab": self.content_vocab_,
             "cold_items": self.cold_items_,
         }
@@ -573,7 +623,7 @@ class RecSys:
         meta = json.loads((directory / "recsys.json").read_text())
         if meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"model format {meta['format_version']} is not {FORMAT_VERSION}")
-        if meta["features"] != list(cand.FEATURES):
+        if meta["features"] != [*cand.FEATURES, *meta["extra_features"]]:
             raise ValueError("the saved ranker was trained on other features than this code computes")
         model = cls(RecSysParams.from_dict(meta["params"]))
         model.state_ = ItemState.load(directory)
@@ -587,6 +637,8 @@ class RecSys:
         model.timings_ = meta["timings"]
         model.content_vocab_ = meta["content_vocab"]
         model.cold_items_ = meta["cold_items"]
+        model.extra_features_ = list(meta["extra_features"])
+        model.item_features, model.item_feature_failures_ = None, 0
         return model
 
 
@@ -658,7 +710,8 @@ def train(
     params: RecSysParams | None = None,
     *,
     now: pd.Timestamp | None = None,
+    item_features: ItemFeatures | None = None,
 ) -> RecSys:
     """Fit ``RecSys`` with both training stages as Ray Train jobs on the configured cluster."""
     model = RecSys(params, cache_dir=settings.home_dir / "cache")
-    return model.fit(interactions, items, executor=RayExecutor(settings), now=now)
+    return model.fit(interactions, items, executor=RayExecutor(settings), now=now, item_features=item_features)

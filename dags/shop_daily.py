@@ -11,8 +11,9 @@ DOC = """
 ### shop_daily
 For the day that ended at the data interval's end (the run of logical date 2026-01-22 processes
 2026-01-21): simulate the shop's channel data into the landing area and ingest it into the lake (PII
-pseudonymised) → build feature partitions, `feast apply` and materialize into the online store → train the
-recommender as a Ray Train job, register it in MLflow and promote it to `champion` if it beats the current one →
+pseudonymised) → build feature partitions (customer stats and the omnichannel windows), `feast apply` and
+materialize into the online store → train the recommender as a Ray Train job (its ranker reads the item windows
+point-in-time from Feast), register it in MLflow and promote it to `champion` if it beats the current one →
 deploy the champion with Ray Serve → check the day's data for drift with Evidently and email the ML team if it drifted.
 
 Every task replaces its day's partitions, so re-runs and backfills are safe. `history_days` (manual trigger) also
@@ -56,10 +57,12 @@ def shop_daily():
 
     @task
     def features(window: dict) -> dict:
-        from omnicart.features import build_feature_days
+        from omnicart.features import build_feature_days, build_omnichannel_days
 
         first, day = dt.date.fromisoformat(window["first"]), dt.date.fromisoformat(window["day"])
-        return build_feature_days(_settings(), first, day)
+        rows = build_feature_days(_settings(), first, day)
+        # the omnichannel windows too: the recommender's ranker reads the item windows from Feast
+        return {**rows, **build_omnichannel_days(_settings(), first, day)}
 
     @task
     def materialize(window: dict, _features: dict) -> None:

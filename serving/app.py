@@ -16,6 +16,7 @@ from serving.prediction_log import PredictionLog
 from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
 from serving.recommend import (
     FEATURE_REFS,
+    ItemFeatureCache,
     RecommendRequest,
     RecommendRequestError,
     RecommendResponse,
@@ -80,6 +81,7 @@ class Ingress:
         _bind_internal_grpc_to(settings.host)
         from omnicart import registry
         from omnicart.featurestore import feature_store, online_features
+        from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
         from omnicart.schemas import C
 
         self.settings = settings
@@ -96,12 +98,14 @@ class Ingress:
             model_version=version,
             unavailable=lambda: unavailable,
             popular=popular,
+            item_features=ItemFeatureCache(
+                lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids), DEMAND_FEATURES
+            ),
         )
         self.pricer = None
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
             from omnicart import lake, schemas
-            from omnicart.pricing.features import DEMAND_REFS
             from serving.pricing import PricingService
 
             self.pricer = PricingService(

@@ -1,7 +1,8 @@
 """Recommend family: the two-stage recommender of ``training/recsys.py`` on the platform's own data.
 
 Verbs as every family: ``build_dataset`` (the lake's purchases before ``as_of`` and the catalog; the purchases of
-``as_of`` to evaluate on), ``train`` (``RecSys`` with both stages
+``as_of`` to evaluate on; each item's recent sales and conversion on every channel, read point-in-time from Feast's
+offline store at each training cut), ``train`` (``RecSys`` with both stages
 as Ray Train jobs), ``evaluate`` (the model beside the popularity and repeat-history baselines on the same day) and
 the predictor ``Recommender`` that serving loads from the registry: the fitted ``RecSys`` together with every
 customer's purchase history at the training cut, so a request needs only the customer id.
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from omnicart import lake, schemas
+from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
 from omnicart.schemas import C
 from omnicart.settings import Settings
 from training import recsys
@@ -49,6 +51,7 @@ class RecommendDataset:
     purchases: pd.DataFrame  # customer_id, item_id, event_timestamp, quantity, price, channel
     items: pd.DataFrame  # the catalog known at as_of: item_id, title, description, category, brand, price
     eval_purchases: pd.DataFrame  # customer_id, item_id bought on as_of
+    item_features: recsys.ItemFeatures | None = None  # Feast item windows, point in time; None before materialize
 
     @property
     def cut(self) -> pd.Timestamp:
@@ -82,7 +85,26 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         ),
         items=catalog.reset_index(drop=True),
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
+        item_features=feast_item_features(settings),
     )
+
+
+def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:
+    """Each item's 7- and 30-day sales and conversion across channels (feature view ``item_window``, in the
+    ``recommend_v2`` service) as Feast's offline store knew them at the asked time; None (logged) before
+    ``materialize_features`` has run."""
+    from omnicart.featurestore import item_features_at, item_window_store
+
+    store = item_window_store(settings, FAMILY)
+    if store is None:
+        return None
+
+    def read(item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
+        stamp = pd.Timestamp(at).tz_convert("UTC") if pd.Timestamp(at).tzinfo else pd.Timestamp(at, tz="UTC")
+        keys = pd.DataFrame({C.item_id: pd.Series(item_ids, dtype=str), C.event_timestamp: stamp})
+        return item_features_at(store, DEMAND_REFS, keys).set_index(C.item_id)[list(DEMAND_FEATURES)]
+
+    return read
 
 
 def params_for(purchases: pd.DataFrame, seed: int = 0) -> recsys.RecSysParams:
@@ -112,7 +134,9 @@ def params_for(purchases: pd.DataFrame, seed: int = 0) -> recsys.RecSysParams:
 def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysParams | None = None) -> Recommender:
     """Fit ``RecSys`` (two-tower and ranker as Ray Train jobs) and save it with the customers' histories."""
     params = params or params_for(dataset.purchases)
-    model = recsys.train(settings, dataset.purchases, dataset.items, params, now=dataset.cut)
+    model = recsys.train(
+        settings, dataset.purchases, dataset.items, params, now=dataset.cut, item_features=dataset.item_features
+    )
     directory = settings.home_dir / "models" / FAMILY / f"as_of={dataset.as_of}"
     return Recommender.save(model, dataset.purchases, directory)
 
@@ -150,6 +174,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
     @property
     def cut(self) -> pd.Timestamp:
         return self.model_.now_
+
+    def use_item_features(self, source: recsys.ItemFeatures | None) -> None:
+        """Where the ranker's Feast item features are read: the offline store in evaluation, online in serving."""
+        self.model_.use_item_features(source)
 
     def knows(self, customer_id: str) -> bool:
         """Whether the customer bought anything before the training cut."""
@@ -232,6 +260,7 @@ def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[st
         raise ValueError(f"no purchases on {dataset.as_of} to evaluate on")
     customers = sorted(truth)
     k = max(KS)
+    model.use_item_features(dataset.item_features)  # the window's features, point in time
     out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut), truth)}
     for name, rankings in _baselines(dataset.purchases, customers, k).items():
         out[name] = _metrics(rankings, truth)

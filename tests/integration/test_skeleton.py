@@ -57,7 +57,12 @@ def test_customer_features_are_read_online(platform, clean_run):
 
 
 def test_model_registered_as_champion(platform, clean_run):
+    from omnicart.pricing.features import DEMAND_FEATURES
+
     assert registry.champion_version(platform.settings, "recommend") is not None
+    champion = registry.load(platform.settings, "recommend")
+    # the ranker was trained on the Feast item windows, read point in time at its cuts
+    assert champion.model_.extra_features_ == list(DEMAND_FEATURES)
 
 
 def _post(settings, body, key=True):
@@ -76,7 +81,7 @@ def test_recommend_known_customer(platform, clean_run):
     items = [i["item_id"] for i in body["items"]]
     catalog = set(lake.read_table(s.lake_dir, schemas.ITEMS)[C.item_id])
     assert len(items) == 5 and len(set(items)) == 5 and set(items) <= catalog
-    assert body["source"] == "personal"
+    assert body["source"] == "personal" and body["fallback"] is None  # the online item features were read
     assert all(i["reason"] for i in body["items"])
 
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # wanted for -> a frame indexed by item id, one numeric column per feature, as known at that time (point in time).
 ItemFeatures = Callable[[np.ndarray, pd.Timestamp], pd.DataFrame]
 
-FORMAT_VERSION = 2  # 2: the text vectors of every item (text.npz) for the cold-item blend
+FORMAT_VERSION = 2  # 2: the text vectors of the cold items (cold_text.npz) for the cold-item blend
 
 
 @dataclass(frozen=True)
@@ -265,12 +265,8 @@ class RecSys:
         self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
         lap("two_tower")
 
-        self.extra_features_: list[str] = []
         self.item_features = item_features
-        self.item_feature_failures_ = 0
-        if item_features is not None and cuts:
-            first = self._item_values(states[0].item_ids, cuts[0])
-            self.extra_features_ = [str(c) for c in first.columns] if first is not None else []
+        self.extra_features_: list[str] | None = None if item_features is not None else []  # None: the first read
         frames = []
         for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
             index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
@@ -304,6 +300,7 @@ class RecSys:
             groups = data["group"].unique()
             held_groups = groups[np.random.default_rng(p.seed).random(len(groups)) < p.ranker.eval_share]
             data["holdout"] = data["group"].isin(held_groups if len(held_groups) else groups[:1])
+        self.extra_features_ = self.extra_features_ or []
         rows = ranker.training_rows(data, p.ranker, self.features)
         self.train_rows_ = len(rows["y"])
         lap("features")
@@ -314,7 +311,10 @@ class RecSys:
 
         self.state_ = final
         self.two_tower_ = indexes[-1]
-        self.text_ = np.stack([text_of.get(i, np.zeros(text.DIM, np.float32)) for i in indexes[-1].item_ids.tolist()])
+        cold_ids = indexes[-1].item_ids[indexes[-1].n_warm :].tolist()
+        self.cold_text_ = np.stack([text_of.get(i, np.zeros(text.DIM, np.float32)) for i in cold_ids]).reshape(
+            -1, text.DIM
+        )
         self.content_vocab_ = vocabs[-1]
         self.cold_items_ = _titles_and_categories(catalog, self.two_tower_.item_ids[len(final.item_ids) :])
         self.now_ = now
@@ -358,16 +358,20 @@ class RecSys:
             return None if self.item_features is None else self.item_features(item_ids, at)
         except Exception:  # a feature store outage ranks with the features missing; it never fails the answer
             log.exception("item features unavailable at %s; ranking without them", at)
-            self.item_feature_failures_ += 1
             return None
 
     def _with_item_features(self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp) -> pd.DataFrame:
-        """``frame`` with a column per extra item feature (NaN where the source has no value or failed)."""
-        if not self.extra_features_:
+        """``frame`` with a column per extra item feature (NaN where the source has no value or failed). In ``fit``
+        the first read (at the first cut) names the features; a first read that fails leaves the model without."""
+        if self.extra_features_ == []:
             return frame
         codes = frame[cand.ITEM].to_numpy()
         wanted = np.unique(codes)
         values = self._item_values(state.item_ids[wanted], at)
+        if self.extra_features_ is None:
+            self.extra_features_ = [str(c) for c in values.columns] if values is not None else []
+            if not self.extra_features_:
+                return frame
         table = np.full((len(state.item_ids), len(self.extra_features_)), np.nan, dtype=np.float32)
         if values is not None:
             found = values.reindex(index=state.item_ids[wanted], columns=self.extra_features_)
@@ -585,8 +589,8 @@ class RecSys:
         share = self.params.cold_text_weight
         if share <= 0 or not len(cold):
             return cold, learned
-        profile = np.asarray(weights @ self.text_[: tt.n_warm], dtype=np.float32)
-        similar = profile @ self.text_[cold].T
+        profile = np.asarray(weights @ self.state_.text, dtype=np.float32)  # warm items, in the two-tower's order
+        similar = profile @ self.cold_text_.T
         return cold, share * _standardise(similar) + (1 - share) * _standardise(learned)
 
     # --- persistence ------------------------------------------------------------------------------------------
@@ -597,7 +601,7 @@ class RecSys:
         directory.mkdir(parents=True, exist_ok=True)
         self.state_.save(directory)
         self.two_tower_.save(directory)
-        np.savez(directory / "text.npz", vectors=self.text_.astype(np.float16))
+        np.savez(directory / "cold_text.npz", vectors=self.cold_text_.astype(np.float16))
         for name, booster in self.boosters_.items():
             booster.save_model(str(directory / f"ranker_{name}.json"))
         meta = {
@@ -628,8 +632,8 @@ class RecSys:
         model = cls(RecSysParams.from_dict(meta["params"]))
         model.state_ = ItemState.load(directory)
         model.two_tower_ = TwoTowerIndex.load(directory)
-        with np.load(directory / "text.npz") as saved:
-            model.text_ = saved["vectors"].astype(np.float32)
+        with np.load(directory / "cold_text.npz") as saved:
+            model.cold_text_ = saved["vectors"].astype(np.float32)
         model.boosters_ = {n: xgb.Booster(model_file=str(directory / f"ranker_{n}.json")) for n in ranker.BOOSTERS}
         model.now_ = pd.Timestamp(meta["now"])
         model.ease_lambda_ = meta["ease_lambda"]
@@ -638,7 +642,7 @@ class RecSys:
         model.content_vocab_ = meta["content_vocab"]
         model.cold_items_ = meta["cold_items"]
         model.extra_features_ = list(meta["extra_features"])
-        model.item_features, model.item_feature_failures_ = None, 0
+        model.item_features = None
         return model
 
 

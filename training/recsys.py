@@ -312,9 +312,8 @@ class RecSys:
         self.state_ = final
         self.two_tower_ = indexes[-1]
         cold_ids = indexes[-1].item_ids[indexes[-1].n_warm :].tolist()
-        self.cold_text_ = np.stack([text_of.get(i, np.zeros(text.DIM, np.float32)) for i in cold_ids]).reshape(
-            -1, text.DIM
-        )
+        cold_text = [text_of.get(i, np.zeros(text.DIM, np.float32)) for i in cold_ids]  # none when all have sold
+        self.cold_text_ = np.asarray(cold_text, dtype=np.float32).reshape(-1, text.DIM)
         self.content_vocab_ = vocabs[-1]
         self.cold_items_ = _titles_and_categories(catalog, self.two_tower_.item_ids[len(final.item_ids) :])
         self.now_ = now

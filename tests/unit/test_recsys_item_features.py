@@ -100,3 +100,13 @@ def test_an_online_store_outage_answers_and_is_counted(fitted):
     response = service.recommend(RecommendRequest(customer_id=_customer(purchases), k=5))
     assert len(response.items) == 5 and response.source == "personal"
     assert response.fallback == "item_features_error" and service.fallbacks["item_features_error"] == 1
+
+
+def test_a_catalog_whose_every_item_sold_trains_and_recommends():
+    """No cold items: no cold text vectors and no new-item slots, but training and recommending still work."""
+    _, purchases, catalog, _ = fitted_shop()
+    sold = catalog[catalog[C.item_id].isin(set(purchases[C.item_id]))]
+    model = recsys.RecSys(PARAMS).fit(purchases, sold)
+    assert model.cold_text_.shape == (0, 384)
+    recs = model.recommend(purchases[purchases[C.customer_id] == _customer(purchases)], k=5, context={"new_items": 2})
+    assert len(recs) == 3 and not any(r["reason"].startswith("New in the catalog") for r in recs)

@@ -180,7 +180,12 @@ class RecommendService:
                 items = self.model.popular(fetch, exclude=blocked)
             else:
                 items = self.model.recommend(
-                    cid, fetch, recent_items=recent, exclude=blocked, discover=request.exclude_bought
+                    cid,
+                    fetch,
+                    recent_items=recent,
+                    exclude=blocked,
+                    discover=request.exclude_bought,
+                    channel=request.context.channel,
                 )
         except Exception:
             log.exception("recommend model failed for %s", cid)

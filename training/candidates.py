@@ -11,6 +11,7 @@ and a single request.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,14 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "category": ("cat_affinity",),
 }
 FEATURES: tuple[str, ...] = tuple(f for group in FEATURE_GROUPS.values() for f in group)
-FEATURE_GROUP = {f: g for g, fs in FEATURE_GROUPS.items() for f in fs}
+# The request's channel (where the customer is now): how much the item sells there, how much of the customer's
+# buying of it and of everything happened there. A model uses them only when its events name two or more channels:
+# without channels they are constant, and a constant column would only reshuffle the ranker's column sampling.
+CHANNEL_GROUP = "channel"
+CHANNEL_FEATURES: tuple[str, ...] = ("ch_item_lift", "ch_ui_share", "ch_user_share")
+REASON_GROUPS: tuple[str, ...] = (*FEATURE_GROUPS, CHANNEL_GROUP)
+FEATURE_GROUP = {f: g for g, fs in FEATURE_GROUPS.items() for f in fs} | dict.fromkeys(CHANNEL_FEATURES, CHANNEL_GROUP)
+CHANNEL_WINDOW_DAYS = 90  # the item's channel mix is read over this many days before the cut
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,15 @@ def normalize_events(events: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"interactions need columns {missing}")
     df = events[
-        [c for c in (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id) if c in events]
+        [
+            c
+            for c in (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id, C.channel)
+            if c in events
+        ]
     ]
     df = df.copy()
+    if C.channel in df:
+        df[C.channel] = df[C.channel].fillna("").astype(str)
     df[C.event_timestamp] = pd.to_datetime(df[C.event_timestamp], utc=True)
     df[C.item_id] = df[C.item_id].astype(str)
     if C.quantity not in df:
@@ -138,6 +152,8 @@ class ItemState:
     cooc: np.ndarray  # item×item
     text: np.ndarray  # item×384
     ease_lambda: float
+    channels: list[str] = field(default_factory=list)  # the channels the events name, when two or more
+    channel_lines: np.ndarray | None = None  # item×channel purchase lines of the last CHANNEL_WINDOW_DAYS
     index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -207,6 +223,7 @@ class ItemState:
         _, ocode = np.unique(ev[C.order_id].to_numpy(), return_inverse=True)
         baskets = sp.csr_matrix((np.ones(len(ev), np.float32), (ocode, code)), shape=(ocode.max() + 1, n))
         text = np.stack([text_of.get(i, np.zeros(384, np.float32)) for i in item_ids.tolist()]).astype(np.float32)
+        channels, channel_lines = _channel_lines(ev, code, age, n)
         cats = catalog[C.category].fillna("").astype(str)
         if (cats != "").mean() >= 0.5:
             category_names = sorted(set(cats))
@@ -223,10 +240,12 @@ class ItemState:
             stats=stats,
             categories=np.asarray(categories, dtype=np.int64),
             category_names=category_names,
-            ease=item2item.ease(x, ease_lambda),
-            cooc=item2item.cooccurrence(baskets),
-            text=text,
+            ease=_as_saved(item2item.ease(x, ease_lambda)),
+            cooc=_as_saved(item2item.cooccurrence(baskets)),
+            text=_as_saved(text),
             ease_lambda=float(ease_lambda),
+            channels=channels,
+            channel_lines=channel_lines,
         )
 
     # --- persistence --------------------------------------------------------------------------------------------
@@ -239,6 +258,7 @@ class ItemState:
             text=self.text.astype(np.float16),
             categories=self.categories,
             stats=self.stats.to_numpy(np.float32),
+            **({"channel_lines": self.channel_lines} if self.channels else {}),
         )
         meta = {
             "now": self.now.isoformat(),
@@ -247,6 +267,7 @@ class ItemState:
             "category_names": self.category_names,
             "stats_columns": list(self.stats.columns),
             "ease_lambda": self.ease_lambda,
+            "channels": self.channels,
         }
         (directory / "items.json").write_text(json.dumps(meta))
 
@@ -265,7 +286,30 @@ class ItemState:
                 cooc=a["cooc"].astype(np.float32),
                 text=a["text"].astype(np.float32),
                 ease_lambda=meta["ease_lambda"],
+                channels=meta.get("channels", []),  # a model saved before channels knew none
+                channel_lines=a["channel_lines"] if "channel_lines" in a.files else None,
             )
+
+
+def _as_saved(matrix: np.ndarray) -> np.ndarray:
+    """The matrix at the precision ``save`` stores it (float16): the fitted model ranks exactly as the saved one
+    will, so what the benchmark and the evaluation measure is what serving answers."""
+    return matrix.astype(np.float16).astype(np.float32)
+
+
+def _channel_lines(ev: pd.DataFrame, code: np.ndarray, age: np.ndarray, n: int) -> tuple[list[str], np.ndarray | None]:
+    """The channels the events name (none unless two or more) and each item's purchase lines per channel over the
+    last ``CHANNEL_WINDOW_DAYS``."""
+    if C.channel not in ev:
+        return [], None
+    channels = sorted(set(ev[C.channel].unique()) - {""})
+    if len(channels) < 2:
+        return [], None
+    recent = age < CHANNEL_WINDOW_DAYS
+    ch = pd.Categorical(ev[C.channel].to_numpy()[recent], categories=channels).codes
+    lines = np.zeros((n, len(channels)), np.float32)
+    np.add.at(lines, (code[recent][ch >= 0], ch[ch >= 0]), 1.0)
+    return channels, lines
 
 
 def _catalog(items: pd.DataFrame | None, item_ids: np.ndarray, ev: pd.DataFrame) -> pd.DataFrame:
@@ -307,6 +351,10 @@ class Batch:
     user_stats: pd.DataFrame  # indexed by u
     binary: sp.csr_matrix  # u × i, bought before now
     decay: sp.csr_matrix  # u × i, recency-weighted purchase orders (half-life 30 days)
+    # orders per (u, i, channel) and per (u, channel), and each user's latest channel; None without channels
+    channel_pairs: pd.Series | None = None
+    user_channels: pd.Series | None = None
+    last_channel: pd.Series | None = None
 
 
 def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: np.ndarray | None = None) -> Batch:
@@ -319,10 +367,16 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     ev = ev.assign(**{USER: ev[C.customer_id].map(ucode).to_numpy(), ITEM: ev[C.item_id].map(state.index).to_numpy()})
     age = ((now - ev[C.event_timestamp]) / DAY).astype(np.float32)
     # one line per (user, item, order): a basket holds an item once
+    with_channel = bool(state.channels) and C.channel in ev
     lines = (
         ev.assign(age=age)
         .groupby([USER, ITEM, C.order_id], sort=False)
-        .agg(age=("age", "min"), qty=(C.quantity, "sum"), price=(C.price, "median"))
+        .agg(
+            age=("age", "min"),
+            qty=(C.quantity, "sum"),
+            price=(C.price, "median"),
+            **({"channel": (C.channel, "first")} if with_channel else {}),
+        )
         .reset_index()
     )
     lines["d30"] = np.exp(-lines["age"] * (np.log(2) / 30.0))
@@ -394,7 +448,13 @@ def describe(events: pd.DataFrame, state: ItemState, now: pd.Timestamp, users: n
     u, i = pairs[USER].to_numpy(), pairs[ITEM].to_numpy()
     binary = sp.csr_matrix((np.ones(len(pairs), np.float32), (u, i)), shape=shape)
     decay = sp.csr_matrix((pairs["ui_decay30"].to_numpy(np.float32), (u, i)), shape=shape)
-    return Batch(users=users, pairs=pairs, user_stats=user_stats, binary=binary, decay=decay)
+    batch = Batch(users=users, pairs=pairs, user_stats=user_stats, binary=binary, decay=decay)
+    if with_channel:
+        batch.channel_pairs = lines.groupby([USER, ITEM, "channel"]).size()
+        orders = lines.drop_duplicates([USER, C.order_id])
+        batch.user_channels = orders.groupby([USER, "channel"]).size()
+        batch.last_channel = orders.sort_values("age", kind="stable").drop_duplicates(USER).set_index(USER)["channel"]
+    return batch
 
 
 def _closest_owned(df: pd.DataFrame, batch: Batch, state: ItemState) -> tuple[np.ndarray, ...]:
@@ -446,16 +506,61 @@ def source_scores(batch: Batch, state: ItemState, two_tower_scores: np.ndarray |
     return out
 
 
+def channel_features(
+    df: pd.DataFrame, batch: Batch, state: ItemState, context: Sequence[str | None] | None
+) -> dict[str, np.ndarray]:
+    """``CHANNEL_FEATURES`` of the candidate rows for each user's context channel (None: the channel of their
+    latest order); NaN where the channel is unknown or the state has no channels.
+
+    ``ch_item_lift``: the item's share of sales in the channel over the channel's share of all sales (smoothed
+    towards 1 for rarely sold items); ``ch_ui_share``: the share of the user's orders of the item placed there (NaN
+    for items never bought); ``ch_user_share``: the share of all the user's orders placed there."""
+    nan = np.full(len(df), np.nan, np.float32)
+    if not state.channels or state.channel_lines is None:
+        return dict.fromkeys(CHANNEL_FEATURES, nan)
+    code_of = {c: n for n, c in enumerate(state.channels)}
+    latest = batch.last_channel if batch.last_channel is not None else pd.Series(dtype=object)
+    wanted = [
+        (context[u] if context is not None and context[u] is not None else latest.get(u))
+        for u in range(len(batch.users))
+    ]
+    codes = np.array([code_of.get(c, -1) if c is not None else -1 for c in wanted], dtype=np.int64)
+    u, i = df[USER].to_numpy(), df[ITEM].to_numpy()
+    c = codes[u]
+    known = c >= 0
+    c0 = np.where(known, c, 0)
+    lines = state.channel_lines
+    totals = lines.sum(axis=0)
+    share = (totals + 1.0) / (totals.sum() + len(totals))
+    prior = 5.0  # lines of pseudo-evidence at the channel's overall share
+    lift = (lines[i, c0] + prior * share[c0]) / (lines[i].sum(axis=1) + prior) / share[c0]
+    out = {"ch_item_lift": np.where(known, lift, np.nan).astype(np.float32)}
+    names = np.asarray(state.channels, dtype=object)[c0]
+    ui = np.zeros(len(df), np.float32)
+    user = np.zeros(len(df), np.float32)
+    if batch.channel_pairs is not None and len(batch.channel_pairs):
+        key = pd.MultiIndex.from_arrays([u, i, names])
+        ui = batch.channel_pairs.reindex(key).fillna(0.0).to_numpy(np.float32)
+        user = batch.user_channels.reindex(pd.MultiIndex.from_arrays([u, names])).fillna(0.0).to_numpy(np.float32)
+    owned = df["ui_orders"].to_numpy()
+    orders = df["u_orders"].to_numpy()
+    out["ch_ui_share"] = np.where(known & (owned > 0), ui / np.maximum(owned, 1.0), np.nan).astype(np.float32)
+    out["ch_user_share"] = np.where(known & (orders > 0), user / np.maximum(orders, 1.0), np.nan).astype(np.float32)
+    return out
+
+
 def candidates(
     batch: Batch,
     state: ItemState,
     params: CandidateParams,
     two_tower_scores: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
+    channels: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
-    """The (u, i) candidate pairs of the batch with every feature of ``FEATURES``.
+    """The (u, i) candidate pairs of the batch with every feature of ``FEATURES`` and ``CHANNEL_FEATURES``.
 
-    ``exclude`` is a boolean user×item mask of items that must never be proposed (bought, unavailable, …)."""
+    ``exclude`` is a boolean user×item mask of items that must never be proposed (bought, unavailable, …);
+    ``channels`` the channel each user is in now (per user code; None: their latest)."""
     scores = source_scores(batch, state, two_tower_scores)
     n_users, n_items = batch.binary.shape
     mask = np.zeros((n_users, n_items), dtype=bool)
@@ -528,4 +633,5 @@ def candidates(
     key = pd.MultiIndex.from_arrays([df[USER].to_numpy(), state.categories[df[ITEM].to_numpy()]])
     df["cat_affinity"] = share.reindex(key).fillna(0.0).to_numpy(np.float32)
     df["text_max_sim"], df["n_variants_owned"], df["ease_max"] = _closest_owned(df, batch, state)
-    return df[[USER, ITEM, *FEATURES]]
+    df = df.assign(**channel_features(df, batch, state, channels))
+    return df[[USER, ITEM, *FEATURES, *CHANNEL_FEATURES]]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.candidates import FEATURE_GROUP, FEATURE_GROUPS, FEATURES
+from training.candidates import FEATURE_GROUP, FEATURES, REASON_GROUPS
 
 BOOSTERS = ("main", "discover")
 
@@ -34,7 +34,10 @@ class RankerParams:
     num_pair_per_sample: int = 16
     max_rounds: int = 400
     early_stopping_rounds: int = 30
-    eval_share: float = 0.2  # share of customers held out (in every cut) for early stopping
+    eval_share: float = 0.2  # share of customers held out (in every cut) for early stopping: one fold of 1 / share
+    # boosters per model, each early-stopped on another fold of customers (and trained on the others) with its own
+    # seed; their scores are averaged, which evens out the sampling and the stopping point of any single one
+    n_bags: int = 3
     neg_per_user: int = 1000  # training only: never-bought negatives kept per user (a uniform sample)
     seed: int = 0
 
@@ -59,20 +62,34 @@ class RankerParams:
         return params
 
 
+WHERE = {  # a channel in a sentence: "you usually buy this <where>"
+    "web": "on the web shop",
+    "app": "in the app",
+    "store": "in store",
+    "social": "through social media",
+    "service": "through customer service",
+}
 EXTRA_GROUP = "trend"  # the reason group of a feature outside candidates.FEATURES (recent sales, conversion)
+
+
+def n_folds(params: RankerParams) -> int:
+    """Folds of customers: one is held out per booster, so ``n_bags`` never exceeds them."""
+    return max(int(round(1.0 / params.eval_share)), params.n_bags, 2)
 
 
 def training_rows(
     frame: pd.DataFrame, params: RankerParams, features: Sequence[str] = FEATURES
 ) -> dict[str, np.ndarray]:
-    """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``holdout``.
+    """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``fold`` (the
+    customer's fold; folds ``0 .. n_bags - 1`` are each some booster's held-out customers).
 
     Training rows keep every item the user bought before and every positive; of the other negatives, a uniform
     sample of ``neg_per_user`` per user (uniform, so no feature is biased by the sampling). Held-out rows stay whole."""
     rng = np.random.default_rng(params.seed)
     owned = frame["ui_orders"].to_numpy() > 0
     label = frame["label"].to_numpy()
-    keep = owned | (label > 0) | frame["holdout"].to_numpy()
+    fold = frame["fold"].to_numpy()
+    keep = owned | (label > 0) | (fold < params.n_bags)
     rest = np.flatnonzero(~keep)
     order = rest[rng.permutation(len(rest))]
     nth = pd.Series(frame["group"].to_numpy()[order]).groupby(frame["group"].to_numpy()[order]).cumcount().to_numpy()
@@ -83,7 +100,7 @@ def training_rows(
         "features": np.asarray(list(features)),
         "y": kept["label"].to_numpy(np.float32),
         "group": kept["group"].to_numpy(np.int64),
-        "holdout": kept["holdout"].to_numpy(bool),
+        "fold": kept["fold"].to_numpy(np.int64),
         "owned": kept["ui_orders"].to_numpy() > 0,
     }
 
@@ -100,32 +117,44 @@ def _dmatrix(x: np.ndarray, y: np.ndarray, group: np.ndarray, features: Sequence
 def fit_boosters(
     rows: dict[str, np.ndarray], params: RankerParams, *, use_gpu: bool = False, shard: tuple[int, int] = (0, 1)
 ) -> dict[str, Any]:
-    """Train ``main`` on every candidate and ``discover`` on never-bought ones; early stopping on held-out users.
+    """Train ``main`` on every candidate and ``discover`` on never-bought ones: ``n_bags`` boosters each, booster
+    ``b`` early-stopped on the customers of fold ``b`` and trained on the rest, with seed ``seed + b``.
 
     ``shard=(rank, world)`` keeps the query groups with ``group % world == rank`` (data-parallel workers)."""
     import xgboost as xgb
 
     rank, world = shard
     mine = rows["group"] % world == rank
-    boosters = {}
+    features = rows["features"].tolist()
+    boosters: dict[str, Any] = {}
     for name in BOOSTERS:
         m = mine & (np.ones_like(mine) if name == "main" else ~rows["owned"])
-        train, hold = m & ~rows["holdout"], m & rows["holdout"]
-        features = rows["features"].tolist()
-        dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train], features)
-        dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold], features)
-        booster = xgb.train(
-            params.xgb_params(use_gpu),
-            dtrain,
-            num_boost_round=params.max_rounds,
-            evals=[(dhold, "holdout")],
-            early_stopping_rounds=params.early_stopping_rounds,
-            verbose_eval=False,
-        )
-        best = int(booster.best_iteration) + 1
-        boosters[name] = booster[:best]
-        boosters[f"{name}_holdout_ndcg@10"] = float(booster.best_score)
+        boosters[name], scores = [], []
+        for bag in range(params.n_bags):
+            held = rows["fold"] == bag
+            train, hold = m & ~held, m & held
+            dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train], features)
+            dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold], features)
+            booster = xgb.train(
+                {**params.xgb_params(use_gpu), "seed": params.seed + bag},
+                dtrain,
+                num_boost_round=params.max_rounds,
+                evals=[(dhold, "holdout")],
+                early_stopping_rounds=params.early_stopping_rounds,
+                verbose_eval=False,
+            )
+            boosters[name].append(booster[: int(booster.best_iteration) + 1])
+            scores.append(float(booster.best_score))
+        boosters[f"{name}_holdout_ndcg@10"] = float(np.mean(scores))
     return boosters
+
+
+def predict(boosters: Sequence[Any], x: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """The ensemble's score of each row: the mean margin of its boosters."""
+    import xgboost as xgb
+
+    d = xgb.DMatrix(x, feature_names=list(features))
+    return np.mean([b.predict(d) for b in boosters], axis=0)
 
 
 def ray_loop(config: dict[str, Any]) -> None:
@@ -140,25 +169,44 @@ def ray_loop(config: dict[str, Any]) -> None:
     )
 
     def write(directory) -> dict[str, float]:
-        for name in BOOSTERS:
-            result[name].save_model(str(directory / f"{name}.json"))
+        save(result, directory)
         return {k: v for k, v in result.items() if isinstance(v, float)}
 
     report_directory(write)
 
 
-# --- explanations ------------------------------------------------------------------------------------------------
-def contributions(booster, x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
-    """Scores and TreeSHAP contributions of each row (columns in the booster's feature order), summed per feature
-    group (``FEATURE_GROUPS``)."""
+def save(boosters: dict[str, Any], directory, prefix: str = "") -> None:
+    """Every booster as XGBoost JSON: ``{prefix}{name}_{bag}.json``."""
+    for name in BOOSTERS:
+        for bag, booster in enumerate(boosters[name]):
+            booster.save_model(str(directory / f"{prefix}{name}_{bag}.json"))
+
+
+def load(directory, prefix: str = "") -> dict[str, list[Any]]:
+    """The boosters ``save`` wrote (a model saved before bagging has one booster per name, without a number)."""
     import xgboost as xgb
 
-    names = list(booster.feature_names)
+    out = {}
+    for name in BOOSTERS:
+        files = sorted(directory.glob(f"{prefix}{name}_*.json"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+        files = files or [directory / f"{prefix}{name}.json"]
+        out[name] = [xgb.Booster(model_file=str(f)) for f in files]
+    return out
+
+
+# --- explanations ------------------------------------------------------------------------------------------------
+def contributions(boosters: Sequence[Any], x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """Scores and TreeSHAP contributions of each row (columns in the boosters' feature order), summed per feature
+    group (``REASON_GROUPS``). The ensemble's contributions are its boosters' mean: SHAP values are linear in the
+    model, so they still add up to the (mean) score."""
+    import xgboost as xgb
+
+    names = list(boosters[0].feature_names)
     d = xgb.DMatrix(x, feature_names=names)
-    contrib = booster.predict(d, pred_contribs=True)  # last column: bias
+    contrib = np.mean([b.predict(d, pred_contribs=True) for b in boosters], axis=0)  # last column: bias
     per_feature = pd.DataFrame(contrib[:, :-1], columns=names)
     groups = per_feature.T.groupby(pd.Series({f: FEATURE_GROUP.get(f, EXTRA_GROUP) for f in names})).sum().T
-    return contrib.sum(axis=1), groups.reindex(columns=list(FEATURE_GROUPS), fill_value=0.0)
+    return contrib.sum(axis=1), groups.reindex(columns=list(REASON_GROUPS), fill_value=0.0)
 
 
 def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) -> str | None:
@@ -190,6 +238,12 @@ def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) ->
         return f"from a range you often buy ({names['category']})"
     if group == "item" and row.get("i_repurchase", 0) > 0.2:
         return "customers who buy it tend to buy it again"
+    if group == "channel" and names.get("channel"):
+        where = WHERE.get(names["channel"], f"on {names['channel']}")
+        if row.get("ui_orders", 0) > 0 and row.get("ch_ui_share", 0) >= 0.5:
+            return f"you usually buy this {where}"
+        if row.get("ch_item_lift", 1.0) >= 1.2:
+            return f"a favourite of customers who shop {where}"
     return None
 
 

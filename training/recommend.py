@@ -38,7 +38,7 @@ FAMILY = "recommend"
 FEATURE_SERVICE = "recommend_v2"
 GATE_METRIC = "ndcg_at_10"
 KS = (10, 20)
-HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id)
+HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id, C.channel)
 CATALOG_COLUMNS = (C.item_id, C.title, C.description, C.category, C.brand, C.price)
 
 
@@ -52,6 +52,7 @@ class RecommendDataset:
     items: pd.DataFrame  # the catalog known at as_of: item_id, title, description, category, brand, price
     eval_purchases: pd.DataFrame  # customer_id, item_id bought on as_of
     item_features: recsys.ItemFeatures | None = None  # Feast item windows, point in time; None before materialize
+    eval_channels: dict[str, str] | None = None  # the channel of each customer's first purchase on as_of
 
     @property
     def cut(self) -> pd.Timestamp:
@@ -86,7 +87,14 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         items=catalog.reset_index(drop=True),
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
         item_features=feast_item_features(settings),
+        eval_channels=_first_channel(test),
     )
+
+
+def _first_channel(purchases: pd.DataFrame) -> dict[str, str]:
+    """Each customer's channel at their first purchase: where the request the evaluation stands for came from."""
+    first = purchases.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
+    return dict(zip(first[C.customer_id].astype(str), first[C.channel].astype(str), strict=True))
 
 
 def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:
@@ -152,7 +160,8 @@ class Recommender(mlflow.pyfunc.PythonModel):
         """Write the model and the histories as plain files under ``directory`` and return the loaded predictor."""
         directory = Path(directory)
         model.save(directory / "recsys")
-        history = recsys.cand.normalize_events(purchases)[list(HISTORY_COLUMNS)]
+        history = recsys.cand.normalize_events(purchases)
+        history = history[[c for c in HISTORY_COLUMNS if c in history]]
         history.to_parquet(directory / "histories.parquet", index=False)
         return cls.from_directory(directory)
 
@@ -207,20 +216,29 @@ class Recommender(mlflow.pyfunc.PythonModel):
         recent_items: Iterable[str] = (),
         exclude: Iterable[str] = (),
         discover: bool = False,
+        channel: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Ranked, explained items for a customer (known by id, or by the items they touched)."""
+        """Ranked, explained items for a customer (known by id, or by the items they touched), in ``channel``
+        (default: the channel of their latest order)."""
         history = self.history(customer_id, recent_items)
-        context = {"now": self.cut, "discover": discover}
+        context = {"now": self.cut, "discover": discover, "channel": channel}
         return self.model_.recommend(history, k=k, exclude=exclude, context=context)
 
     def popular(self, k: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
         return self.model_.popular(k, exclude)
 
-    def rank(self, purchases: pd.DataFrame, customers: list[str], k: int, now: pd.Timestamp) -> dict[str, list[str]]:
-        """Top ``k`` item ids per customer from ``purchases`` before ``now``; a customer without any gets the
-        popular items."""
+    def rank(
+        self,
+        purchases: pd.DataFrame,
+        customers: list[str],
+        k: int,
+        now: pd.Timestamp,
+        channels: dict[str, str] | None = None,
+    ) -> dict[str, list[str]]:
+        """Top ``k`` item ids per customer from ``purchases`` before ``now`` (each in their ``channels`` entry,
+        default their latest order's); a customer without any purchase gets the popular items."""
         known = sorted(set(customers) & set(purchases[C.customer_id]))
-        ranked = self.model_.rank_users(purchases, known, k, now=now) if known else {}
+        ranked = self.model_.rank_users(purchases, known, k, now=now, channels=channels) if known else {}
         popular = [r[C.item_id] for r in self.popular(k)]
         return {c: ranked.get(c, popular) for c in customers}
 
@@ -261,7 +279,7 @@ def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[st
     customers = sorted(truth)
     k = max(KS)
     model.use_item_features(dataset.item_features)  # the window's features, point in time
-    out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut), truth)}
+    out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut, dataset.eval_channels), truth)}
     for name, rankings in _baselines(dataset.purchases, customers, k).items():
         out[name] = _metrics(rankings, truth)
     return out

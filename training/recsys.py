@@ -171,12 +171,11 @@ class RayExecutor:
             shutil.rmtree(out, ignore_errors=True)
 
     def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
-        import xgboost as xgb
         from ray.train.xgboost import XGBoostTrainer
 
         out = self._run(XGBoostTrainer, ranker.ray_loop, config, "ranker")
         try:
-            return {name: xgb.Booster(model_file=str(out / f"{name}.json")) for name in ranker.BOOSTERS}
+            return ranker.load(out)
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -267,6 +266,7 @@ class RecSys:
 
         self.item_features = item_features
         self.extra_features_: list[str] | None = None if item_features is not None else []  # None: the first read
+        self.channel_features_ = list(cand.CHANNEL_FEATURES) if final.channels else []
         frames = []
         for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
             index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
@@ -283,7 +283,13 @@ class RecSys:
             if not len(users):
                 continue
             batch = cand.describe(events, state, cut, users)
-            frame = cand.candidates(batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut))
+            frame = cand.candidates(
+                batch,
+                state,
+                p.candidates,
+                _two_tower_scores(index, state, events, users, cut),
+                channels=_first_channels(window, users),
+            )
             frame = self._with_item_features(frame, state, cut)
             frame["label"] = [
                 (u, i) in labels
@@ -291,15 +297,16 @@ class RecSys:
             ]
             frame["label"] = frame["label"].astype(np.float32)
             frame["group"] = c * 10_000_000 + frame[USER].to_numpy()
-            frame["holdout"] = _held_out(users, p.ranker.eval_share, p.seed)[frame[USER].to_numpy()]
+            frame["fold"] = _folds(users, ranker.n_folds(p.ranker), p.seed)[frame[USER].to_numpy()]
             frames.append(frame)
         if not frames:
             raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
         data = pd.concat(frames, ignore_index=True).sort_values("group", kind="stable")
-        if not data["holdout"].any():  # tiny data: hold out a share of the groups anyway
+        if not all((data["fold"] == bag).any() for bag in range(p.ranker.n_bags)):  # tiny data: fold the groups
             groups = data["group"].unique()
-            held_groups = groups[np.random.default_rng(p.seed).random(len(groups)) < p.ranker.eval_share]
-            data["holdout"] = data["group"].isin(held_groups if len(held_groups) else groups[:1])
+            fold_of = np.random.default_rng(p.seed).integers(0, ranker.n_folds(p.ranker), len(groups))
+            fold_of[: p.ranker.n_bags] = np.arange(min(p.ranker.n_bags, len(groups)))  # every bag holds some out
+            data["fold"] = pd.Series(fold_of, index=groups).reindex(data["group"]).to_numpy()
         self.extra_features_ = self.extra_features_ or []
         rows = ranker.training_rows(data, p.ranker, self.features)
         self.train_rows_ = len(rows["y"])
@@ -345,8 +352,9 @@ class RecSys:
     # --- item features from outside the event log ----------------------------------------------------------------
     @property
     def features(self) -> list[str]:
-        """The ranker's features: the candidates' own, then the item features the model was trained with."""
-        return [*cand.FEATURES, *self.extra_features_]
+        """The ranker's features: the candidates' own, the context channel's (when the training events named
+        channels), then the item features the model was trained with."""
+        return [*cand.FEATURES, *self.channel_features_, *self.extra_features_]
 
     def use_item_features(self, source: ItemFeatures | None) -> None:
         """Where serving reads the extra item features (e.g. the Feast online store); None: rank without them."""
@@ -389,6 +397,7 @@ class RecSys:
         now: pd.Timestamp,
         discover: bool,
         exclude: dict[Any, Iterable[str]] | set[str] | None,
+        channels: dict[Any, str] | None = None,
     ) -> tuple[pd.DataFrame, cand.Batch]:
         state, tt = self.state_, self.two_tower_
         batch = cand.describe(events, state, now, users)
@@ -405,13 +414,13 @@ class RecSys:
         weights = two_tower.user_weights(events, users, state.index, now, tt.params)
         vectors = tt.user_vectors(weights)
         self._user_weights, self._user_vectors = weights, vectors
-        frame = cand.candidates(batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask)
+        context = [channels.get(u) for u in users.tolist()] if channels else None
+        frame = cand.candidates(
+            batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask, channels=context
+        )
         frame = self._with_item_features(frame, state, now)
-        booster = self.boosters_["discover" if discover else "main"]
-        import xgboost as xgb
-
-        features = self.features
-        frame["score"] = booster.predict(xgb.DMatrix(frame[features].to_numpy(np.float32), feature_names=features))
+        boosters = self.boosters_["discover" if discover else "main"]
+        frame["score"] = ranker.predict(boosters, frame[self.features].to_numpy(np.float32), self.features)
         return frame, batch
 
     def rank_users(
@@ -423,11 +432,13 @@ class RecSys:
         discover: bool = False,
         now: pd.Timestamp | None = None,
         exclude: dict[Any, Iterable[str]] | None = None,
+        channels: dict[Any, str] | None = None,
         batch_size: int = 1000,
     ) -> dict[Any, list[str]]:
         """The top ``k`` item ids for each user from their events before ``now`` (default: the training cut).
 
-        ``discover`` ranks only items the user never bought (the "novel" setting)."""
+        ``discover`` ranks only items the user never bought (the "novel" setting); ``channels`` the channel each
+        user is asking from (default: the channel of their latest order)."""
         self._check_fitted()
         now = pd.Timestamp(now) if now is not None else self.now_
         events = cand.normalize_events(interactions)
@@ -437,7 +448,7 @@ class RecSys:
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
             chunk_events = events[events[C.customer_id].isin(set(chunk.tolist()))]
-            frame, batch = self._frame(chunk_events, chunk, now, discover, exclude)
+            frame, batch = self._frame(chunk_events, chunk, now, discover, exclude, channels)
             frame = frame.sort_values([USER, "score"], ascending=[True, False], kind="stable")
             top = frame[frame.groupby(USER).cumcount() < k]
             picked = top.groupby(USER)[cand.ITEM].agg(list).to_dict()
@@ -464,7 +475,8 @@ class RecSys:
         ``user_history``: the customer's purchase events (item_id, event_timestamp, optional quantity, price,
         order_id), or just item ids. ``exclude``: items never to propose (in the basket, out of stock, …).
         ``context``: ``now`` (default: the training cut), ``discover`` (only never-bought items),
-        ``new_items`` (slots for catalog items without interactions, chosen by the two-tower content model)."""
+        ``new_items`` (slots for catalog items without interactions, chosen by the two-tower content model),
+        ``channel`` (where the customer is now; default: the channel of their latest order)."""
         self._check_fitted()
         context = context or {}
         now = pd.Timestamp(context.get("now", self.now_))
@@ -473,17 +485,29 @@ class RecSys:
         history = cand.normalize_events(_history_frame(user_history, now))
         user = history[C.customer_id].iloc[0] if len(history) else "_"
         exclude = set(map(str, exclude))
-        frame, batch = self._frame(history, np.array([user]), now, bool(context.get("discover", False)), exclude)
+        channel = context.get("channel")
+        frame, batch = self._frame(
+            history,
+            np.array([user]),
+            now,
+            bool(context.get("discover", False)),
+            exclude,
+            {user: channel} if channel else None,
+        )
+        if not channel and batch.last_channel is not None and len(batch.last_channel):
+            channel = str(batch.last_channel.iloc[0])
         frame = frame.sort_values("score", ascending=False, kind="stable")
         n_new = min(int(context.get("new_items", 0)), k)
         top = frame.head(k - n_new)
-        booster = self.boosters_["discover" if context.get("discover") else "main"]
-        scores, groups = ranker.contributions(booster, top[self.features].to_numpy(np.float32))
+        boosters = self.boosters_["discover" if context.get("discover") else "main"]
+        scores, groups = ranker.contributions(boosters, top[self.features].to_numpy(np.float32))
         owned = batch.binary.indices
         out = []
         for (_, row), score, (_, contrib) in zip(top.iterrows(), scores, groups.iterrows(), strict=True):
             i = int(row[cand.ITEM])
             names = self._anchor_names(i, owned, batch)
+            if channel:
+                names["channel"] = channel
             reason, contributions = ranker.explain(contrib, row.to_dict(), names)
             out.append(
                 {
@@ -601,8 +625,7 @@ class RecSys:
         self.state_.save(directory)
         self.two_tower_.save(directory)
         np.savez(directory / "cold_text.npz", vectors=self.cold_text_.astype(np.float16))
-        for name, booster in self.boosters_.items():
-            booster.save_model(str(directory / f"ranker_{name}.json"))
+        ranker.save(self.boosters_, directory, prefix="ranker_")
         meta = {
             "format_version": FORMAT_VERSION,
             "params": self.params.to_dict(),
@@ -611,6 +634,7 @@ class RecSys:
             "ease_scores": {str(k): v for k, v in self.ease_scores_.items()},
             "timings": self.timings_,
             "features": self.features,
+            "channel_features": self.channel_features_,
             "extra_features": self.extra_features_,
             "content_vocab": self.content_vocab_,
             "cold_items": self.cold_items_,
@@ -620,26 +644,27 @@ class RecSys:
 
     @classmethod
     def load(cls, directory: Path) -> RecSys:
-        import xgboost as xgb
 
         directory = Path(directory)
         meta = json.loads((directory / "recsys.json").read_text())
         if meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"model format {meta['format_version']} is not {FORMAT_VERSION}")
-        if meta["features"] != [*cand.FEATURES, *meta["extra_features"]]:
+        channel_features = meta.get("channel_features", [])  # none in a model saved before channels
+        if meta["features"] != [*cand.FEATURES, *channel_features, *meta["extra_features"]]:
             raise ValueError("the saved ranker was trained on other features than this code computes")
         model = cls(RecSysParams.from_dict(meta["params"]))
         model.state_ = ItemState.load(directory)
         model.two_tower_ = TwoTowerIndex.load(directory)
         with np.load(directory / "cold_text.npz") as saved:
             model.cold_text_ = saved["vectors"].astype(np.float32)
-        model.boosters_ = {n: xgb.Booster(model_file=str(directory / f"ranker_{n}.json")) for n in ranker.BOOSTERS}
+        model.boosters_ = ranker.load(directory, prefix="ranker_")
         model.now_ = pd.Timestamp(meta["now"])
         model.ease_lambda_ = meta["ease_lambda"]
         model.ease_scores_ = {float(k): v for k, v in meta["ease_scores"].items()}
         model.timings_ = meta["timings"]
         model.content_vocab_ = meta["content_vocab"]
         model.cold_items_ = meta["cold_items"]
+        model.channel_features_ = list(channel_features)
         model.extra_features_ = list(meta["extra_features"])
         model.item_features = None
         return model
@@ -665,13 +690,25 @@ def _sentence(text_: str) -> str:
     return text_[0].upper() + text_[1:]
 
 
-def _held_out(users: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Whether each customer is held out for early stopping: the same customers in every cut, by a hash of the
-    id, so a held-out customer never trains the ranker through an overlapping window."""
-    import zlib
+def _folds(users: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Each customer's fold (0 .. n - 1) for early stopping: the same in every cut, by a hash of the id, so a
+    customer held out of a booster never trains it through an overlapping window."""
+    import hashlib
 
-    salt = str(seed).encode()
-    return np.array([zlib.crc32(salt + str(u).encode()) / 2**32 < share for u in users.tolist()], dtype=bool)
+    def unit(user: Any) -> float:  # blake2b, not crc32: ids such as "c1".."c999" must spread evenly too
+        digest = hashlib.blake2b(f"{seed}:{user}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    return np.array([int(unit(u) * n) for u in users.tolist()], dtype=np.int64)
+
+
+def _first_channels(window: pd.DataFrame, users: np.ndarray) -> list[str | None] | None:
+    """The channel of each user's first purchase in a label window: where a request would have come from."""
+    if C.channel not in window:
+        return None
+    first = window.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
+    channel_of = dict(zip(first[C.customer_id], first[C.channel], strict=True))
+    return [channel_of.get(u) or None for u in users.tolist()]
 
 
 def _two_tower_scores(

@@ -13,6 +13,7 @@ from omnicart import lake, orchestration, registry, schemas
 from omnicart.featurestore import feature_store, online_features
 from omnicart.schemas import C, F
 from tests.integration.conftest import mails
+from training.candidates import CHANNEL_FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +62,9 @@ def test_model_registered_as_champion(platform, clean_run):
 
     assert registry.champion_version(platform.settings, "recommend") is not None
     champion = registry.load(platform.settings, "recommend")
-    # the ranker was trained on the Feast item windows, read point in time at its cuts
+    # the ranker was trained on the Feast item windows, read point in time at its cuts, and on the request's channel
     assert champion.model_.extra_features_ == list(DEMAND_FEATURES)
+    assert champion.model_.channel_features_ == list(CHANNEL_FEATURES)
 
 
 def _post(settings, body, key=True):
@@ -83,6 +85,13 @@ def test_recommend_known_customer(platform, clean_run):
     assert len(items) == 5 and len(set(items)) == 5 and set(items) <= catalog
     assert body["source"] == "personal" and body["fallback"] is None  # the online item features were read
     assert all(i["reason"] for i in body["items"])
+    # the request's channel is a ranking feature: the same customer scores differently in store and in the app
+    scores = {}
+    for channel in ("store", "app"):
+        answer = _post(s, {"customer_id": customer, "k": 5, "context": {"channel": channel}})
+        assert answer.status_code == 200, answer.text
+        scores[channel] = {i["item_id"]: i["score"] for i in answer.json()["items"]}
+    assert scores["store"] != scores["app"]
 
 
 def test_recommend_requires_api_key(platform, clean_run):

@@ -49,7 +49,7 @@ def test_training_reads_the_features_at_each_cut_and_ranks_with_them(fitted):
     assert model.features[-1] == NAME and model.extra_features_ == [NAME]
     cuts = {model.now_ - pd.Timedelta(days=PARAMS.label_days + PARAMS.cut_stride_days * c) for c in range(2)}
     assert set(source.calls) == cuts  # only the cuts: never a time after the labels start
-    assert all(booster.feature_names == model.features for booster in model.boosters_.values())
+    assert all(b.feature_names == model.features for boosters in model.boosters_.values() for b in boosters)
 
     source.calls.clear()
     recs = model.recommend(purchases[purchases[C.customer_id] == _customer(purchases)], k=5)

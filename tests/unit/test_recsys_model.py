@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from recsys_data import fitted_shop
+from recsys_data import PARAMS, fitted_shop
 
 from omnicart.schemas import C
 from training import candidates as cand
@@ -114,7 +114,8 @@ def test_save_and_load_give_the_same_recommendations(shop, tmp_path):
     model, purchases, _, _ = shop
     model.save(tmp_path / "model")
     files = {p.name for p in (tmp_path / "model").iterdir()}
-    assert {"recsys.json", "items.npz", "two_tower.npz", "ranker_main.json", "ranker_discover.json"} <= files
+    bags = [f"ranker_{name}_{bag}.json" for name in ("main", "discover") for bag in range(PARAMS.ranker.n_bags)]
+    assert {"recsys.json", "items.npz", "two_tower.npz", *bags} <= files
     loaded = recsys.RecSys.load(tmp_path / "model")
     customer = purchases[C.customer_id].iloc[0]
     history = _history(purchases, customer)
@@ -146,3 +147,53 @@ def test_past_items_are_candidates_in_the_repeat_history_order(shop):
         mine = frame[(frame[cand.USER] == n) & frame["ui_repeat_rank"].notna()].sort_values("ui_repeat_rank")
         assert state.item_ids[mine[cand.ITEM].to_numpy()].tolist() == expected
         assert mine["ui_repeat_rank"].tolist() == list(range(1, len(expected) + 1))
+
+
+def test_the_ranker_is_an_average_of_boosters_each_stopped_on_another_fold(shop):
+    """``n_bags`` boosters per model, each early-stopped on its own fold of customers; the served score is their
+    mean margin, and the explanation's contributions (the boosters' mean TreeSHAP) add up to it."""
+    import xgboost as xgb
+
+    from training import ranker
+
+    model, purchases, _, _ = shop
+    assert PARAMS.ranker.n_bags >= 2
+    for name in ranker.BOOSTERS:
+        boosters = model.boosters_[name]
+        assert len(boosters) == PARAMS.ranker.n_bags
+        dumps = {bytes(b.save_raw("json")) for b in boosters}
+        assert len(dumps) == len(boosters)  # other held-out customers and seeds: other trees
+    customer = purchases[C.customer_id].value_counts().index[0]
+    recs = model.recommend(_history(purchases, customer), k=5)
+    frame, _ = model._frame(
+        cand.normalize_events(_history(purchases, customer)), np.array([customer]), model.now_, False, None
+    )
+    top = frame.sort_values("score", ascending=False, kind="stable").head(5)
+    x = top[model.features].to_numpy(np.float32)
+    d = xgb.DMatrix(x, feature_names=model.features)
+    mean = np.mean([b.predict(d) for b in model.boosters_["main"]], axis=0)
+    assert np.allclose([r["score"] for r in recs], mean, atol=1e-5)
+    scores, groups = ranker.contributions(model.boosters_["main"], x)
+    assert np.allclose(scores, mean, atol=1e-4)
+    bias = np.mean([b.predict(d, pred_contribs=True)[:, -1] for b in model.boosters_["main"]], axis=0)
+    assert np.allclose(groups.sum(axis=1).to_numpy() + bias, mean, atol=1e-4)
+
+
+def test_folds_hold_out_the_same_customers_in_every_cut():
+    users = np.array([f"c{n}" for n in range(2000)])
+    folds = recsys._folds(users, 5, seed=0)
+    assert set(folds.tolist()) == set(range(5)) and abs(np.mean(folds == 0) - 0.2) < 0.03
+    assert (recsys._folds(users[::-1], 5, seed=0) == folds[::-1]).all()  # by id, not by position
+    assert (recsys._folds(users, 5, seed=1) != folds).any()
+
+
+def test_a_model_saved_before_bagging_loads_with_one_booster(shop, tmp_path):
+    model, purchases, _, _ = shop
+    directory = model.save(tmp_path / "model")
+    for name in ("main", "discover"):
+        for bag in range(1, PARAMS.ranker.n_bags):
+            (directory / f"ranker_{name}_{bag}.json").unlink()
+        (directory / f"ranker_{name}_0.json").rename(directory / f"ranker_{name}.json")
+    loaded = recsys.RecSys.load(directory)
+    assert [len(b) for b in loaded.boosters_.values()] == [1, 1]
+    assert len(loaded.recommend(_history(purchases, purchases[C.customer_id].iloc[0]), k=5)) == 5

@@ -35,3 +35,14 @@ def gpu_available(settings: Settings) -> bool:
     if settings.use_gpu != "auto":
         return settings.use_gpu == "yes"
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def worker_cpus(num_workers: int = 1) -> int:
+    """CPUs for each of ``num_workers`` training workers: what the cluster has free now, shared evenly, at most
+    one node's worth. Ray sets a worker's OMP_NUM_THREADS to its CPUs, so a one-CPU worker leaves XGBoost and
+    torch a single thread however many cores the machine has."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 1.0)
+    node = min((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return max(1, int(min(free / max(num_workers, 1), node)))

@@ -83,17 +83,19 @@ def training_rows(
     """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``fold`` (the
     customer's fold; folds ``0 .. n_bags - 1`` are each some booster's held-out customers).
 
-    Training rows keep every item the user bought before and every positive; of the other negatives, a uniform
-    sample of ``neg_per_user`` per user (uniform, so no feature is biased by the sampling). Held-out rows stay whole."""
+    A booster trains on every item the user bought before, every positive and, of the other negatives, a uniform
+    sample of ``neg_per_user`` per user (uniform, so no feature is biased by the sampling): the rows marked
+    ``train``. The folds that some booster holds out keep all their rows, for early stopping on whole rankings."""
     rng = np.random.default_rng(params.seed)
     owned = frame["ui_orders"].to_numpy() > 0
     label = frame["label"].to_numpy()
     fold = frame["fold"].to_numpy()
-    keep = owned | (label > 0) | (fold < params.n_bags)
-    rest = np.flatnonzero(~keep)
+    train = owned | (label > 0)
+    rest = np.flatnonzero(~train)
     order = rest[rng.permutation(len(rest))]
     nth = pd.Series(frame["group"].to_numpy()[order]).groupby(frame["group"].to_numpy()[order]).cumcount().to_numpy()
-    keep[order[nth < params.neg_per_user]] = True
+    train[order[nth < params.neg_per_user]] = True
+    keep = train | (fold < params.n_bags)
     kept = frame[keep]
     return {
         "x": kept[list(features)].to_numpy(np.float32),
@@ -101,6 +103,7 @@ def training_rows(
         "y": kept["label"].to_numpy(np.float32),
         "group": kept["group"].to_numpy(np.int64),
         "fold": kept["fold"].to_numpy(np.int64),
+        "train": train[keep],
         "owned": kept["ui_orders"].to_numpy() > 0,
     }
 
@@ -132,7 +135,7 @@ def fit_boosters(
         boosters[name], scores = [], []
         for bag in range(params.n_bags):
             held = rows["fold"] == bag
-            train, hold = m & ~held, m & held
+            train, hold = m & ~held & rows["train"], m & held
             dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train], features)
             dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold], features)
             booster = xgb.train(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnicart.raycluster import ensure_ray, gpu_available
+from omnicart.raycluster import ensure_ray, gpu_available, worker_cpus
 from omnicart.settings import Settings
 
 
@@ -24,7 +24,9 @@ def run(
     trainer = TorchTrainer(
         loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu_available(settings)),
+        scaling_config=ScalingConfig(
+            num_workers=1, use_gpu=gpu_available(settings), resources_per_worker={"CPU": worker_cpus()}
+        ),
         run_config=RunConfig(name=name, storage_path=str(settings.ray_storage.resolve())),
     )
     result = trainer.fit()

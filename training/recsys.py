@@ -140,14 +140,18 @@ class RayExecutor:
     def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
         from ray.train import RunConfig, ScalingConfig
 
-        from omnicart.raycluster import ensure_ray, gpu_available
+        from omnicart.raycluster import ensure_ray, gpu_available, worker_cpus
 
         ensure_ray(self.settings)
         use_gpu = gpu_available(self.settings)
         trainer = trainer_cls(
             loop,
             train_loop_config={**config, "use_gpu": use_gpu},
-            scaling_config=ScalingConfig(num_workers=self.num_workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(
+                num_workers=self.num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": worker_cpus(self.num_workers)},
+            ),
             run_config=RunConfig(
                 name=f"{self.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(self.settings.ray_storage.resolve()),

@@ -52,35 +52,53 @@ def materialize(settings: Settings, first: dt.date, last: dt.date) -> None:
 
 def online_features(store: Any, refs: Sequence[str], key: str, ids: Sequence[str]) -> list[dict[str, Any]]:
     """Online feature values for each id (a dict per id, None where the store has no value)."""
-    response = store.get_online_features(features=list(refs), entity_rows=[{key: i} for i in ids]).to_dict()
-    return [{name: values[row] for name, values in response.items()} for row in range(len(ids))]
+    return online_rows(store, refs, [{key: i} for i in ids])
 
 
-def item_window_store(settings: Settings, purpose: str) -> Any | None:
-    """The feature store when its item windows can be read (``materialize_features`` has run and the view is
-    applied); otherwise None, logged: the caller trains without them."""
-    if not lake.partitions(settings.lake_dir, schemas.ITEM_WINDOW_FEATURES):
-        log.warning("no item window features in the lake: %s trains without Feast item features", purpose)
+def view_store(settings: Settings, view: str, table: str, purpose: str) -> Any | None:
+    """The feature store when feature view ``view`` can be read: ``materialize_features`` has written its lake
+    ``table`` and the view is applied; otherwise None, logged: the caller trains without it."""
+    if not lake.partitions(settings.lake_dir, table):
+        log.warning("no %s in the lake: %s trains without them", table, purpose)
         return None
     store = feature_store(settings)
     try:
-        store.get_feature_view(F.item_window_view)
+        store.get_feature_view(view)
     except Exception:  # Feast raises its own not-found error types per registry kind
-        log.warning(
-            "feature view %s is not applied: %s trains without Feast item features", F.item_window_view, purpose
-        )
+        log.warning("feature view %s is not applied: %s trains without it", view, purpose)
         return None
     return store
 
 
-def item_features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time item features from the offline store: for each row of ``keys`` (item_id, event_timestamp in
-    UTC) the values as the store knew them at that time. One row per key, in order; NaN where the view had no row
-    within its TTL (the file offline store drops such entity rows, so they are joined back here)."""
+def item_window_store(settings: Settings, purpose: str) -> Any | None:
+    """The feature store when its item windows (``item_window``) can be read; otherwise None, logged."""
+    return view_store(settings, F.item_window_view, schemas.ITEM_WINDOW_FEATURES, purpose)
+
+
+def customer_channel_store(settings: Settings, purpose: str) -> Any | None:
+    """The feature store when its customer × channel windows (``customer_channel``) can be read; otherwise None."""
+    return view_store(settings, F.customer_channel_view, schemas.CUSTOMER_CHANNEL_FEATURES, purpose)
+
+
+def features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame, entities: Sequence[str]) -> pd.DataFrame:
+    """Point-in-time features from the offline store: for each row of ``keys`` (the ``entities`` columns and
+    event_timestamp in UTC) the values as the store knew them at that time. One row per key, in order; NaN where the
+    view had no row within its TTL (the file offline store drops such entity rows, so they are joined back here)."""
     names = [ref.split(":", 1)[1] for ref in refs]
-    keys = keys[[C.item_id, C.event_timestamp]].reset_index(drop=True)
-    entities = keys.drop_duplicates()
-    found = store.get_historical_features(entity_df=entities, features=list(refs)).to_df()
+    on = [*entities, C.event_timestamp]
+    keys = keys[on].reset_index(drop=True)
+    found = store.get_historical_features(entity_df=keys.drop_duplicates(), features=list(refs)).to_df()
     found[C.event_timestamp] = pd.to_datetime(found[C.event_timestamp], utc=True)
-    found = found.drop_duplicates([C.item_id, C.event_timestamp])[[C.item_id, C.event_timestamp, *names]]
-    return keys.merge(found, on=[C.item_id, C.event_timestamp], how="left")
+    found = found.drop_duplicates(on)[[*on, *names]]
+    return keys.merge(found, on=on, how="left")
+
+
+def item_features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame) -> pd.DataFrame:
+    """``features_at`` of item views: ``keys`` holds item_id and event_timestamp."""
+    return features_at(store, refs, keys, [C.item_id])
+
+
+def online_rows(store: Any, refs: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Online feature values for entity rows with several keys (e.g. customer_id and channel); None where missing."""
+    response = store.get_online_features(features=list(refs), entity_rows=list(rows)).to_dict()
+    return [{name: values[n] for name, values in response.items()} for n in range(len(rows))]

@@ -16,6 +16,7 @@ from serving.prediction_log import PredictionLog
 from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
 from serving.recommend import (
     FEATURE_REFS,
+    CustomerFeatureReader,
     ItemFeatureCache,
     RecommendRequest,
     RecommendRequestError,
@@ -80,9 +81,10 @@ class Ingress:
     def __init__(self, settings: Settings) -> None:
         _bind_internal_grpc_to(settings.host)
         from omnicart import registry
-        from omnicart.featurestore import feature_store, online_features
+        from omnicart.featurestore import feature_store, online_features, online_rows
         from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
         from omnicart.schemas import C
+        from training.recommend import CUSTOMER_REFS, online_customer_features
 
         self.settings = settings
         self.api_key = settings.secret("api_key")
@@ -100,6 +102,9 @@ class Ingress:
             popular=popular,
             item_features=ItemFeatureCache(
                 lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids), DEMAND_FEATURES
+            ),
+            customer_features=CustomerFeatureReader(
+                online_customer_features(lambda rows: online_rows(store, CUSTOMER_REFS, rows))
             ),
         )
         self.pricer = None

@@ -97,6 +97,24 @@ class ItemFeatureCache:
         return pd.DataFrame([self._values[i][1] for i in ids], index=ids, columns=self.names)
 
 
+class CustomerFeatureReader:
+    """The customer's features in the request's channel from the online store, read on every request (they change
+    with every purchase). ``source`` is ``training.recommend.online_customer_features``; a failing read is logged
+    and counted in ``failures``, and the customer then ranks with those features missing."""
+
+    def __init__(self, source: Callable[[np.ndarray, list[str | None], pd.Timestamp], pd.DataFrame]) -> None:
+        self.source = source
+        self.failures = 0
+
+    def __call__(self, customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame | None:
+        try:
+            return self.source(customers, channels, at)
+        except Exception:  # the online store is down: rank without these features this time
+            log.exception("online customer features unavailable for %d customers", len(customers))
+            self.failures += 1
+            return None
+
+
 class RecommendRequestError(ValueError):
     """A request the service cannot answer as asked (an unknown context item): a 4xx naming the field."""
 
@@ -124,9 +142,14 @@ class RecommendService:
         unavailable: Callable[[], set[str]] = set,
         popular: list[dict[str, Any]] | None = None,
         item_features: ItemFeatureCache | None = None,
+        customer_features: CustomerFeatureReader | None = None,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
-        self.item_features = item_features
+        # each outside feature source with the fallback reason its failure during a request is counted under
+        self.sources = {
+            "item_features_error": item_features,
+            "customer_features_error": customer_features,
+        }
         self.read_features = read_features
         self.unavailable = unavailable
         self.popular = popular or []
@@ -138,6 +161,8 @@ class RecommendService:
             self.model = None
         if self.model is not None and item_features is not None:
             self.model.use_item_features(item_features)
+        if self.model is not None and customer_features is not None:
+            self.model.use_customer_features(customer_features)
 
     def _fallback(self, reason: str, customer_id: str) -> str:
         self.fallbacks[reason] += 1
@@ -174,7 +199,7 @@ class RecommendService:
         if source == "popular":
             fallback = fallback or self._fallback("unknown_customer", cid)
         fetch = request.k * OVERFETCH + len(request.boost) + len(request.bury)
-        failures = self.item_features.failures if self.item_features is not None else 0
+        failures = {reason: source.failures for reason, source in self.sources.items() if source is not None}
         try:
             if source == "popular":
                 items = self.model.popular(fetch, exclude=blocked)
@@ -191,8 +216,9 @@ class RecommendService:
             log.exception("recommend model failed for %s", cid)
             fallback, source = self._fallback("model_error", cid), "popular"
             items = self.model.popular(fetch, exclude=blocked)
-        if self.item_features is not None and self.item_features.failures > failures:
-            fallback = fallback or self._fallback("item_features_error", cid)
+        for reason, before in failures.items():
+            if self.sources[reason].failures > before:
+                fallback = fallback or self._fallback(reason, cid)
         return self._respond(request, items, source, fallback)
 
     def _respond(

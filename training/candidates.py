@@ -84,6 +84,7 @@ CHANNEL_FEATURES: tuple[str, ...] = ("ch_item_lift", "ch_ui_share", "ch_user_sha
 REASON_GROUPS: tuple[str, ...] = (*FEATURE_GROUPS, CHANNEL_GROUP)
 FEATURE_GROUP = {f: g for g, fs in FEATURE_GROUPS.items() for f in fs} | dict.fromkeys(CHANNEL_FEATURES, CHANNEL_GROUP)
 CHANNEL_WINDOW_DAYS = 90  # the item's channel mix is read over this many days before the cut
+CUSTOMER_PREFIX = "cc_"  # features of the customer in the context channel read from outside (Feast customer_channel)
 
 
 @dataclass(frozen=True)
@@ -506,6 +507,14 @@ def source_scores(batch: Batch, state: ItemState, two_tower_scores: np.ndarray |
     return out
 
 
+def context_channels(batch: Batch, context: Sequence[str | None] | None) -> list[str | None]:
+    """Each user's channel: the one given (per user code), else the channel of their latest order (None if unknown)."""
+    latest = batch.last_channel if batch.last_channel is not None else pd.Series(dtype=object)
+    return [
+        context[u] if context is not None and context[u] is not None else latest.get(u) for u in range(len(batch.users))
+    ]
+
+
 def channel_features(
     df: pd.DataFrame, batch: Batch, state: ItemState, context: Sequence[str | None] | None
 ) -> dict[str, np.ndarray]:
@@ -519,11 +528,7 @@ def channel_features(
     if not state.channels or state.channel_lines is None:
         return dict.fromkeys(CHANNEL_FEATURES, nan)
     code_of = {c: n for n, c in enumerate(state.channels)}
-    latest = batch.last_channel if batch.last_channel is not None else pd.Series(dtype=object)
-    wanted = [
-        (context[u] if context is not None and context[u] is not None else latest.get(u))
-        for u in range(len(batch.users))
-    ]
+    wanted = context_channels(batch, context)
     codes = np.array([code_of.get(c, -1) if c is not None else -1 for c in wanted], dtype=np.int64)
     u, i = df[USER].to_numpy(), df[ITEM].to_numpy()
     c = codes[u]

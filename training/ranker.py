@@ -1,10 +1,11 @@
 """XGBoost learning-to-rank over the candidates' features, and plain-words explanations from its own TreeSHAP.
 
-Two boosters share the features of ``candidates.FEATURES`` (plus any item features the platform reads from Feast,
-explained as the "trend" group): ``main`` ranks every candidate (repeat purchases and new
-items together), ``discover`` is trained on the items a user has never bought and ranks them when the caller asks
-for new items only. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer``
-worker (``ray_loop``), which shards the query groups across workers.
+Two models share the features of ``candidates.FEATURES`` (plus the context channel's, ``CHANNEL_FEATURES``, and any
+item features the platform reads from Feast, explained as the "trend" group): ``main`` ranks every candidate (repeat
+purchases and new items together), ``discover`` is trained on the items a user has never bought and ranks them when
+the caller asks for new items only. Each model is the mean of ``n_bags`` boosters early-stopped on different folds
+of customers. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer`` worker
+(``ray_loop``), which shards the query groups across workers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.candidates import FEATURE_GROUP, FEATURES, REASON_GROUPS
+from training.candidates import CHANNEL_GROUP, CUSTOMER_PREFIX, FEATURE_GROUP, FEATURES, REASON_GROUPS
 
 BOOSTERS = ("main", "discover")
 
@@ -198,6 +199,14 @@ def load(directory, prefix: str = "") -> dict[str, list[Any]]:
 
 
 # --- explanations ------------------------------------------------------------------------------------------------
+def reason_group(feature: str) -> str:
+    """The reason family a feature's contribution counts for: its candidates group; the customer's own features in
+    the channel count as "channel", the other outside item features (recent sales, conversion) as "trend"."""
+    if feature in FEATURE_GROUP:
+        return FEATURE_GROUP[feature]
+    return CHANNEL_GROUP if feature.startswith(CUSTOMER_PREFIX) else EXTRA_GROUP
+
+
 def contributions(boosters: Sequence[Any], x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
     """Scores and TreeSHAP contributions of each row (columns in the boosters' feature order), summed per feature
     group (``REASON_GROUPS``). The ensemble's contributions are its boosters' mean: SHAP values are linear in the
@@ -208,7 +217,7 @@ def contributions(boosters: Sequence[Any], x: np.ndarray) -> tuple[np.ndarray, p
     d = xgb.DMatrix(x, feature_names=names)
     contrib = np.mean([b.predict(d, pred_contribs=True) for b in boosters], axis=0)  # last column: bias
     per_feature = pd.DataFrame(contrib[:, :-1], columns=names)
-    groups = per_feature.T.groupby(pd.Series({f: FEATURE_GROUP.get(f, EXTRA_GROUP) for f in names})).sum().T
+    groups = per_feature.T.groupby(pd.Series({f: reason_group(f) for f in names})).sum().T
     return contrib.sum(axis=1), groups.reindex(columns=list(REASON_GROUPS), fill_value=0.0)
 
 

@@ -1,8 +1,9 @@
 """Recommend family: the two-stage recommender of ``training/recsys.py`` on the platform's own data.
 
 Verbs as every family: ``build_dataset`` (the lake's purchases before ``as_of`` and the catalog; the purchases of
-``as_of`` to evaluate on; each item's recent sales and conversion on every channel, read point-in-time from Feast's
-offline store at each training cut), ``train`` (``RecSys`` with both stages
+``as_of`` to evaluate on; each item's recent sales and conversion on every channel, and each customer's recency,
+frequency and spend in the channel they shop in, read point-in-time from Feast's offline store at each training
+cut), ``train`` (``RecSys`` with both stages
 as Ray Train jobs), ``evaluate`` (the model beside the popularity and repeat-history baselines on the same day) and
 the predictor ``Recommender`` that serving loads from the registry: the fitted ``RecSys`` together with every
 customer's purchase history at the training cut, so a request needs only the customer id.
@@ -24,7 +25,7 @@ import pandas as pd
 
 from omnicart import lake, schemas
 from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
-from omnicart.schemas import C
+from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 from omnicart.settings import Settings
 from training import recsys
 from training.candidates import CandidateParams
@@ -40,6 +41,9 @@ GATE_METRIC = "ndcg_at_10"
 KS = (10, 20)
 HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id, C.channel)
 CATALOG_COLUMNS = (C.item_id, C.title, C.description, C.category, C.brand, C.price)
+# the customer in the request's channel (view customer_channel, in recommend_v2); its "all" row without a channel
+CUSTOMER_FEATURES = (F.recency_days, windowed(F.frequency, 30), windowed(F.frequency, 90), windowed(F.monetary, 90))
+CUSTOMER_REFS = tuple(f"{F.customer_channel_view}:{name}" for name in CUSTOMER_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class RecommendDataset:
     items: pd.DataFrame  # the catalog known at as_of: item_id, title, description, category, brand, price
     eval_purchases: pd.DataFrame  # customer_id, item_id bought on as_of
     item_features: recsys.ItemFeatures | None = None  # Feast item windows, point in time; None before materialize
+    customer_features: recsys.CustomerFeatures | None = None  # Feast customer x channel windows, point in time
     eval_channels: dict[str, str] | None = None  # the channel of each customer's first purchase on as_of
 
     @property
@@ -87,6 +92,7 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         items=catalog.reset_index(drop=True),
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
         item_features=feast_item_features(settings),
+        customer_features=feast_customer_features(settings),
         eval_channels=_first_channel(test),
     )
 
@@ -113,6 +119,44 @@ def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:
         return item_features_at(store, DEMAND_REFS, keys).set_index(C.item_id)[list(DEMAND_FEATURES)]
 
     return read
+
+
+def feast_customer_features(settings: Settings) -> recsys.CustomerFeatures | None:
+    """Each customer's recency, 30/90-day frequency and 90-day spend in the channel they shop in (feature view
+    ``customer_channel``; its cross-channel "all" row when the channel is unknown) as Feast's offline store knew them
+    at the asked time; None (logged) before ``materialize_features`` has run."""
+    from omnicart.featurestore import customer_channel_store, features_at
+
+    store = customer_channel_store(settings, FAMILY)
+    if store is None:
+        return None
+
+    def read(customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:
+        stamp = pd.Timestamp(at).tz_convert("UTC") if pd.Timestamp(at).tzinfo else pd.Timestamp(at, tz="UTC")
+        keys = pd.DataFrame(
+            {
+                C.customer_id: pd.Series(customers, dtype=str),
+                C.channel: [c or ALL_CHANNELS for c in channels],
+                C.event_timestamp: stamp,
+            }
+        )
+        return features_at(store, CUSTOMER_REFS, keys, [C.customer_id, C.channel])[list(CUSTOMER_FEATURES)]
+
+    return read
+
+
+def online_customer_features(read: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> recsys.CustomerFeatures:
+    """The serving side of ``feast_customer_features``: ``read`` takes entity rows (customer_id, channel) and returns
+    the online store's values of ``CUSTOMER_FEATURES`` for each (the time asked is the store's now)."""
+
+    def source(customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:
+        rows = [
+            {C.customer_id: str(c), C.channel: ch or ALL_CHANNELS} for c, ch in zip(customers, channels, strict=True)
+        ]
+        values = read(rows)
+        return pd.DataFrame([{n: v.get(n) for n in CUSTOMER_FEATURES} for v in values], columns=list(CUSTOMER_FEATURES))
+
+    return source
 
 
 def params_for(purchases: pd.DataFrame, seed: int = 0) -> recsys.RecSysParams:
@@ -143,7 +187,13 @@ def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysPa
     """Fit ``RecSys`` (two-tower and ranker as Ray Train jobs) and save it with the customers' histories."""
     params = params or params_for(dataset.purchases)
     model = recsys.train(
-        settings, dataset.purchases, dataset.items, params, now=dataset.cut, item_features=dataset.item_features
+        settings,
+        dataset.purchases,
+        dataset.items,
+        params,
+        now=dataset.cut,
+        item_features=dataset.item_features,
+        customer_features=dataset.customer_features,
     )
     directory = settings.home_dir / "models" / FAMILY / f"as_of={dataset.as_of}"
     return Recommender.save(model, dataset.purchases, directory)
@@ -187,6 +237,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
     def use_item_features(self, source: recsys.ItemFeatures | None) -> None:
         """Where the ranker's Feast item features are read: the offline store in evaluation, online in serving."""
         self.model_.use_item_features(source)
+
+    def use_customer_features(self, source: recsys.CustomerFeatures | None) -> None:
+        """Where the ranker's Feast customer × channel features are read (offline in evaluation, online serving)."""
+        self.model_.use_customer_features(source)
 
     def knows(self, customer_id: str) -> bool:
         """Whether the customer bought anything before the training cut."""
@@ -279,6 +333,7 @@ def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[st
     customers = sorted(truth)
     k = max(KS)
     model.use_item_features(dataset.item_features)  # the window's features, point in time
+    model.use_customer_features(dataset.customer_features)
     out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut, dataset.eval_channels), truth)}
     for name, rankings in _baselines(dataset.purchases, customers, k).items():
         out[name] = _metrics(rankings, truth)

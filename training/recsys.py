@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 # Item features from outside the event log (the platform's Feast item windows): item ids and the time they are
 # wanted for -> a frame indexed by item id, one numeric column per feature, as known at that time (point in time).
 ItemFeatures = Callable[[np.ndarray, pd.Timestamp], pd.DataFrame]
+# Features of each customer in the channel they are in (the platform's Feast customer x channel windows): customer
+# ids, each one's channel (None: unknown) and the time -> one row per customer in the same order, one numeric column
+# per feature, as known at that time. The ranker names them with ``candidates.CUSTOMER_PREFIX``.
+CustomerFeatures = Callable[[np.ndarray, list[str | None], pd.Timestamp], pd.DataFrame]
 
 FORMAT_VERSION = 2  # 2: the text vectors of the cold items (cold_text.npz) for the cold-item blend
 
@@ -209,12 +213,14 @@ class RecSys:
         now: pd.Timestamp | None = None,
         progress: Callable[[str], None] | None = None,
         item_features: ItemFeatures | None = None,
+        customer_features: CustomerFeatures | None = None,
     ) -> RecSys:
         """Fit on purchase events (customer_id, item_id, event_timestamp; optional quantity, price, order_id) and an
         optional catalog (item_id, title, description, category, brand, price, image_embedding).
 
         ``item_features`` adds the columns it returns to the ranker's features, read at each training cut; the
-        model then needs the same source at serving time (``use_item_features``), or ranks with them missing."""
+        model then needs the same source at serving time (``use_item_features``), or ranks with them missing;
+        ``customer_features`` likewise, per customer in their channel (``use_customer_features``)."""
         p = self.params
         executor = executor or LocalExecutor()
         say = progress or (lambda _msg: None)
@@ -271,6 +277,8 @@ class RecSys:
         self.item_features = item_features
         self.extra_features_: list[str] | None = None if item_features is not None else []  # None: the first read
         self.channel_features_ = list(cand.CHANNEL_FEATURES) if final.channels else []
+        self.customer_features = customer_features
+        self.customer_features_: list[str] | None = None if customer_features is not None else []
         frames = []
         for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
             index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
@@ -287,14 +295,12 @@ class RecSys:
             if not len(users):
                 continue
             batch = cand.describe(events, state, cut, users)
+            context = _first_channels(window, users)
             frame = cand.candidates(
-                batch,
-                state,
-                p.candidates,
-                _two_tower_scores(index, state, events, users, cut),
-                channels=_first_channels(window, users),
+                batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut), channels=context
             )
             frame = self._with_item_features(frame, state, cut)
+            frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), cut)
             frame["label"] = [
                 (u, i) in labels
                 for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
@@ -312,6 +318,7 @@ class RecSys:
             fold_of[: p.ranker.n_bags] = np.arange(min(p.ranker.n_bags, len(groups)))  # every bag holds some out
             data["fold"] = pd.Series(fold_of, index=groups).reindex(data["group"]).to_numpy()
         self.extra_features_ = self.extra_features_ or []
+        self.customer_features_ = self.customer_features_ or []
         rows = ranker.training_rows(data, p.ranker, self.features)
         self.train_rows_ = len(rows["y"])
         lap("features")
@@ -357,12 +364,41 @@ class RecSys:
     @property
     def features(self) -> list[str]:
         """The ranker's features: the candidates' own, the context channel's (when the training events named
-        channels), then the item features the model was trained with."""
-        return [*cand.FEATURES, *self.channel_features_, *self.extra_features_]
+        channels), then the customer and item features the model was trained with."""
+        return [*cand.FEATURES, *self.channel_features_, *self.customer_features_, *self.extra_features_]
 
     def use_item_features(self, source: ItemFeatures | None) -> None:
         """Where serving reads the extra item features (e.g. the Feast online store); None: rank without them."""
         self.item_features = source
+
+    def use_customer_features(self, source: CustomerFeatures | None) -> None:
+        """Where serving reads the customer features (e.g. the Feast online store); None: rank without them."""
+        self.customer_features = source
+
+    def _with_customer_features(
+        self, frame: pd.DataFrame, users: np.ndarray, channels: list[str | None], at: pd.Timestamp
+    ) -> pd.DataFrame:
+        """``frame`` with a column per customer feature of each row's user in their channel (NaN where the source
+        has no value or failed); in ``fit`` the first read names them, as for the item features."""
+        if self.customer_features_ == []:
+            return frame
+        try:
+            values = None if self.customer_features is None else self.customer_features(users, channels, at)
+        except Exception:  # a feature store outage ranks with the features missing; it never fails the answer
+            log.exception("customer features unavailable at %s; ranking without them", at)
+            values = None
+        if self.customer_features_ is None:
+            names = [str(c) for c in values.columns] if values is not None else []
+            self.customer_features_ = [cand.CUSTOMER_PREFIX + n for n in names]
+            if not names:
+                return frame
+        table = np.full((len(users), len(self.customer_features_)), np.nan, dtype=np.float32)
+        if values is not None:
+            wanted = [n.removeprefix(cand.CUSTOMER_PREFIX) for n in self.customer_features_]
+            found = values.reset_index(drop=True).reindex(index=range(len(users)), columns=wanted)
+            table[:] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        codes = frame[USER].to_numpy()
+        return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.customer_features_)})
 
     def _item_values(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame | None:
         try:
@@ -423,6 +459,7 @@ class RecSys:
             batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask, channels=context
         )
         frame = self._with_item_features(frame, state, now)
+        frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), now)
         boosters = self.boosters_["discover" if discover else "main"]
         frame["score"] = ranker.predict(boosters, frame[self.features].to_numpy(np.float32), self.features)
         return frame, batch
@@ -639,6 +676,7 @@ class RecSys:
             "timings": self.timings_,
             "features": self.features,
             "channel_features": self.channel_features_,
+            "customer_features": self.customer_features_,
             "extra_features": self.extra_features_,
             "content_vocab": self.content_vocab_,
             "cold_items": self.cold_items_,
@@ -654,7 +692,8 @@ class RecSys:
         if meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"model format {meta['format_version']} is not {FORMAT_VERSION}")
         channel_features = meta.get("channel_features", [])  # none in a model saved before channels
-        if meta["features"] != [*cand.FEATURES, *channel_features, *meta["extra_features"]]:
+        customer_features = meta.get("customer_features", [])
+        if meta["features"] != [*cand.FEATURES, *channel_features, *customer_features, *meta["extra_features"]]:
             raise ValueError("the saved ranker was trained on other features than this code computes")
         model = cls(RecSysParams.from_dict(meta["params"]))
         model.state_ = ItemState.load(directory)
@@ -669,6 +708,8 @@ class RecSys:
         model.content_vocab_ = meta["content_vocab"]
         model.cold_items_ = meta["cold_items"]
         model.channel_features_ = list(channel_features)
+        model.customer_features_ = list(customer_features)
+        model.customer_features = None
         model.extra_features_ = list(meta["extra_features"])
         model.item_features = None
         return model
@@ -755,7 +796,15 @@ def train(
     *,
     now: pd.Timestamp | None = None,
     item_features: ItemFeatures | None = None,
+    customer_features: CustomerFeatures | None = None,
 ) -> RecSys:
     """Fit ``RecSys`` with both training stages as Ray Train jobs on the configured cluster."""
     model = RecSys(params, cache_dir=settings.home_dir / "cache")
-    return model.fit(interactions, items, executor=RayExecutor(settings), now=now, item_features=item_features)
+    return model.fit(
+        interactions,
+        items,
+        executor=RayExecutor(settings),
+        now=now,
+        item_features=item_features,
+        customer_features=customer_features,
+    )

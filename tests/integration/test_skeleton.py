@@ -14,6 +14,7 @@ from omnicart.featurestore import feature_store, online_features
 from omnicart.schemas import C, F
 from tests.integration.conftest import mails
 from training.candidates import CHANNEL_FEATURES
+from training.recommend import CUSTOMER_FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,8 @@ def test_model_registered_as_champion(platform, clean_run):
     # the ranker was trained on the Feast item windows, read point in time at its cuts, and on the request's channel
     assert champion.model_.extra_features_ == list(DEMAND_FEATURES)
     assert champion.model_.channel_features_ == list(CHANNEL_FEATURES)
+    # and on the customer's Feast customer_channel windows in that channel
+    assert champion.model_.customer_features_ == [f"cc_{n}" for n in CUSTOMER_FEATURES]
 
 
 def _post(settings, body, key=True):
@@ -92,6 +95,7 @@ def test_recommend_known_customer(platform, clean_run):
         assert answer.status_code == 200, answer.text
         scores[channel] = {i["item_id"]: i["score"] for i in answer.json()["items"]}
     assert scores["store"] != scores["app"]
+    assert answer.json()["fallback"] is None  # the online customer x channel features were read
 
 
 def test_recommend_requires_api_key(platform, clean_run):

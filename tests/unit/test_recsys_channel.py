@@ -13,7 +13,7 @@ import pytest
 from recsys_data import PARAMS
 
 from omnicart.schemas import C
-from serving.recommend import RecommendRequest, RecommendService
+from serving.recommend import CustomerFeatureReader, RecommendRequest, RecommendService
 from training import recommend, recsys
 
 N_CUSTOMERS, N_ITEMS, DAYS = 80, 40, 300
@@ -117,3 +117,62 @@ def test_the_service_ranks_in_the_channel_of_the_request(fitted):
         return [i.item_id for i in service.recommend(request).items]
 
     assert _store_items(top("store")) == 3 and _store_items(top("web")) == 0
+
+
+class ChannelOrders:
+    """Each customer's orders in their channel over the 30 days before the asked time, from the events (what the
+    Feast customer_channel view holds); records every call so the tests see which times and channels were asked."""
+
+    def __init__(self, purchases: pd.DataFrame, fail: bool = False) -> None:
+        self.purchases, self.fail = purchases, fail
+        self.calls: list[tuple[pd.Timestamp, list[str | None]]] = []
+
+    def __call__(self, customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:
+        self.calls.append((pd.Timestamp(at), list(channels)))
+        if self.fail:
+            raise ConnectionError("online store down")
+        ts = self.purchases[C.event_timestamp]
+        recent = self.purchases[(ts < at) & (ts >= at - pd.Timedelta(days=30))]
+        counts = recent.groupby([C.customer_id, C.channel]).size()
+        return pd.DataFrame(
+            {"orders_30d": [float(counts.get((c, ch), 0)) for c, ch in zip(customers, channels, strict=True)]}
+        )
+
+
+@pytest.fixture(scope="module")
+def with_customer_features():
+    purchases, catalog = channel_shop()
+    source = ChannelOrders(purchases)
+    model = recsys.RecSys(PARAMS).fit(purchases, catalog, customer_features=source)
+    return model, purchases, source
+
+
+def test_customer_features_are_read_at_each_cut_in_the_channel_of_the_next_order(with_customer_features):
+    model, purchases, source = with_customer_features
+    assert model.customer_features_ == ["cc_orders_30d"] and model.features[-1] == "cc_orders_30d"
+    cuts = {model.now_ - pd.Timedelta(days=PARAMS.label_days + PARAMS.cut_stride_days * c) for c in range(2)}
+    assert {at for at, _ in source.calls} == cuts  # never a time after the labels start
+    assert all(set(channels) <= {"store", "web"} for _, channels in source.calls)
+    customer = sorted(purchases[C.customer_id].unique())[0]
+    history = purchases[purchases[C.customer_id] == customer]
+    source.calls.clear()
+    recs = model.recommend(history, k=3, context={"channel": "web"})
+    assert len(recs) == 3 and source.calls == [(model.now_, ["web"])]
+    assert all("channel" in r["contributions"] for r in recs)
+
+
+def test_customer_features_survive_save_and_load_and_a_store_outage(with_customer_features, tmp_path):
+    model, purchases, source = with_customer_features
+    customer = sorted(purchases[C.customer_id].unique())[2]
+    predictor = recommend.Recommender.save(model, purchases, tmp_path / "model")
+    assert predictor.model_.features == model.features
+    predictor.use_customer_features(source)
+    served = [r[C.item_id] for r in predictor.recommend(customer, 3, channel="store")]
+    history = purchases[purchases[C.customer_id] == customer]
+    assert served == [r[C.item_id] for r in model.recommend(history, k=3, context={"channel": "store"})]
+
+    down = CustomerFeatureReader(ChannelOrders(purchases, fail=True))
+    service = RecommendService(lambda: predictor, lambda _cid: {}, "1", customer_features=down)
+    answer = service.recommend(RecommendRequest(customer_id=customer, k=3, context={"channel": "store"}))
+    assert len(answer.items) == 3 and answer.fallback == "customer_features_error"
+    assert down.failures == 1 and service.fallbacks["customer_features_error"] == 1

@@ -134,15 +134,6 @@ def _rank_matrix(scores: np.ndarray, users: list, items: np.ndarray, k: int) -> 
     return {u: items[top[n]].tolist() for n, u in enumerate(users)}
 
 
-def _first_channels(test: pd.DataFrame) -> dict[Any, str] | None:
-    """Each test user's channel at their first test purchase, the channel a request would come from (as training
-    takes the first order of each label window); None when the interactions name no channel."""
-    if C.channel not in test.columns:
-        return None
-    first = test.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
-    return dict(zip(first[C.customer_id], first[C.channel].astype(str), strict=True))
-
-
 def temporal_full(
     settings: Settings,
     interactions: pd.DataFrame,
@@ -223,7 +214,7 @@ def temporal_full(
     model.fit(train, catalog, executor=executor, now=cut, progress=_say)
     fit_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    channels = _first_channels(test)
+    channels = recsys.cand.first_channels(test)  # as training takes each label window's first order
     ranked = model.rank_users(train, users, kmax, now=cut, channels=channels)
     discovered = model.rank_users(train, list(novel), kmax, now=cut, discover=True, channels=channels)
     rank_seconds = time.perf_counter() - t

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -505,6 +506,15 @@ def source_scores(batch: Batch, state: ItemState, two_tower_scores: np.ndarray |
     if two_tower_scores is not None:
         out["tt"] = two_tower_scores.astype(np.float32)
     return out
+
+
+def first_channels(events: pd.DataFrame) -> dict[Any, str] | None:
+    """Each customer's channel at their first event in ``events`` (customer_id, event_timestamp, channel): where a
+    request for that window would have come from. None when the events name no channel."""
+    if C.channel not in events.columns:
+        return None
+    first = events.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
+    return dict(zip(first[C.customer_id], first[C.channel].astype(str), strict=True))
 
 
 def context_channels(batch: Batch, context: Sequence[str | None] | None) -> list[str | None]:

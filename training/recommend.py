@@ -93,14 +93,8 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
         item_features=feast_item_features(settings),
         customer_features=feast_customer_features(settings),
-        eval_channels=_first_channel(test),
+        eval_channels=recsys.cand.first_channels(test),  # where the requests the evaluation stands for came from
     )
-
-
-def _first_channel(purchases: pd.DataFrame) -> dict[str, str]:
-    """Each customer's channel at their first purchase: where the request the evaluation stands for came from."""
-    first = purchases.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
-    return dict(zip(first[C.customer_id].astype(str), first[C.channel].astype(str), strict=True))
 
 
 def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:

@@ -5,14 +5,16 @@
 1. MiniLM text embeddings of every catalog item (cached under ``cache_dir``).
 2. EASE λ tuned on the last month of the training events (unless given).
 3. Label cuts carved from the training events only: the ranker learns from the ``label_days`` after each cut what
-   the features known at the cut predict; the latest cut's users are partly held out for early stopping.
+   the features known at the cut predict, for each customer in the channel of their next order; each booster holds
+   out another fold of the customers (the same in every cut) for early stopping.
 4. Two-tower models (one per cut, and one on all events) trained in one job — a Ray Train ``TorchTrainer`` with
    ``RayExecutor``, in process with ``LocalExecutor`` (tests).
-5. Candidates and features per cut (plus optional item features read point-in-time at the cut, the platform's
-   Feast item windows), then both boosters in one job (Ray Train ``XGBoostTrainer``).
+5. Candidates and features per cut (plus optional item and customer features read point-in-time at the cut, the
+   platform's Feast item and customer × channel windows), then every booster in one job (Ray Train
+   ``XGBoostTrainer``).
 6. The catalog side is refitted on all events for recommending.
 
-``recommend`` ranks one customer's candidates and explains every item from the booster's own TreeSHAP values;
+``recommend`` ranks one customer's candidates and explains every item from the boosters' own TreeSHAP values;
 ``rank_users`` does the same for many customers at once (benchmarks, batch scoring). ``save``/``load`` use plain
 files: JSON, NPZ and XGBoost JSON, which MLflow carries as artifacts.
 """
@@ -749,11 +751,8 @@ def _folds(users: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def _first_channels(window: pd.DataFrame, users: np.ndarray) -> list[str | None] | None:
     """The channel of each user's first purchase in a label window: where a request would have come from."""
-    if C.channel not in window:
-        return None
-    first = window.sort_values(C.event_timestamp, kind="stable").drop_duplicates(C.customer_id)
-    channel_of = dict(zip(first[C.customer_id], first[C.channel], strict=True))
-    return [channel_of.get(u) or None for u in users.tolist()]
+    channel_of = cand.first_channels(window)
+    return None if channel_of is None else [channel_of.get(u) or None for u in users.tolist()]
 
 
 def _two_tower_scores(

@@ -384,11 +384,7 @@ class RecSys:
         has no value or failed); in ``fit`` the first read names them, as for the item features."""
         if self.customer_features_ == []:
             return frame
-        try:
-            values = None if self.customer_features is None else self.customer_features(users, channels, at)
-        except Exception:  # a feature store outage ranks with the features missing; it never fails the answer
-            log.exception("customer features unavailable at %s; ranking without them", at)
-            values = None
+        values = _read_source(self.customer_features, "customer", at, users, channels, at)
         if self.customer_features_ is None:
             names = [str(c) for c in values.columns] if values is not None else []
             self.customer_features_ = [cand.CUSTOMER_PREFIX + n for n in names]
@@ -402,13 +398,6 @@ class RecSys:
         codes = frame[USER].to_numpy()
         return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.customer_features_)})
 
-    def _item_values(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame | None:
-        try:
-            return None if self.item_features is None else self.item_features(item_ids, at)
-        except Exception:  # a feature store outage ranks with the features missing; it never fails the answer
-            log.exception("item features unavailable at %s; ranking without them", at)
-            return None
-
     def _with_item_features(self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp) -> pd.DataFrame:
         """``frame`` with a column per extra item feature (NaN where the source has no value or failed). In ``fit``
         the first read (at the first cut) names the features; a first read that fails leaves the model without."""
@@ -416,7 +405,7 @@ class RecSys:
             return frame
         codes = frame[cand.ITEM].to_numpy()
         wanted = np.unique(codes)
-        values = self._item_values(state.item_ids[wanted], at)
+        values = _read_source(self.item_features, "item", at, state.item_ids[wanted], at)
         if self.extra_features_ is None:
             self.extra_features_ = [str(c) for c in values.columns] if values is not None else []
             if not self.extra_features_:
@@ -715,6 +704,16 @@ class RecSys:
         model.extra_features_ = list(meta["extra_features"])
         model.item_features = None
         return model
+
+
+def _read_source(source: Callable[..., pd.DataFrame] | None, what: str, at: pd.Timestamp, *args: Any) -> Any:
+    """``source(*args)``, or None when there is no source or it fails: a feature store outage ranks with those
+    features missing (logged), it never fails training or an answer."""
+    try:
+        return None if source is None else source(*args)
+    except Exception:
+        log.exception("%s features unavailable at %s; ranking without them", what, at)
+        return None
 
 
 def _standardise(scores: np.ndarray) -> np.ndarray:

@@ -82,11 +82,13 @@ def customer_channel_store(settings: Settings, purpose: str) -> Any | None:
 
 def features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame, entities: Sequence[str]) -> pd.DataFrame:
     """Point-in-time features from the offline store: for each row of ``keys`` (the ``entities`` columns and
-    event_timestamp in UTC) the values as the store knew them at that time. One row per key, in order; NaN where the
-    view had no row within its TTL (the file offline store drops such entity rows, so they are joined back here)."""
+    event_timestamp; a naive time is taken as UTC) the values as the store knew them at that time. One row per key,
+    in order; NaN where the view had no row within its TTL (the file offline store drops such entity rows, so they are
+    joined back here)."""
     names = [ref.split(":", 1)[1] for ref in refs]
     on = [*entities, C.event_timestamp]
     keys = keys[on].reset_index(drop=True)
+    keys[C.event_timestamp] = pd.to_datetime(keys[C.event_timestamp], utc=True)
     found = store.get_historical_features(entity_df=keys.drop_duplicates(), features=list(refs)).to_df()
     found[C.event_timestamp] = pd.to_datetime(found[C.event_timestamp], utc=True)
     found = found.drop_duplicates(on)[[*on, *names]]

@@ -171,7 +171,7 @@ def with_demand_features(settings: Settings, frame: pd.DataFrame) -> pd.DataFram
     store = item_window_store(settings, "pricing")
     if store is None:
         return frame
-    at = pd.to_datetime(frame[C.period]).dt.tz_localize("UTC").reset_index(drop=True)
+    at = pd.to_datetime(frame[C.period]).reset_index(drop=True)  # a day; features_at reads it in UTC
     keys = pd.DataFrame({C.item_id: frame[C.product_id].astype(str).reset_index(drop=True), C.event_timestamp: at})
     lags = item_features_at(store, DEMAND_REFS, keys)
     out = frame.copy()

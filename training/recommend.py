@@ -108,8 +108,7 @@ def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:
         return None
 
     def read(item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
-        stamp = pd.Timestamp(at).tz_convert("UTC") if pd.Timestamp(at).tzinfo else pd.Timestamp(at, tz="UTC")
-        keys = pd.DataFrame({C.item_id: pd.Series(item_ids, dtype=str), C.event_timestamp: stamp})
+        keys = pd.DataFrame({C.item_id: pd.Series(item_ids, dtype=str), C.event_timestamp: pd.Timestamp(at)})
         return item_features_at(store, DEMAND_REFS, keys).set_index(C.item_id)[list(DEMAND_FEATURES)]
 
     return read
@@ -126,12 +125,11 @@ def feast_customer_features(settings: Settings) -> recsys.CustomerFeatures | Non
         return None
 
     def read(customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:
-        stamp = pd.Timestamp(at).tz_convert("UTC") if pd.Timestamp(at).tzinfo else pd.Timestamp(at, tz="UTC")
         keys = pd.DataFrame(
             {
                 C.customer_id: pd.Series(customers, dtype=str),
                 C.channel: [c or ALL_CHANNELS for c in channels],
-                C.event_timestamp: stamp,
+                C.event_timestamp: pd.Timestamp(at),
             }
         )
         return features_at(store, CUSTOMER_REFS, keys, [C.customer_id, C.channel])[list(CUSTOMER_FEATURES)]

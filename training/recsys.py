@@ -301,8 +301,8 @@ class RecSys:
             frame = cand.candidates(
                 batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut), channels=context
             )
-            frame = self._with_item_features(frame, state, cut)
-            frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), cut)
+            frame = self._with_item_features(frame, state, cut, strict=True)
+            frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), cut, strict=True)
             frame["label"] = [
                 (u, i) in labels
                 for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
@@ -378,13 +378,18 @@ class RecSys:
         self.customer_features = source
 
     def _with_customer_features(
-        self, frame: pd.DataFrame, users: np.ndarray, channels: list[str | None], at: pd.Timestamp
+        self,
+        frame: pd.DataFrame,
+        users: np.ndarray,
+        channels: list[str | None],
+        at: pd.Timestamp,
+        strict: bool = False,
     ) -> pd.DataFrame:
         """``frame`` with a column per customer feature of each row's user in their channel (NaN where the source
-        has no value or failed); in ``fit`` the first read names them, as for the item features."""
+        has no value, or failed and not ``strict``); in ``fit`` the first read names them, as for the item features."""
         if self.customer_features_ == []:
             return frame
-        values = _read_source(self.customer_features, "customer", at, users, channels, at)
+        values = _read_source(self.customer_features, "customer", at, strict, users, channels, at)
         if self.customer_features_ is None:
             names = [str(c) for c in values.columns] if values is not None else []
             self.customer_features_ = [cand.CUSTOMER_PREFIX + n for n in names]
@@ -398,14 +403,16 @@ class RecSys:
         codes = frame[USER].to_numpy()
         return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.customer_features_)})
 
-    def _with_item_features(self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp) -> pd.DataFrame:
-        """``frame`` with a column per extra item feature (NaN where the source has no value or failed). In ``fit``
-        the first read (at the first cut) names the features; a first read that fails leaves the model without."""
+    def _with_item_features(
+        self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp, strict: bool = False
+    ) -> pd.DataFrame:
+        """``frame`` with a column per extra item feature (NaN where the source has no value, or failed and not
+        ``strict``). In ``fit`` the first read (at the first cut) names the features."""
         if self.extra_features_ == []:
             return frame
         codes = frame[cand.ITEM].to_numpy()
         wanted = np.unique(codes)
-        values = _read_source(self.item_features, "item", at, state.item_ids[wanted], at)
+        values = _read_source(self.item_features, "item", at, strict, state.item_ids[wanted], at)
         if self.extra_features_ is None:
             self.extra_features_ = [str(c) for c in values.columns] if values is not None else []
             if not self.extra_features_:
@@ -706,12 +713,24 @@ class RecSys:
         return model
 
 
-def _read_source(source: Callable[..., pd.DataFrame] | None, what: str, at: pd.Timestamp, *args: Any) -> Any:
-    """``source(*args)``, or None when there is no source or it fails: a feature store outage ranks with those
-    features missing (logged), it never fails training or an answer."""
+class FeatureSourceError(RuntimeError):
+    """A feature source failed while training: the run stops rather than learn from features that are missing."""
+
+
+def _read_source(
+    source: Callable[..., pd.DataFrame] | None, what: str, at: pd.Timestamp, strict: bool, *args: Any
+) -> Any:
+    """``source(*args)``, or None when there is no source. When it fails, ``strict`` (training) raises
+    ``FeatureSourceError``: a model fitted on missing values would learn that they are normal and be promoted on
+    them. Otherwise (ranking, evaluating, serving) the outage is logged and the rows rank with those features
+    missing: it never fails an answer."""
+    if source is None:
+        return None
     try:
-        return None if source is None else source(*args)
-    except Exception:
+        return source(*args)
+    except Exception as exc:
+        if strict:
+            raise FeatureSourceError(f"{what} features unavailable at {at}: {exc}") from exc
         log.exception("%s features unavailable at %s; ranking without them", what, at)
         return None
 

@@ -110,3 +110,18 @@ def test_a_catalog_whose_every_item_sold_trains_and_recommends():
     assert model.cold_text_.shape == (0, 384)
     recs = model.recommend(purchases[purchases[C.customer_id] == _customer(purchases)], k=5, context={"new_items": 2})
     assert len(recs) == 3 and not any(r["reason"].startswith("New in the catalog") for r in recs)
+
+
+def test_a_store_outage_while_training_fails_the_run_instead_of_learning_from_missing_values():
+    _, purchases, catalog, _ = fitted_shop()
+    source = PointInTime(purchases)
+
+    def flaky(item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
+        if source.calls:  # the first cut reads, the second finds the store down
+            source.calls.append(pd.Timestamp(at))
+            raise ConnectionError("offline store unreachable")
+        return source(item_ids, at)
+
+    with pytest.raises(recsys.FeatureSourceError, match="item features unavailable at .*offline store unreachable"):
+        recsys.RecSys(PARAMS).fit(purchases, catalog, item_features=flaky)
+    assert len(source.calls) == 2

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +27,17 @@ log = logging.getLogger("omnicart.serving.recommend")
 FEATURE_REFS = [f"{F.customer_view}:{C.segment}", f"{F.customer_view}:{F.recent_items}"]
 OVERFETCH = 4  # candidates asked of the model per returned item, so the rules can still fill k
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+# The outside feature sources that failed while answering the current request. A context variable, not a counter
+# compared before and after: the Serve app answers requests in parallel threads, and each sees only its own.
+_FAILED_SOURCES: ContextVar[list[object] | None] = ContextVar("omnicart_failed_sources", default=None)
+
+
+def _source_failed(source: object) -> None:
+    """Count a failed read of ``source`` and note it for the request being answered (if any)."""
+    source.failures += 1  # type: ignore[attr-defined]
+    failed = _FAILED_SOURCES.get()
+    if failed is not None:
+        failed.append(source)
 
 
 class RecommendContext(BaseModel):
@@ -90,7 +102,7 @@ class ItemFeatureCache:
                 rows = self.read(stale)
             except Exception:  # the online store is down: rank without these features this time
                 log.exception("online item features unavailable for %d items", len(stale))
-                self.failures += 1
+                _source_failed(self)
                 return None
             for item, row in zip(stale, rows, strict=True):
                 self._values[item] = (now, [np.nan if row.get(n) is None else float(row[n]) for n in self.names])
@@ -111,7 +123,7 @@ class CustomerFeatureReader:
             return self.source(customers, channels, at)
         except Exception:  # the online store is down: rank without these features this time
             log.exception("online customer features unavailable for %d customers", len(customers))
-            self.failures += 1
+            _source_failed(self)
             return None
 
 
@@ -199,7 +211,8 @@ class RecommendService:
         if source == "popular":
             fallback = fallback or self._fallback("unknown_customer", cid)
         fetch = request.k * OVERFETCH + len(request.boost) + len(request.bury)
-        failures = {reason: source.failures for reason, source in self.sources.items() if source is not None}
+        failed: list[object] = []
+        token = _FAILED_SOURCES.set(failed)
         try:
             if source == "popular":
                 items = self.model.popular(fetch, exclude=blocked)
@@ -216,8 +229,10 @@ class RecommendService:
             log.exception("recommend model failed for %s", cid)
             fallback, source = self._fallback("model_error", cid), "popular"
             items = self.model.popular(fetch, exclude=blocked)
-        for reason, before in failures.items():
-            if self.sources[reason].failures > before:
+        finally:
+            _FAILED_SOURCES.reset(token)
+        for reason, feature_source in self.sources.items():
+            if feature_source is not None and any(f is feature_source for f in failed):
                 fallback = fallback or self._fallback(reason, cid)
         return self._respond(request, items, source, fallback)
 

@@ -7,6 +7,9 @@ the coming fortnight holds. A ranker blind to the channel ranks both sets the sa
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +179,38 @@ def test_customer_features_survive_save_and_load_and_a_store_outage(with_custome
     answer = service.recommend(RecommendRequest(customer_id=customer, k=3, context={"channel": "store"}))
     assert len(answer.items) == 3 and answer.fallback == "customer_features_error"
     assert down.failures == 1 and service.fallbacks["customer_features_error"] == 1
+
+
+def test_a_store_failure_is_the_fallback_of_its_own_request_only(with_customer_features, tmp_path):
+    """The Serve app answers requests in parallel threads: a read that fails for one customer while another
+    customer's request is in flight is that request's fallback, never the other's."""
+    model, purchases, source = with_customer_features
+    failing, healthy = sorted(purchases[C.customer_id].unique())[:2]
+    predictor = recommend.Recommender.save(model, purchases, tmp_path / "model")
+    healthy_reading = threading.Event()
+
+    def read(customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:
+        if customers[0] == failing:
+            raise ConnectionError("online store timed out for this read")
+        healthy_reading.set()
+        deadline = time.monotonic() + 30
+        while reader.failures == 0 and time.monotonic() < deadline:  # stay in flight until the other read failed
+            time.sleep(0.01)
+        return source(customers, channels, at)
+
+    reader = CustomerFeatureReader(read)
+    service = RecommendService(lambda: predictor, lambda _cid: {}, "1", customer_features=reader)
+    answers = {}
+
+    def ask(customer: str) -> None:
+        answers[customer] = service.recommend(RecommendRequest(customer_id=customer, k=3, context={"channel": "web"}))
+
+    other = threading.Thread(target=ask, args=(healthy,))
+    other.start()
+    assert healthy_reading.wait(30)
+    ask(failing)
+    other.join(30)
+    assert reader.failures == 1
+    assert answers[failing].fallback == "customer_features_error"
+    assert answers[healthy].fallback is None and len(answers[healthy].items) == 3
+    assert service.fallbacks["customer_features_error"] == 1

@@ -34,6 +34,48 @@ def settings_env(values: dict[str, str], unset: Iterable[str] = ()) -> Iterator[
         get_settings.cache_clear()
 
 
+def set_paused(dag_id: str, paused: bool) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=paused))
+
+
+@contextmanager
+def unpaused(dag_id: str) -> Iterator[None]:
+    """``dag_id`` active for a block (DAGs start paused here): asset events queue only active DAGs, and a paused
+    DAG's backfill runs wait."""
+    set_paused(dag_id, False)
+    try:
+        yield
+    finally:
+        set_paused(dag_id, True)
+
+
+def clear_asset_queue(dag_id: str) -> None:
+    """Forget the asset events queued for ``dag_id`` (the scheduler would have started it on them)."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id))
+
+
+def dags_due_on_assets() -> set[str]:
+    """The DAGs the scheduler would start now because their asset condition is met: its own query on the metadata
+    DB, without running a scheduler."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        _, due = DagModel.dags_needing_dagruns(session)
+        session.rollback()  # release the rows the query locks; nothing to write
+    return set(due)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from omnicart.assets import DAY_KEY, IMPORT_URI, LAST_DAY_KEY, lake_uri
 from omnicart.ingest.importer import default_data_root
 from omnicart.schemas import C
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import settings_env
+from tests.integration.conftest import dags_due_on_assets, settings_env, unpaused
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +50,10 @@ LINES = [
 @pytest.fixture(scope="module", autouse=True)
 def _materialize_unpaused(platform):
     """materialize_features unpaused (DAGs start paused here), so asset events queue it as they would in production."""
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "dags", "reserialize"], env=os.environ.copy(), capture_output=True, check=True)
-    with create_session() as session:
-        session.execute(update(DagModel).where(DagModel.dag_id == "materialize_features").values(is_paused=False))
-    yield
-    with create_session() as session:
-        session.execute(update(DagModel).where(DagModel.dag_id == "materialize_features").values(is_paused=True))
+    with unpaused("materialize_features"):
+        yield
 
 
 @contextlib.contextmanager
@@ -147,13 +140,7 @@ def test_a_real_format_file_through_the_task(tmp_path, caplog, capfd):
     assert emitted[IMPORT_URI] == {DAY_KEY: "2009-12-01", LAST_DAY_KEY: "2009-12-02", "mapping": "online_retail_ii"}
 
     # the scheduler's own test: materialize_features is due (the import asset satisfies its condition)
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        _, due = DagModel.dags_needing_dagruns(session)
-        assert "materialize_features" in due
-        session.rollback()  # release the rows the query locks; nothing to write
+    assert "materialize_features" in dags_due_on_assets()
 
 
 def test_the_task_writes_the_lake_the_cli_writes(tmp_path):

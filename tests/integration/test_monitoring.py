@@ -28,7 +28,7 @@ from omnicart import lake, orchestration, registry, schemas
 from omnicart.ingest.daily import land_and_ingest
 from omnicart.mailsink import MailSink
 from omnicart.schemas import C
-from tests.integration.conftest import free_port, settings_env
+from tests.integration.conftest import clear_asset_queue, dags_due_on_assets, free_port, settings_env, unpaused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -47,6 +47,8 @@ class Loop:
     clean_mails: list
     drift_mails: list
     retrain_run: Any
+    due_after_clean: set[str]  # the DAGs the scheduler would start on their assets after each monitor run
+    due_after_drift: set[str]
 
 
 def asset_events(uri: str, run_id: str) -> list[dict]:
@@ -112,10 +114,15 @@ def loop(platform, tmp_path_factory) -> Loop:
                 assert response.status_code == 200, response.text
             logged = wait_for_log(s, priced, rows=s.sim_items * len(priced))
 
-            clean_run = orchestration.run_dag("monitor_models", clean_day)
-            clean_mails = sink.messages()
-            drift_run = orchestration.run_dag("monitor_models", drift_day)
-            drift_mails = sink.messages()[len(clean_mails) :]
+            with unpaused("train_models"):  # as in production: asset events queue only active DAGs
+                clear_asset_queue("train_models")  # only these two monitor runs may queue it
+                clean_run = orchestration.run_dag("monitor_models", clean_day)
+                clean_mails = sink.messages()
+                due_after_clean = dags_due_on_assets()
+                drift_run = orchestration.run_dag("monitor_models", drift_day)
+                drift_mails = sink.messages()[len(clean_mails) :]
+                due_after_drift = dags_due_on_assets()
+                clear_asset_queue("train_models")  # no scheduler here: the run below is started by hand
 
             # train_models on the asset the monitor emitted (the scheduler would start it on the event; dag.test cannot)
             events = asset_events(retrain_asset_uri("pricing"), drift_run.run_id)
@@ -124,7 +131,17 @@ def loop(platform, tmp_path_factory) -> Loop:
     finally:
         sink.stop()
     return Loop(
-        clean_day, drift_day, first_version, logged, clean_run, drift_run, clean_mails, drift_mails, retrain_run
+        clean_day,
+        drift_day,
+        first_version,
+        logged,
+        clean_run,
+        drift_run,
+        clean_mails,
+        drift_mails,
+        retrain_run,
+        due_after_clean,
+        due_after_drift,
     )
 
 
@@ -184,6 +201,13 @@ def test_price_shock_emits_the_pricing_retrain_asset(loop, platform):
     assert event["extra"]["family"] == "pricing" and event["extra"]["day"] == loop.drift_day.isoformat()
     state = incidents.load(platform.settings, "pricing")
     assert state.incident is not None and state.incident.opened == loop.drift_day.isoformat()
+
+
+def test_the_retrain_asset_makes_the_scheduler_start_train_models(loop):
+    """train_models is scheduled on the retrain assets (AssetAny): the scheduler's own query finds it due after the
+    drift day's monitor run emitted the pricing asset, and not after the clean day's, which emitted nothing."""
+    assert "train_models" not in loop.due_after_clean
+    assert "train_models" in loop.due_after_drift
 
 
 def test_a_rerun_of_the_drift_day_mails_nothing_more(loop, platform):

@@ -33,7 +33,7 @@ from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import free_port, settings_env
+from tests.integration.conftest import free_port, settings_env, unpaused
 
 pytestmark = pytest.mark.integration
 
@@ -204,15 +204,6 @@ def _scheduler(platform_settings: Settings, logs: Path) -> Iterator[dict[str, su
             services.stop_session(proc.pid)  # its whole session: the executor's workers and task processes too
 
 
-def _set_paused(dag_id: str, paused: bool) -> None:
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
-    with create_session() as session:
-        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=paused))
-
-
 def _backfill_cli(first: dt.date, last: dt.date) -> None:
     airflow = Path(sys.executable).with_name("airflow")
     command = [str(airflow), "backfill", "create", "--dag-id", "ingest_omnichannel"]
@@ -284,14 +275,11 @@ def test_backfill_from_the_cli_by_the_scheduler_equals_the_daily_runs(omni, plat
     logical = [d + dt.timedelta(days=1) for d in redone]  # a run at midnight processes the day before
     assert _drop_days(s.landing_dir, redone) >= 5 and _drop_days(s.lake_dir, redone) >= 10
     started = time.perf_counter()
-    _set_paused("ingest_omnichannel", False)  # a paused DAG's backfill runs wait
-    try:
+    with unpaused("ingest_omnichannel"):  # a paused DAG's backfill runs wait
         _backfill_cli(logical[0], logical[-1])  # queues the runs; SQLite takes one writer at a time, so before
         with _scheduler(platform.settings, tmp_path) as components:
             omni.seconds["scheduler_start"] = round(time.perf_counter() - started, 1)
             runs = _backfill_runs(240, components, tmp_path)
-    finally:
-        _set_paused("ingest_omnichannel", True)
     omni.seconds["backfill_by_scheduler"] = round(time.perf_counter() - started, 1)
 
     assert [r.logical_date.date() for r in runs] == logical

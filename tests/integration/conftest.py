@@ -76,6 +76,46 @@ def dags_due_on_assets() -> set[str]:
     return set(due)
 
 
+def xcom_return(run, task_id: str):
+    """What ``task_id`` returned in the DAG run ``run`` (its return_value XCom, JSON-decoded)."""
+    import json
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        )
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def asset_events(dag_id: str, run_id: str | None = None, uri: str | None = None) -> list[dict]:
+    """The asset events that DAG ``dag_id`` emitted (in run ``run_id``, of asset ``uri``, when given): each one's
+    ``uri``, ``extra`` and emitting ``task``."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = (
+        select(AssetModel.uri, AssetEvent.extra, AssetEvent.source_task_id)
+        .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+        .where(AssetEvent.source_dag_id == dag_id)
+    )
+    if run_id is not None:
+        query = query.where(AssetEvent.source_run_id == run_id)
+    if uri is not None:
+        query = query.where(AssetModel.uri == uri)
+    with create_session() as session:
+        return [{"uri": u, "extra": extra, "task": task} for u, extra, task in session.execute(query).all()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

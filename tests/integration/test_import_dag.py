@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ from omnicart.assets import DAY_KEY, IMPORT_URI, LAST_DAY_KEY, lake_uri
 from omnicart.ingest.importer import default_data_root
 from omnicart.schemas import C
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import dags_due_on_assets, settings_env, unpaused
+from tests.integration.conftest import asset_events, dags_due_on_assets, settings_env, unpaused, xcom_return
 
 pytestmark = pytest.mark.integration
 
@@ -76,36 +75,13 @@ def _digests(s: Settings) -> dict[str, str]:
     }
 
 
-def _xcom(run, task_id: str = "import_mapping"):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        value = session.scalar(
-            select(XComModel.value).where(
-                XComModel.dag_id == run.dag_id,
-                XComModel.run_id == run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        )
-    return json.loads(value) if isinstance(value, str) else value
+def _report(run) -> dict:
+    return xcom_return(run, "import_mapping")
 
 
 def _events_of(run) -> dict[str, dict]:
     """Asset URI → extra of each asset event the run emitted."""
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.execute(
-            select(AssetModel.uri, AssetEvent.extra)
-            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetEvent.source_dag_id == run.dag_id, AssetEvent.source_run_id == run.run_id)
-        ).all()
-    return {uri: extra for uri, extra in rows}
+    return {e["uri"]: e["extra"] for e in asset_events(run.dag_id, run.run_id)}
 
 
 def _import(day: dt.date, **conf):
@@ -117,7 +93,7 @@ def test_a_real_format_file_through_the_task(tmp_path, caplog, capfd):
     with _home(tmp_path / "home") as s:
         run = _import(dt.date(2026, 2, 1), source_path=str(_sample(tmp_path / "invoices.parquet")))
         assert str(run.state) == "success", orchestration.task_states(run)
-        report = _xcom(run)
+        report = _report(run)
         events = lake.read_table(s.lake_dir, schemas.EVENTS)
         items = lake.read_table(s.lake_dir, schemas.ITEMS)
 
@@ -150,7 +126,7 @@ def test_the_task_writes_the_lake_the_cli_writes(tmp_path):
     with _home(tmp_path / "dag") as s:
         run = _import(dt.date(2026, 2, 2), mapping=str(MAPPING.relative_to(orchestration.project_dir())), limit=limit)
         assert str(run.state) == "success", orchestration.task_states(run)
-        report = _xcom(run)
+        report = _report(run)
         from_dag = _digests(s)
     cli = Path(sys.executable).with_name("omnicart")
     env = {**os.environ, "OMNICART_HOME": str(tmp_path / "cli"), "OMNICART_PSEUDONYM_KEY": KEY}

@@ -28,7 +28,14 @@ from omnicart import lake, orchestration, registry, schemas
 from omnicart.ingest.daily import land_and_ingest
 from omnicart.mailsink import MailSink
 from omnicart.schemas import C
-from tests.integration.conftest import clear_asset_queue, dags_due_on_assets, free_port, settings_env, unpaused
+from tests.integration.conftest import (
+    asset_events,
+    clear_asset_queue,
+    dags_due_on_assets,
+    free_port,
+    settings_env,
+    unpaused,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -51,18 +58,9 @@ class Loop:
     due_after_drift: set[str]
 
 
-def asset_events(uri: str, run_id: str) -> list[dict]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        query = (
-            select(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.uri == uri, AssetEvent.source_run_id == run_id)
-        )
-        return [{"extra": e.extra, "task": e.source_task_id} for e in session.scalars(query)]
+def retrain_events(run) -> list[dict]:
+    """The pricing retrain asset events the monitor run ``run`` emitted."""
+    return asset_events("monitor_models", run.run_id, retrain_asset_uri("pricing"))
 
 
 def price_day(settings, day: dt.date) -> httpx.Response:
@@ -125,7 +123,7 @@ def loop(platform, tmp_path_factory) -> Loop:
                 clear_asset_queue("train_models")  # no scheduler here: the run below is started by hand
 
             # train_models on the asset the monitor emitted (the scheduler would start it on the event; dag.test cannot)
-            events = asset_events(retrain_asset_uri("pricing"), drift_run.run_id)
+            events = retrain_events(drift_run)
             fired = sorted({e["extra"]["family"] for e in events})
             retrain_run = orchestration.run_dag("train_models", drift_day, conf={"families": fired}) if fired else None
     finally:
@@ -167,7 +165,7 @@ def test_clean_day_sends_nothing_and_requests_no_retraining(loop, platform):
     assert loop.clean_mails == []
     states = orchestration.task_states(loop.clean_run)
     assert {states[f"retrain_{f}"] for f in ("recommend", "pricing", "support")} == {"skipped"}
-    assert asset_events(retrain_asset_uri("pricing"), loop.clean_run.run_id) == []
+    assert retrain_events(loop.clean_run) == []
     # ... and it was judged on the served predictions and their outcomes, not only on the lake's prices
     decision = incidents.load(platform.settings, "pricing").decisions[loop.clean_day.isoformat()]
     assert decision["action"] == "none" and not decision["failing"]
@@ -196,7 +194,7 @@ def test_price_shock_sends_exactly_one_pricing_alert(loop):
 def test_price_shock_emits_the_pricing_retrain_asset(loop, platform):
     states = orchestration.task_states(loop.drift_run)
     assert states["retrain_pricing"] == "success" and states["retrain_support"] == "skipped"
-    [event] = asset_events(retrain_asset_uri("pricing"), loop.drift_run.run_id)
+    [event] = retrain_events(loop.drift_run)
     assert event["task"] == "retrain_pricing"
     assert event["extra"]["family"] == "pricing" and event["extra"]["day"] == loop.drift_day.isoformat()
     state = incidents.load(platform.settings, "pricing")

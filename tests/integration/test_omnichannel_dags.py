@@ -33,7 +33,7 @@ from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import free_port, settings_env, unpaused
+from tests.integration.conftest import asset_events, free_port, settings_env, unpaused, xcom_return
 
 pytestmark = pytest.mark.integration
 
@@ -85,51 +85,24 @@ def _digests(s: Settings) -> dict[str, str]:
     }
 
 
-def _xcom(run, task_id: str):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        value = session.scalar(
-            select(XComModel.value).where(
-                XComModel.dag_id == run.dag_id,
-                XComModel.run_id == run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        )
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def test_every_channel_task_accounts_for_its_rows(omni):
     run = omni.runs[("ingest_omnichannel", omni.days[0])]
     assert set(orchestration.task_states(run).values()) == {"success"}
     for channel, table in LANDING_CHANNELS.items():
-        counts = _xcom(run, f"ingest_{channel}")
+        counts = xcom_return(run, f"ingest_{channel}")
         assert counts["table"] == table and counts["day"] == omni.days[0].isoformat()
         assert counts["rows_in"] == counts["kept"] + counts["quarantined"] > 0, channel
         kept = lake.read_table(omni.settings.lake_dir, table, omni.days[0], omni.days[0])
         assert len(kept) == counts["kept"], channel
-    assert _xcom(run, "resolve_identities")["customers"] > 100
+    assert xcom_return(run, "resolve_identities")["customers"] > 100
     states = orchestration.task_states(omni.runs[("materialize_features", omni.days[-1])])
     assert set(states.values()) == {"success"}, states
 
 
 def test_ingest_emits_an_asset_event_per_lake_table_with_its_day(omni):
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.execute(
-            select(AssetModel.uri, AssetEvent.extra)
-            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetEvent.source_dag_id == "ingest_omnichannel")
-        ).all()
     days_by_uri: dict[str, set[str]] = {}
-    for uri, extra in rows:
-        days_by_uri.setdefault(uri, set()).add((extra or {}).get(DAY_KEY))
+    for event in asset_events("ingest_omnichannel"):
+        days_by_uri.setdefault(event["uri"], set()).add((event["extra"] or {}).get(DAY_KEY))
     for table in (*LANDING_CHANNELS.values(), schemas.QUARANTINE, schemas.IDENTITY_MAP):
         assert {d.isoformat() for d in omni.days} <= days_by_uri[lake_uri(table)], table
 

@@ -10,6 +10,7 @@ logged and counted in ``fallbacks``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from cachetools import TTLCache
 from pydantic import BaseModel, Field
 
 from omnicart.schemas import CHANNELS, C, F
@@ -77,7 +79,7 @@ class RecommendResponse(BaseModel):
 
 class ItemFeatureCache:
     """The ranker's item features from the online store, each item's values kept ``ttl_s`` seconds (the item windows
-    change once a day), so most requests cost a dict lookup rather than a store read of every candidate.
+    change once a day), so most requests cost a cache lookup rather than a store read of every candidate.
 
     ``read(ids)`` returns one dict per id. A failing read is logged and counted in ``failures``; the items then rank
     with those features missing (the model's NaN branch), never with an error."""
@@ -88,15 +90,18 @@ class ItemFeatureCache:
         names: Sequence[str],
         ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        max_items: int = 1_000_000,
     ) -> None:
-        self.read, self.names, self.ttl_s, self.clock = read, list(names), ttl_s, clock
+        self.read, self.names = read, list(names)
         self.failures = 0
-        self._values: dict[str, tuple[float, list[float]]] = {}
+        self._values: TTLCache[str, list[float]] = TTLCache(maxsize=max_items, ttl=ttl_s, timer=clock)
+        self._lock = threading.Lock()  # the Serve app answers in parallel threads; TTLCache is not thread-safe
 
     def __call__(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame | None:
-        now = self.clock()
         ids = [str(i) for i in item_ids]
-        stale = [i for i in ids if i not in self._values or now - self._values[i][0] > self.ttl_s]
+        with self._lock:
+            known = {i: self._values[i] for i in ids if i in self._values}
+        stale = [i for i in dict.fromkeys(ids) if i not in known]
         if stale:
             try:
                 rows = self.read(stale)
@@ -105,8 +110,10 @@ class ItemFeatureCache:
                 _source_failed(self)
                 return None
             for item, row in zip(stale, rows, strict=True):
-                self._values[item] = (now, [np.nan if row.get(n) is None else float(row[n]) for n in self.names])
-        return pd.DataFrame([self._values[i][1] for i in ids], index=ids, columns=self.names)
+                known[item] = [np.nan if row.get(n) is None else float(row[n]) for n in self.names]
+            with self._lock:
+                self._values.update((i, known[i]) for i in stale)
+        return pd.DataFrame([known[i] for i in ids], index=ids, columns=self.names)
 
 
 class CustomerFeatureReader:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
 from omnicart.settings import Settings
 
@@ -46,3 +48,40 @@ def worker_cpus(num_workers: int = 1) -> int:
     free = ray.available_resources().get("CPU", 1.0)
     node = min((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
     return max(1, int(min(free / max(num_workers, 1), node)))
+
+
+def shutdown(grace: float = 10.0) -> list[int]:
+    """Stop this process's Ray (and Serve on it). Worker processes of an in-process cluster that outlive their raylet
+    are killed: a Ray Train controller can hang in interpreter teardown, reparented to init, for as long as the
+    machine runs. Returns the pids killed."""
+    import psutil
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    raylets = {str(p.pid) for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")}
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    deadline = time.monotonic() + grace
+    while True:
+        left = [p for p in psutil.process_iter() if raylets and worker_of(p, raylets)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return [p.pid for p in left]
+
+
+def worker_of(process, raylets: set[str]) -> bool:
+    """Whether ``process`` (psutil) is a Ray worker ("ray::…") started by one of the ``raylets`` (pids as text)."""
+    import psutil
+
+    try:
+        cmdline = process.cmdline()
+        return bool(cmdline) and cmdline[0].startswith("ray::") and process.environ().get("RAY_RAYLET_PID") in raylets
+    except psutil.Error:
+        return False

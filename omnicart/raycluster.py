@@ -64,9 +64,11 @@ def shutdown(grace: float = 10.0) -> list[int]:
 
     serve.shutdown()
     ray.shutdown()
+    if not raylets:  # joined a cluster someone else runs: its workers are not ours to stop
+        return []
     deadline = time.monotonic() + grace
     while True:
-        left = [p for p in psutil.process_iter() if raylets and worker_of(p, raylets)]
+        left = [p for p in psutil.process_iter() if worker_of(p, raylets)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)

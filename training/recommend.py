@@ -27,7 +27,7 @@ from omnicart import lake, schemas
 from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
 from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 from omnicart.settings import Settings
-from training import recsys
+from training import candidates, recsys
 from training.candidates import CandidateParams
 from training.ranker import RankerParams
 from training.recsys_metrics import evaluate_rankings
@@ -93,7 +93,7 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
         item_features=feast_item_features(settings),
         customer_features=feast_customer_features(settings),
-        eval_channels=recsys.cand.first_channels(test),  # where the requests the evaluation stands for came from
+        eval_channels=candidates.first_channels(test),  # where the requests the evaluation stands for came from
     )
 
 
@@ -202,7 +202,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         """Write the model and the histories as plain files under ``directory`` and return the loaded predictor."""
         directory = Path(directory)
         model.save(directory / "recsys")
-        history = recsys.cand.normalize_events(purchases)
+        history = candidates.normalize_events(purchases)
         history = history[[c for c in HISTORY_COLUMNS if c in history]]
         history.to_parquet(directory / "histories.parquet", index=False)
         return cls.from_directory(directory)

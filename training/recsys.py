@@ -59,6 +59,10 @@ class RecSysParams:
     label_days: int = 70
     n_cuts: int = 8
     cut_stride_days: int = 17  # label windows overlap: more ranker training data from the same history
+    # cuts after now - label_days (same stride), whose label windows are cut short by now: the ranker also learns
+    # from the latest weeks (on the inner online_retail_ii split, NDCG@10 over repeat history 1.072 -> 1.077 and
+    # 1.067 -> 1.070 at seeds 0 and 1; novel NDCG@10 over EASE 1.097 -> 1.117 at seed 0)
+    recent_cuts: int = 3
     users_per_cut: int | None = None  # sample of users per cut: many cuts (seasons) at the cost of few
     two_tower_every: int = 1  # a two-tower model every this many cuts; a cut uses the latest one trained before it
     ease_lambda: float | None = None  # None: tuned on the last month of the training events
@@ -73,6 +77,15 @@ class RecSysParams:
     cold_text_weight: float = 0.75
     seed: int = 0
 
+    def cuts(self, now: pd.Timestamp) -> list[pd.Timestamp]:
+        """The label cuts, latest first: ``recent_cuts`` whose windows are cut short by ``now``, then ``n_cuts``
+        whose ``label_days`` windows end before it, ``cut_stride_days`` apart."""
+        cuts = [
+            now - pd.Timedelta(days=self.label_days + self.cut_stride_days * c)
+            for c in range(-self.recent_cuts, self.n_cuts)
+        ]
+        return [c for c in cuts if c < now]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -82,6 +95,7 @@ class RecSysParams:
             label_days=d["label_days"],
             n_cuts=d["n_cuts"],
             cut_stride_days=d["cut_stride_days"],
+            recent_cuts=d.get("recent_cuts", 0),
             users_per_cut=d["users_per_cut"],
             two_tower_every=d["two_tower_every"],
             ease_lambda=d["ease_lambda"],
@@ -252,8 +266,7 @@ class RecSys:
         self.ease_lambda_ = float(lam)
         lap("ease_tune")
 
-        cuts = [now - pd.Timedelta(days=p.label_days + p.cut_stride_days * c) for c in range(p.n_cuts)]
-        cuts = [c for c in cuts if (events[C.event_timestamp] < c).any()]
+        cuts = [c for c in p.cuts(now) if (events[C.event_timestamp] < c).any()]
         states = [ItemState.fit(events, catalog, c, text_of, lam, seed=p.seed) for c in cuts]
         final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)
         lap("item_state")

@@ -153,7 +153,7 @@ def with_customer_features():
 def test_customer_features_are_read_at_each_cut_in_the_channel_of_the_next_order(with_customer_features):
     model, purchases, source = with_customer_features
     assert model.customer_features_ == ["cc_orders_30d"] and model.features[-1] == "cc_orders_30d"
-    cuts = {model.now_ - pd.Timedelta(days=PARAMS.label_days + PARAMS.cut_stride_days * c) for c in range(2)}
+    cuts = set(PARAMS.cuts(model.now_))
     assert {at for at, _ in source.calls} == cuts  # never a time after the labels start
     assert all(set(channels) <= {"store", "web"} for _, channels in source.calls)
     customer = sorted(purchases[C.customer_id].unique())[0]

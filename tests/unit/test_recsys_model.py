@@ -179,6 +179,17 @@ def test_the_ranker_is_an_average_of_boosters_each_stopped_on_another_fold(shop)
     assert np.allclose(groups.sum(axis=1).to_numpy() + bias, mean, atol=1e-4)
 
 
+def test_recent_cuts_have_label_windows_cut_short_by_now():
+    now = pd.Timestamp("2010-10-01", tz="UTC")
+    params = recsys.RecSysParams(label_days=70, n_cuts=8, cut_stride_days=17, recent_cuts=3)
+    cuts = params.cuts(now)
+    days = [(now - c).days for c in cuts]
+    assert days == [19, 36, 53, 70, 87, 104, 121, 138, 155, 172, 189]  # the first three windows end at now
+    assert recsys.RecSysParams(label_days=70, n_cuts=8, cut_stride_days=17, recent_cuts=0).cuts(now) == cuts[3:]
+    short = recsys.RecSysParams(label_days=14, n_cuts=2, cut_stride_days=7, recent_cuts=3).cuts(now)
+    assert [(now - c).days for c in short] == [7, 14, 21]  # a cut at or after now has no window: none
+
+
 def test_folds_hold_out_the_same_customers_in_every_cut():
     users = np.array([f"c{n}" for n in range(2000)])
     folds = recsys._folds(users, 5, seed=0)

@@ -78,13 +78,14 @@ class RecSysParams:
     seed: int = 0
 
     def cuts(self, now: pd.Timestamp) -> list[pd.Timestamp]:
-        """The label cuts, latest first: ``recent_cuts`` whose windows are cut short by ``now``, then ``n_cuts``
-        whose ``label_days`` windows end before it, ``cut_stride_days`` apart."""
+        """The label cuts, latest first: ``recent_cuts`` whose windows are cut short by ``now`` (but still a quarter
+        of ``label_days`` long), then ``n_cuts`` whose ``label_days`` windows end before it, ``cut_stride_days``
+        apart."""
         cuts = [
             now - pd.Timedelta(days=self.label_days + self.cut_stride_days * c)
             for c in range(-self.recent_cuts, self.n_cuts)
         ]
-        return [c for c in cuts if c < now]
+        return [c for c in cuts if now - c >= pd.Timedelta(days=self.label_days) / 4]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -188,6 +188,8 @@ def test_recent_cuts_have_label_windows_cut_short_by_now():
     assert recsys.RecSysParams(label_days=70, n_cuts=8, cut_stride_days=17, recent_cuts=0).cuts(now) == cuts[3:]
     short = recsys.RecSysParams(label_days=14, n_cuts=2, cut_stride_days=7, recent_cuts=3).cuts(now)
     assert [(now - c).days for c in short] == [7, 14, 21]  # a cut at or after now has no window: none
+    odd = recsys.RecSysParams(label_days=15, n_cuts=2, cut_stride_days=7, recent_cuts=3).cuts(now)
+    assert [(now - c).days for c in odd] == [8, 15, 22]  # a window under a quarter of label_days (1 day): none
 
 
 def test_folds_hold_out_the_same_customers_in_every_cut():

@@ -273,7 +273,7 @@ def cold_items(
     params = recsys.RecSysParams(
         label_days=365,
         n_cuts=1,
-        recent_cuts=0,
+        recent_cuts=0,  # one year-long window: recent cuts 17 days apart would repeat it at triple the cost
         ease_lambda=50.0,
         candidates=CandidateParams(n_history=50, n_ease=20, n_cooc=10, n_two_tower=20, n_text=10, n_popular=10),
         two_tower=TwoTowerParams(epochs=60, batch_size=64, id_dropout=0.5, half_life_days=365.0, seed=seed),

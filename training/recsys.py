@@ -267,7 +267,8 @@ class RecSys:
         self.ease_lambda_ = float(lam)
         lap("ease_tune")
 
-        cuts = [c for c in p.cuts(now) if (events[C.event_timestamp] < c).any()]
+        first = events[C.event_timestamp].min()
+        cuts = [c for c in p.cuts(now) if c > first]  # some history before the cut
         states = [ItemState.fit(events, catalog, c, text_of, lam, seed=p.seed) for c in cuts]
         final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)
         lap("item_state")

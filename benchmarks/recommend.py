@@ -20,10 +20,11 @@ from rich.console import Console
 
 from benchmarks import runner
 from omnicart import schemas
+from omnicart.metrics import evaluate_rankings, top_k
+from omnicart.recommend import item2item
 from omnicart.schemas import C
 from omnicart.settings import Settings
-from training import item2item
-from training.recsys_metrics import evaluate_rankings, top_k
+from training.ray_job import RayExecutor
 
 PROTOCOL = "temporal-full"
 COLD_PROTOCOL = "temporal-full (cold items)"
@@ -147,7 +148,7 @@ def temporal_full(
     """Train before ``cut``, test on or after it; baselines and omnicart on the same users, items and truth.
 
     ``executor`` runs the training stages (default: Ray Train jobs on the configured cluster)."""
-    from training import recsys
+    from omnicart.recommend import recsys
 
     ev = interactions
     train = ev[ev[C.event_timestamp] < cut]
@@ -210,7 +211,7 @@ def temporal_full(
     _say("training omnicart (Ray Train jobs: two-tower, ranker)")
     t = time.perf_counter()
     model = recsys.RecSys(_with_lambda(p, lam), cache_dir=settings.home_dir / "cache")
-    executor = executor or recsys.RayExecutor(settings, name="bench-recommend")
+    executor = executor or RayExecutor(settings, name="bench-recommend")
     model.fit(train, catalog, executor=executor, now=cut, progress=_say)
     fit_seconds = time.perf_counter() - t
     t = time.perf_counter()
@@ -253,9 +254,10 @@ def cold_items(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Recall@10 over the interactions with items first seen on or after ``cut``, ranking all catalog items that
     have no training interactions, for users with training history."""
-    from training import recsys, text
-    from training.candidates import CandidateParams
-    from training.two_tower import TwoTowerParams
+    from omnicart import text
+    from omnicart.recommend import recsys
+    from omnicart.recommend.candidates import CandidateParams
+    from omnicart.recommend.two_tower import TwoTowerParams
 
     train = reviews[reviews[C.event_timestamp] < cut]
     test = reviews[reviews[C.event_timestamp] >= cut]
@@ -281,9 +283,7 @@ def cold_items(
     )
     t = time.perf_counter()
     model = recsys.RecSys(params, cache_dir=settings.home_dir / "cache")
-    model.fit(
-        train, catalog, executor=recsys.RayExecutor(settings, name="bench-recommend-cold"), now=cut, progress=_say
-    )
+    model.fit(train, catalog, executor=RayExecutor(settings, name="bench-recommend-cold"), now=cut, progress=_say)
     fit_seconds = time.perf_counter() - t
     pool, scores = model.cold_scores(train, users, now=cut)
     rows: list[dict[str, Any]] = []

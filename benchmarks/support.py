@@ -87,7 +87,8 @@ def _finite(value: Any) -> Any:
 
 
 def run(settings: Settings, options: BenchOptions) -> BenchResult:
-    from training import support, text
+    from omnicart import text
+    from training import support
     from training.support_index import Encoder, rank_metrics, throughput
 
     name, protocol, pairs, source, is_test = load(options.dataset, options.input, options.protocol, options.split)

@@ -83,8 +83,8 @@ class Ingress:
         from omnicart import registry
         from omnicart.featurestore import feature_store, online_features, online_rows
         from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
+        from omnicart.recommend.predictor import CUSTOMER_REFS, online_customer_features
         from omnicart.schemas import C
-        from training.recommend import CUSTOMER_REFS, online_customer_features
 
         self.settings = settings
         self.api_key = settings.secret("api_key")

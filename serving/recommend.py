@@ -118,8 +118,8 @@ class ItemFeatureCache:
 
 class CustomerFeatureReader:
     """The customer's features in the request's channel from the online store, read on every request (they change
-    with every purchase). ``source`` is ``training.recommend.online_customer_features``; a failing read is logged
-    and counted in ``failures``, and the customer then ranks with those features missing."""
+    with every purchase). ``source`` is ``omnicart.recommend.predictor.online_customer_features``; a failing read is
+    logged and counted in ``failures``, and the customer then ranks with those features missing."""
 
     def __init__(self, source: Callable[[np.ndarray, list[str | None], pd.Timestamp], pd.DataFrame]) -> None:
         self.source = source
@@ -148,7 +148,7 @@ class RecommendRequestError(ValueError):
 class RecommendService:
     """Reads the customer's online features, asks the model, applies the rules; falls back instead of failing.
 
-    ``load_model`` returns a ``training.recommend.Recommender`` (or raises: the service then answers with
+    ``load_model`` returns a ``omnicart.recommend.predictor.Recommender`` (or raises: the service then answers with
     ``popular``, see ``popular_items``); ``read_features`` returns the customer's online features; ``unavailable``
     the item ids that cannot be sold now."""
 

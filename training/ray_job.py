@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,97 @@ def report_directory(write: Callable[[Path], dict[str, float]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = write(Path(tmp))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+# --- the recommend family's two stages as Ray Train jobs --------------------------------------------------------------
+def two_tower_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker (TorchTrainer): train every two-tower task, report the arrays as one checkpoint."""
+    import numpy as np
+
+    from omnicart.recommend.recsys import two_tower_tasks
+
+    results = two_tower_tasks(config, distributed=True)
+
+    def write(directory: Path) -> dict[str, float]:
+        for n, result in enumerate(results):
+            arrays = {k: np.asarray(v) for k, v in result.items()}
+            np.savez(directory / f"task{n}.npz", **arrays)
+        return {f"task{n}_loss": float(r["loss_last"]) for n, r in enumerate(results)}
+
+    report_directory(write)
+
+
+def ranker_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker (XGBoostTrainer): fit every booster on this worker's shard, report them as a checkpoint."""
+    import ray.train
+
+    from omnicart.recommend import ranker
+
+    ctx = ray.train.get_context()
+    result = ranker.fit_boosters(
+        config["rows"], config["params"], use_gpu=config["use_gpu"], shard=(ctx.get_world_rank(), ctx.get_world_size())
+    )
+
+    def write(directory: Path) -> dict[str, float]:
+        ranker.save(result, directory)
+        return {k: v for k, v in result.items() if isinstance(v, float)}
+
+    report_directory(write)
+
+
+class RayExecutor:
+    """Runs each stage of ``RecSys.fit`` as one Ray Train job on the configured cluster (GPU workers when it has
+    them); ``omnicart.recommend.recsys.LocalExecutor`` is its in-process twin."""
+
+    def __init__(self, settings: Settings, name: str = "recsys", num_workers: int = 1) -> None:
+        self.settings = settings
+        self.name = name
+        self.num_workers = num_workers
+
+    def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
+        ensure_ray(self.settings)
+        from ray.train import RunConfig, ScalingConfig
+
+        use_gpu = gpu_available(self.settings)
+        trainer = trainer_cls(
+            loop,
+            train_loop_config={**config, "use_gpu": use_gpu},
+            scaling_config=ScalingConfig(
+                num_workers=self.num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": worker_cpus(self.num_workers)},
+            ),
+            run_config=RunConfig(
+                name=f"{self.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(self.settings.ray_storage.resolve()),
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train job {self.name}-{stage} reported no checkpoint")
+        out = Path(tempfile.mkdtemp(prefix=f"omnicart-{stage}-"))
+        with result.checkpoint.as_directory() as directory:
+            shutil.copytree(directory, out, dirs_exist_ok=True)
+        return out
+
+    def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        from ray.train.torch import TorchTrainer
+
+        from omnicart.recommend.recsys import read_two_tower
+
+        out = self._run(TorchTrainer, two_tower_loop, config, "two-tower")
+        try:
+            return read_two_tower(out, len(config["tasks"]))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
+        from ray.train.xgboost import XGBoostTrainer
+
+        from omnicart.recommend import ranker
+
+        out = self._run(XGBoostTrainer, ranker_loop, config, "ranker")
+        try:
+            return ranker.load(out)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)

@@ -60,6 +60,7 @@ def register_and_promote(
 def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
     """Train the two-stage recommender on the purchases before ``as_of``; promote it when its NDCG@10 on the
     purchases of ``as_of`` is at least the champion's on the same day."""
+    from omnicart.recommend.predictor import Recommender
     from training import recommend
 
     dataset = recommend.build_dataset(settings, as_of)
@@ -77,7 +78,7 @@ def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
     return register_and_promote(
         settings,
         recommend.FAMILY,
-        recommend.Recommender(),
+        Recommender(),
         promote=promoted,
         champion=champion,
         champion_metric=champion_metric,

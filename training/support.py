@@ -442,7 +442,7 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     pairs, held out of fine-tuning and of the validation knowledge base's questions."""
     import torch
 
-    from training import text
+    from omnicart import text
 
     cfg = {**DEFAULT_CONFIG, **config}
     torch.set_num_threads(int(cfg["threads"] or os.cpu_count() or 1))
@@ -825,7 +825,7 @@ def evaluate(
     restricted to the question's product ("<name>+scope"). The model also reports the answered share and accuracy at
     its calibrated threshold, and the share–accuracy curve. ``baselines=False`` skips BM25 and MiniLM (judging a
     champion on the challenger's data needs only the model's own figures)."""
-    from training import text
+    from omnicart import text
     from training.support_index import BM25Index
 
     test = dataset.test.reset_index(drop=True)

@@ -11,10 +11,10 @@ import pytest
 
 from omnicart import lake, orchestration, registry, schemas
 from omnicart.featurestore import feature_store, online_features
+from omnicart.recommend.candidates import CHANNEL_FEATURES
+from omnicart.recommend.predictor import CUSTOMER_FEATURES
 from omnicart.schemas import C, F
 from tests.integration.conftest import mails
-from training.candidates import CHANNEL_FEATURES
-from training.recommend import CUSTOMER_FEATURES
 
 pytestmark = pytest.mark.integration
 

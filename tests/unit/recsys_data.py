@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from omnicart.datasets.simulator import ShopSimulator
+from omnicart.recommend import recsys
+from omnicart.recommend.candidates import CandidateParams
+from omnicart.recommend.ranker import RankerParams
+from omnicart.recommend.two_tower import TwoTowerParams
 from omnicart.schemas import C
 from omnicart.settings import Settings
-from training import recsys
-from training.candidates import CandidateParams
-from training.ranker import RankerParams
-from training.two_tower import TwoTowerParams
 
 PARAMS = recsys.RecSysParams(
     label_days=14,

@@ -10,9 +10,9 @@ from test_recsys_channel import DAYS, START, channel_shop
 
 from benchmarks import recommend as bench
 from omnicart import schemas
+from omnicart.recommend import recsys
 from omnicart.schemas import C
 from omnicart.settings import Settings
-from training import recsys
 
 
 def _canonical_files(tmp_path) -> tuple:

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from recsys_data import fitted_shop
 
+from omnicart.recommend.predictor import Recommender
 from omnicart.schemas import C, F
 from serving.recommend import (
     RecommendRequest,
@@ -25,7 +26,7 @@ from training import recommend
 def shop(tmp_path_factory):
     """The shared small-shop recommender, saved and loaded back as serving loads it."""
     model, purchases, catalog, repeats = fitted_shop()
-    predictor = recommend.Recommender.save(model, purchases, tmp_path_factory.mktemp("recommend-home") / "model")
+    predictor = Recommender.save(model, purchases, tmp_path_factory.mktemp("recommend-home") / "model")
     return predictor, purchases, catalog, repeats
 
 

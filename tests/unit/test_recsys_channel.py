@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from recsys_data import PARAMS
 
+from omnicart.recommend import recsys
+from omnicart.recommend.predictor import Recommender
 from omnicart.schemas import C
 from serving.recommend import CustomerFeatureReader, RecommendRequest, RecommendService
-from training import recommend, recsys
 
 N_CUSTOMERS, N_ITEMS, DAYS = 80, 40, 300
 START = pd.Timestamp("2026-01-01", tz="UTC")
@@ -52,7 +53,7 @@ def channel_shop(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 def fitted(tmp_path_factory):
     purchases, catalog = channel_shop()
     model = recsys.RecSys(PARAMS).fit(purchases, catalog)
-    predictor = recommend.Recommender.save(model, purchases, tmp_path_factory.mktemp("channel") / "model")
+    predictor = Recommender.save(model, purchases, tmp_path_factory.mktemp("channel") / "model")
     return model, predictor, purchases
 
 
@@ -167,7 +168,7 @@ def test_customer_features_are_read_at_each_cut_in_the_channel_of_the_next_order
 def test_customer_features_survive_save_and_load_and_a_store_outage(with_customer_features, tmp_path):
     model, purchases, source = with_customer_features
     customer = sorted(purchases[C.customer_id].unique())[2]
-    predictor = recommend.Recommender.save(model, purchases, tmp_path / "model")
+    predictor = Recommender.save(model, purchases, tmp_path / "model")
     assert predictor.model_.features == model.features
     predictor.use_customer_features(source)
     served = [r[C.item_id] for r in predictor.recommend(customer, 3, channel="store")]
@@ -186,7 +187,7 @@ def test_a_store_failure_is_the_fallback_of_its_own_request_only(with_customer_f
     customer's request is in flight is that request's fallback, never the other's."""
     model, purchases, source = with_customer_features
     failing, healthy = sorted(purchases[C.customer_id].unique())[:2]
-    predictor = recommend.Recommender.save(model, purchases, tmp_path / "model")
+    predictor = Recommender.save(model, purchases, tmp_path / "model")
     healthy_reading = threading.Event()
 
     def read(customers: np.ndarray, channels: list[str | None], at: pd.Timestamp) -> pd.DataFrame:

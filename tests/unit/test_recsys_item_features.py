@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from recsys_data import PARAMS, fitted_shop
 
+from omnicart.recommend import recsys
+from omnicart.recommend.predictor import Recommender
 from omnicart.schemas import C, F
 from serving.recommend import ItemFeatureCache, RecommendRequest, RecommendService
-from training import recommend, recsys
 
 NAME = "sales_7d"
 
@@ -36,7 +37,7 @@ def fitted(tmp_path_factory):
     _, purchases, catalog, _ = fitted_shop()
     source = PointInTime(purchases)
     model = recsys.RecSys(PARAMS).fit(purchases, catalog, item_features=source)
-    predictor = recommend.Recommender.save(model, purchases, tmp_path_factory.mktemp("rec") / "model")
+    predictor = Recommender.save(model, purchases, tmp_path_factory.mktemp("rec") / "model")
     return model, predictor, purchases, source
 
 

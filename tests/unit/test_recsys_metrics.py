@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omnicart.metrics import evaluate_rankings, ndcg_at_k, recall_at_k, top_k
+from omnicart.recommend import item2item
 from omnicart.schemas import C
-from training import item2item
-from training.recsys_metrics import evaluate_rankings, ndcg_at_k, recall_at_k, top_k
 
 
 def test_recall_divides_by_the_smaller_of_k_and_the_truth():

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from recsys_data import PARAMS, fitted_shop
 
+from omnicart import text
+from omnicart.recommend import candidates as cand
+from omnicart.recommend import recsys
 from omnicart.schemas import C
-from training import candidates as cand
-from training import recsys, text
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_the_ranker_is_an_average_of_boosters_each_stopped_on_another_fold(shop)
     mean margin, and the explanation's contributions (the boosters' mean TreeSHAP) add up to it."""
     import xgboost as xgb
 
-    from training import ranker
+    from omnicart.recommend import ranker
 
     model, purchases, _, _ = shop
     assert PARAMS.ranker.n_bags >= 2

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omnicart import text
+from omnicart.recommend import two_tower
+from omnicart.recommend.two_tower import TwoTowerIndex, TwoTowerParams
 from omnicart.schemas import C
-from training import text, two_tower
-from training.two_tower import TwoTowerIndex, TwoTowerParams
 
 TOPICS = {
     "tea": ["green tea leaves", "black tea bags", "jasmine tea", "earl grey tea", "chamomile herbal tea", "oolong tea"],

@@ -210,7 +210,7 @@ def test_fine_tuning_and_onnx_export_within_tolerance(tmp_path):
 def test_query_side_fine_tuning_keeps_the_answers_off_the_shelf(tmp_path):
     """tune_answers False: the questions learn against every training answer; the indexed answers keep their
     off-the-shelf MiniLM embeddings (shared with the baseline's cache) and no question is indexed."""
-    from training import text
+    from omnicart import text
 
     pairs = _frame([(q, a, None, None) for q, a, _, _ in TICKETS])
     test = _frame([("where's my parcel?", ORDER, None, None)])

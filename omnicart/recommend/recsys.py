@@ -8,7 +8,7 @@
    the features known at the cut predict, for each customer in the channel of their next order; each booster holds
    out another fold of the customers (the same in every cut) for early stopping.
 4. Two-tower models (one per cut, and one on all events) trained in one job — a Ray Train ``TorchTrainer`` with
-   ``RayExecutor``, in process with ``LocalExecutor`` (tests).
+   ``training.ray_job.RayExecutor``, in process with ``LocalExecutor`` (tests).
 5. Candidates and features per cut (plus optional item and customer features read point-in-time at the cut, the
    platform's Feast item and customer × channel windows), then every booster in one job (Ray Train
    ``XGBoostTrainer``).
@@ -23,24 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from omnicart import text
+from omnicart.recommend import candidates as cand
+from omnicart.recommend import item2item, ranker, two_tower
+from omnicart.recommend.candidates import USER, CandidateParams, ItemState
+from omnicart.recommend.ranker import RankerParams
+from omnicart.recommend.two_tower import TwoTowerIndex, TwoTowerParams
 from omnicart.schemas import C
-from omnicart.settings import Settings
-from training import candidates as cand
-from training import item2item, ranker, text, two_tower
-from training.candidates import USER, CandidateParams, ItemState
-from training.ranker import RankerParams
-from training.two_tower import TwoTowerIndex, TwoTowerParams
 
 log = logging.getLogger(__name__)
 # Item features from outside the event log (the platform's Feast item windows): item ids and the time they are
@@ -110,29 +108,14 @@ class RecSysParams:
 
 
 # --- where the two training stages run ------------------------------------------------------------------------------
-def _two_tower_tasks(config: dict[str, Any], distributed: bool) -> list[dict[str, Any]]:
+def two_tower_tasks(config: dict[str, Any], distributed: bool) -> list[dict[str, Any]]:
     return [
         two_tower.fit(t["history"], t["targets"], t["content"], config["params"], distributed=distributed)
         for t in config["tasks"]
     ]
 
 
-def _two_tower_ray_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker (TorchTrainer): train every two-tower task, report the arrays as one checkpoint."""
-    from training.ray_job import report_directory
-
-    results = _two_tower_tasks(config, distributed=True)
-
-    def write(directory: Path) -> dict[str, float]:
-        for n, result in enumerate(results):
-            arrays = {k: np.asarray(v) for k, v in result.items()}
-            np.savez(directory / f"task{n}.npz", **arrays)
-        return {f"task{n}_loss": float(r["loss_last"]) for n, r in enumerate(results)}
-
-    report_directory(write)
-
-
-def _read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
+def read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
     out = []
     for k in range(n):
         with np.load(directory / f"task{k}.npz") as a:
@@ -140,69 +123,23 @@ def _read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
     return out
 
 
+class Executor(Protocol):
+    """Where the two training stages run: in this process (``LocalExecutor``) or as Ray Train jobs
+    (``training.ray_job.RayExecutor``)."""
+
+    def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def ranker(self, config: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class LocalExecutor:
     """Runs both training stages in this process (unit tests, notebooks)."""
 
     def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        return _two_tower_tasks(config, distributed=False)
+        return two_tower_tasks(config, distributed=False)
 
     def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
         return ranker.fit_boosters(config["rows"], config["params"])
-
-
-class RayExecutor:
-    """Runs each stage as one Ray Train job on the configured cluster (GPU workers when it has them)."""
-
-    def __init__(self, settings: Settings, name: str = "recsys", num_workers: int = 1) -> None:
-        self.settings = settings
-        self.name = name
-        self.num_workers = num_workers
-
-    def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
-        from ray.train import RunConfig, ScalingConfig
-
-        from omnicart.raycluster import ensure_ray, gpu_available, worker_cpus
-
-        ensure_ray(self.settings)
-        use_gpu = gpu_available(self.settings)
-        trainer = trainer_cls(
-            loop,
-            train_loop_config={**config, "use_gpu": use_gpu},
-            scaling_config=ScalingConfig(
-                num_workers=self.num_workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": worker_cpus(self.num_workers)},
-            ),
-            run_config=RunConfig(
-                name=f"{self.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(self.settings.ray_storage.resolve()),
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train job {self.name}-{stage} reported no checkpoint")
-        out = Path(tempfile.mkdtemp(prefix=f"omnicart-{stage}-"))
-        with result.checkpoint.as_directory() as directory:
-            shutil.copytree(directory, out, dirs_exist_ok=True)
-        return out
-
-    def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        from ray.train.torch import TorchTrainer
-
-        out = self._run(TorchTrainer, _two_tower_ray_loop, config, "two-tower")
-        try:
-            return _read_two_tower(out, len(config["tasks"]))
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-
-    def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
-        from ray.train.xgboost import XGBoostTrainer
-
-        out = self._run(XGBoostTrainer, ranker.ray_loop, config, "ranker")
-        try:
-            return ranker.load(out)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
 
 
 # --- the estimator ----------------------------------------------------------------------------------------------------
@@ -226,7 +163,7 @@ class RecSys:
         interactions: pd.DataFrame,
         items: pd.DataFrame | None = None,
         *,
-        executor: LocalExecutor | RayExecutor | None = None,
+        executor: Executor | None = None,
         now: pd.Timestamp | None = None,
         progress: Callable[[str], None] | None = None,
         item_features: ItemFeatures | None = None,
@@ -818,25 +755,3 @@ def _history_frame(user_history: Any, now: pd.Timestamp) -> pd.DataFrame:
     if C.event_timestamp not in df:
         df[C.event_timestamp] = now - pd.Timedelta(minutes=1)
     return df
-
-
-def train(
-    settings: Settings,
-    interactions: pd.DataFrame,
-    items: pd.DataFrame | None = None,
-    params: RecSysParams | None = None,
-    *,
-    now: pd.Timestamp | None = None,
-    item_features: ItemFeatures | None = None,
-    customer_features: CustomerFeatures | None = None,
-) -> RecSys:
-    """Fit ``RecSys`` with both training stages as Ray Train jobs on the configured cluster."""
-    model = RecSys(params, cache_dir=settings.home_dir / "cache")
-    return model.fit(
-        interactions,
-        items,
-        executor=RayExecutor(settings),
-        now=now,
-        item_features=item_features,
-        customer_features=customer_features,
-    )

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from omnicart.recommend import item2item
 from omnicart.schemas import C
-from training import item2item
 
 DAY = pd.Timedelta(days=1)
 USER, ITEM = "u", "i"  # integer codes of the batch's users and of the catalog's items

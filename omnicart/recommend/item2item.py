@@ -49,7 +49,7 @@ def tune_ease_lambda(
     """λ of EASE with the best novel NDCG@10 on the last ``days`` before ``now``, fitted on the events before them.
 
     ``events``: customer_id, item_id, event_timestamp (UTC). Returns the best λ and the score of every λ tried."""
-    from training.recsys_metrics import evaluate_rankings
+    from omnicart.metrics import evaluate_rankings
 
     cut = now - pd.Timedelta(days=days)
     inner = events[events[C.event_timestamp] < cut]

@@ -5,7 +5,7 @@ item features the platform reads from Feast, explained as the "trend" group): ``
 purchases and new items together), ``discover`` is trained on the items a user has never bought and ranks them when
 the caller asks for new items only. Each model is the mean of ``n_bags`` boosters early-stopped on different folds
 of customers. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer`` worker
-(``ray_loop``), which shards the query groups across workers.
+(``training.ray_job.ranker_loop``), which shards the query groups across workers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.candidates import CHANNEL_GROUP, CUSTOMER_PREFIX, FEATURE_GROUP, FEATURES, REASON_GROUPS
+from omnicart.recommend.candidates import CHANNEL_GROUP, CUSTOMER_PREFIX, FEATURE_GROUP, FEATURES, REASON_GROUPS
 
 BOOSTERS = ("main", "discover")
 
@@ -159,24 +159,6 @@ def predict(boosters: Sequence[Any], x: np.ndarray, features: Sequence[str]) -> 
 
     d = xgb.DMatrix(x, feature_names=list(features))
     return np.mean([b.predict(d) for b in boosters], axis=0)
-
-
-def ray_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker (XGBoostTrainer): fit both boosters on this worker's shard, report them as a checkpoint."""
-    import ray.train
-
-    from training.ray_job import report_directory
-
-    ctx = ray.train.get_context()
-    result = fit_boosters(
-        config["rows"], config["params"], use_gpu=config["use_gpu"], shard=(ctx.get_world_rank(), ctx.get_world_size())
-    )
-
-    def write(directory) -> dict[str, float]:
-        save(result, directory)
-        return {k: v for k, v in result.items() if isinstance(v, float)}
-
-    report_directory(write)
 
 
 def save(boosters: dict[str, Any], directory, prefix: str = "") -> None:

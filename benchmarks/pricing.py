@@ -78,8 +78,7 @@ def _out_of_time_dataset(dataset: str | None, input: Path | None, items: Path | 
 def out_of_time(settings: Settings, ds: Any) -> tuple[list[dict], list[dict]]:
     from training.pricing import evaluate, train
 
-    model = train(settings, ds)
-    result = evaluate(model, ds)
+    result = evaluate(train(settings, ds), ds)
     m, mean, ll = result["model"], result["series_mean"], result["log_log"]
     rows = [
         {
@@ -313,7 +312,7 @@ def simulator(settings: Settings, seed: int) -> tuple[list[dict], list[dict]]:
 
     world = build_world(settings, seed)
     ds = from_frame(world.history, split=pd.Timestamp(world.start), name=f"simulator-seed{seed}")
-    model = train(settings, ds)
+    model = train(settings, ds).model_
     est = model.elasticities_.set_index(C.product_id)[C.elasticity].reindex(world.item_ids)
     rows: list[dict] = [
         {

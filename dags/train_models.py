@@ -8,6 +8,7 @@ import pendulum
 from airflow.sdk import Asset, AssetAny, Param, dag, task
 
 from monitoring.config import retrain_asset_uri
+from omnicart.schemas import FAMILIES
 
 DOC = """
 ### train_models
@@ -28,7 +29,7 @@ def _settings():
 
 
 # monitor_models emits omnicart://retrain/<family> when a family drifts; any of them starts a retraining run
-RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "pricing", "support")]
+RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in FAMILIES]
 
 
 @dag(
@@ -42,7 +43,10 @@ RETRAIN_ASSETS = [Asset(retrain_asset_uri(family)) for family in ("recommend", "
     doc_md=DOC,
     params={
         "families": Param(
-            ["recommend"], type="array", description="Model families to retrain (recommend, pricing, support)."
+            ["recommend"],
+            type="array",
+            items={"type": "string", "enum": list(FAMILIES)},
+            description=f"Model families to retrain ({', '.join(FAMILIES)}).",
         ),
     },
 )

@@ -13,8 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnicart.schemas import FAMILIES
+
 RETRAIN_ASSET_PREFIX = "omnicart://retrain/"
-DEFAULT_FAMILIES: tuple[str, ...] = ("recommend", "pricing", "support")  # the monitor_models DAG checks these
+DEFAULT_FAMILIES: tuple[str, ...] = FAMILIES  # the monitor_models DAG checks these: every family (schemas.FAMILIES)
 
 
 def retrain_asset_uri(family: str) -> str:

@@ -29,6 +29,9 @@ ALL_CHANNELS: Final = "all"  # the channel value of a customer's cross-channel f
 FEATURE_WINDOWS: Final = (7, 30, 90)  # days of the windowed customer and item features
 # --- tables serving appends to (serving/prediction_log.py), one per model family; monitoring reads them ---
 PREDICTIONS_PREFIX: Final = "predictions_"
+# --- model families: each is ``training/<name>.py`` implementing ``training.family.Family``; the DAGs, monitoring
+# and the CLI read this tuple, so adding a family is that module plus one name here ---
+FAMILIES: Final = ("recommend", "pricing", "support")
 
 
 def predictions_table(family: str) -> str:

@@ -2,8 +2,8 @@
 
 Verbs as every family: ``build_dataset`` (the lake's daily prices and units, split out of time), ``train`` (a Ray
 Train job fitting ``DemandModel``), ``evaluate`` (the model beside the series-mean and log-log baselines on the same
-held-out periods) and the predictor ``PricingPredictor`` that the registry carries; ``train_and_register`` runs
-them end to end and promotes the challenger only when it beats the champion on RMSE.
+held-out periods) and the predictor ``PricingPredictor`` that the registry carries; ``training.run`` promotes the
+challenger only when it beats the champion on RMSE and keeps negative elasticities (``guardrails``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ from omnicart.pricing.model import DemandModel
 from omnicart.pricing.pyfunc import PricingPredictor
 from omnicart.schemas import C
 from omnicart.settings import Settings
+from training.family import Family, Registration
 
 log = logging.getLogger("omnicart.training.pricing")
 
-FAMILY = "pricing"
+NAME = "pricing"
 GATE_METRIC = "rmse"  # lower is better
+MIN_NEGATIVE_SHARE = 0.95  # PROTOCOLS.md: share of products with a negative own-price elasticity
 TRAIN_SHARE = 0.8  # PROTOCOLS.md: the test starts at the distinct period at the 80 % position
 FEATURE_SERVICE = "pricing_v1"
 
@@ -49,7 +51,8 @@ __all__ = [
     "evaluate",
     "from_frame",
     "train",
-    "train_and_register",
+    "registration",
+    "guardrails",
     "with_demand_features",
 ]
 
@@ -207,9 +210,9 @@ def _compact(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def train(settings: Settings, dataset: PricingDataset, **params: Any) -> DemandModel:
+def train(settings: Settings, dataset: PricingDataset, **params: Any) -> PricingPredictor:
     """Fit ``DemandModel(**params)`` on the dataset's train periods in a Ray Train job (GPU when the cluster has one);
-    returns the loaded model, its files in ``model.model_dir_``."""
+    returns the predictor with the loaded model (its files in ``predictor.model_.model_dir_``)."""
     import ray
 
     from omnicart.raycluster import ensure_ray, gpu_available
@@ -220,16 +223,20 @@ def train(settings: Settings, dataset: PricingDataset, **params: Any) -> DemandM
     params = {"device": "cuda" if use_gpu else "cpu", "nthread": int(ray.cluster_resources().get("CPU", 1)), **params}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in f"{dataset.name}-{pd.Timestamp(dataset.split)}")
-    output = settings.home_dir / "models" / FAMILY / safe
+    output = settings.home_dir / "models" / NAME / safe
     config = {"frame": _compact(dataset.train), "params": params}
-    model_dir, _ = ray_job.run(settings, f"{FAMILY}-{safe}-{stamp}", _train_loop, config, output)
-    return DemandModel.load(model_dir)
+    model_dir, _ = ray_job.run(settings, f"{NAME}-{safe}-{stamp}", _train_loop, config, output)
+    return PricingPredictor.from_directory(model_dir)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
-def evaluate(model: DemandModel, dataset: PricingDataset) -> dict[str, dict[str, float]]:
-    """RMSE of log units on the test periods for the model and both baselines; share of products whose own-price
-    elasticity is negative (model: read off the model on the test periods; log-log: its fitted slope)."""
+def evaluate(
+    predictor: PricingPredictor, dataset: PricingDataset, *, baselines: bool = True
+) -> dict[str, dict[str, float]]:
+    """RMSE of log units on the test periods for the model and (with ``baselines``) both baselines; share of
+    products whose own-price elasticity is negative (model: read off the model on the test periods; log-log: its
+    fitted slope)."""
+    model = predictor.model_
     frame = dataset.frame
     rows = dataset.test_rows
     if not len(rows):
@@ -237,65 +244,69 @@ def evaluate(model: DemandModel, dataset: PricingDataset) -> dict[str, dict[str,
     feats = model.features(frame)
     y = feats.y[rows]
     prediction = model.predict_features(feats.take(rows))
-    train, test = dataset.train, frame.iloc[rows]
-    target = model.spec_.target
-    series_mean = SeriesMean.fit(train, target)
-    loglog = LogLog.fit(train, target)
     elasticities = model.elasticities(frame, features=feats, rows=rows)
-    tested = sorted(set(test[C.product_id].astype(str)))
-    ll_slopes = loglog.elasticity_.reindex(tested).dropna()
-    return {
+    out = {
         "model": {
             "rmse": rmse(y, prediction),
             "negative_elasticity_share": float((elasticities[C.elasticity] < 0).mean()),
             "median_elasticity": float(elasticities[C.elasticity].median()),
             "products": float(len(elasticities)),
         },
-        "series_mean": {"rmse": rmse(y, series_mean.predict(test))},
-        "log_log": {
-            "rmse": rmse(y, loglog.predict(test)),
-            "negative_elasticity_share": float((ll_slopes < 0).mean()) if len(ll_slopes) else float("nan"),
-            "median_elasticity": float(ll_slopes.median()) if len(ll_slopes) else float("nan"),
-            "products": float(len(ll_slopes)),
-        },
         "data": {
-            "train_rows": float(len(train)),
+            "train_rows": float(len(dataset.train)),
             "test_rows": float(len(rows)),
-            "target_log1p": float(target == "log1p"),
+            "target_log1p": float(model.spec_.target == "log1p"),
         },
     }
+    if not baselines:
+        return out
+    train, test = dataset.train, frame.iloc[rows]
+    target = model.spec_.target
+    series_mean = SeriesMean.fit(train, target)
+    loglog = LogLog.fit(train, target)
+    tested = sorted(set(test[C.product_id].astype(str)))
+    ll_slopes = loglog.elasticity_.reindex(tested).dropna()
+    out["series_mean"] = {"rmse": rmse(y, series_mean.predict(test))}
+    out["log_log"] = {
+        "rmse": rmse(y, loglog.predict(test)),
+        "negative_elasticity_share": float((ll_slopes < 0).mean()) if len(ll_slopes) else float("nan"),
+        "median_elasticity": float(ll_slopes.median()) if len(ll_slopes) else float("nan"),
+        "products": float(len(ll_slopes)),
+    }
+    return out
 
 
-def train_and_register(settings: Settings, as_of: dt.date, **params: Any) -> Any:
-    """Build, train, evaluate, register; promote when the challenger's RMSE is at most the champion's on the same
-    evaluation data (and its elasticities are negative for ≥ 95 % of products). Returns a ``TrainOutcome``."""
-    from omnicart import registry
-    from training.run import register_and_promote
+def guardrails(evaluation: dict[str, dict[str, float]]) -> list[str]:
+    """A demand model whose prices would move demand the wrong way for many products may not serve."""
+    share = evaluation["model"]["negative_elasticity_share"]
+    if share < MIN_NEGATIVE_SHARE:
+        return [f"negative own-price elasticity for {share:.1%} of products (< {MIN_NEGATIVE_SHARE:.0%})"]
+    return []
 
-    dataset = build_dataset(settings, as_of)
-    model = train(settings, dataset, **params)
-    evaluation = evaluate(model, dataset)
-    metrics = {f"{name}.{metric}": value for name, values in evaluation.items() for metric, value in values.items()}
-    champion = registry.champion_version(settings, FAMILY)
-    champion_metric = None
-    if champion is not None:
-        current = registry.load(settings, FAMILY)
-        champion_metric = evaluate(current.model_, dataset)["model"][GATE_METRIC]
-    sane = evaluation["model"]["negative_elasticity_share"] >= 0.95
-    promoted = sane and (champion_metric is None or evaluation["model"][GATE_METRIC] <= champion_metric)
-    return register_and_promote(
-        settings,
-        FAMILY,
-        PricingPredictor(),
-        promote=promoted,
-        champion=champion,
-        champion_metric=champion_metric,
-        metrics=metrics,
+
+def registration(predictor: PricingPredictor, dataset: PricingDataset) -> Registration:
+    """The pyfunc with the model directory, the split and every hyper-parameter."""
+    model = predictor.model_
+    return Registration(
+        python_model=PricingPredictor(),
         artifacts={"model_dir": model.model_dir_},
-        params={"as_of": as_of.isoformat(), "split": str(dataset.split), **model.get_params()},
+        params={"split": str(dataset.split), **model.get_params()},
         tags={
-            "data_window": f"..{as_of}",
+            "data_window": f"..{dataset.split.date() if isinstance(dataset.split, pd.Timestamp) else dataset.split}",
             "dataset": dataset.name,
             "feature_service": FEATURE_SERVICE if set(DEMAND_FEATURES) & set(model.spec_.extras) else "none",
         },
     )
+
+
+FAMILY = Family(
+    name=NAME,
+    gate_metric=GATE_METRIC,
+    higher_is_better=False,
+    build_dataset=build_dataset,
+    train=train,
+    evaluate=evaluate,
+    registration=registration,
+    guardrails=guardrails,
+    predictor_type=PricingPredictor,
+)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +30,11 @@ from omnicart.recommend.ranker import RankerParams
 from omnicart.recommend.two_tower import TwoTowerParams
 from omnicart.schemas import ALL_CHANNELS, C
 from omnicart.settings import Settings
+from training.family import Family, Registration
 
 log = logging.getLogger(__name__)
 
-FAMILY = "recommend"
+NAME = "recommend"
 FEATURE_SERVICE = "recommend_v2"
 GATE_METRIC = "ndcg_at_10"
 KS = (10, 20)
@@ -98,7 +98,7 @@ def feast_item_features(settings: Settings) -> recsys.ItemFeatures | None:
     ``materialize_features`` has run."""
     from omnicart.featurestore import item_features_at, item_window_store
 
-    store = item_window_store(settings, FAMILY)
+    store = item_window_store(settings, NAME)
     if store is None:
         return None
 
@@ -115,7 +115,7 @@ def feast_customer_features(settings: Settings) -> recsys.CustomerFeatures | Non
     at the asked time; None (logged) before ``materialize_features`` has run."""
     from omnicart.featurestore import customer_channel_store, features_at
 
-    store = customer_channel_store(settings, FAMILY)
+    store = customer_channel_store(settings, NAME)
     if store is None:
         return None
 
@@ -169,7 +169,7 @@ def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysPa
         item_features=dataset.item_features,
         customer_features=dataset.customer_features,
     )
-    directory = settings.home_dir / "models" / FAMILY / f"as_of={dataset.as_of}"
+    directory = settings.home_dir / "models" / NAME / f"as_of={dataset.as_of}"
     return Recommender.save(model, dataset.purchases, directory)
 
 
@@ -195,9 +195,10 @@ def _metrics(rankings: dict[str, list[str]], truth: dict[str, set[str]]) -> dict
     return out
 
 
-def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[str, float]]:
-    """NDCG, recall and hit rate on ``as_of``'s purchases for the model and its baselines, every customer who
-    bought that day included (those without history get each model's answer for strangers)."""
+def evaluate(model: Recommender, dataset: RecommendDataset, *, baselines: bool = True) -> dict[str, dict[str, float]]:
+    """NDCG, recall and hit rate on ``as_of``'s purchases for the model and (with ``baselines``) the popularity and
+    repeat-history baselines, every customer who bought that day included (those without history get each model's
+    answer for strangers)."""
     truth = dataset.eval_purchases.groupby(C.customer_id)[C.item_id].agg(set).to_dict()
     if not truth:
         raise ValueError(f"no purchases on {dataset.as_of} to evaluate on")
@@ -206,23 +207,10 @@ def evaluate(model: Recommender, dataset: RecommendDataset) -> dict[str, dict[st
     model.use_item_features(dataset.item_features)  # the window's features, point in time
     model.use_customer_features(dataset.customer_features)
     out = {"model": _metrics(model.rank(dataset.purchases, customers, k, dataset.cut, dataset.eval_channels), truth)}
-    for name, rankings in _baselines(dataset.purchases, customers, k).items():
-        out[name] = _metrics(rankings, truth)
+    if baselines:
+        for name, rankings in _baselines(dataset.purchases, customers, k).items():
+            out[name] = _metrics(rankings, truth)
     return out
-
-
-def champion_metric(load_champion: Callable[[], Any], dataset: RecommendDataset) -> float | None:
-    """The champion's gate metric on this dataset; None (logged) when the champion cannot be loaded or cannot rank
-    (a model of an older format): the challenger then wins by default."""
-    try:
-        current = load_champion()
-    except Exception:
-        log.exception("the recommend champion could not be loaded to evaluate it on this window")
-        return None
-    if not isinstance(current, Recommender):
-        log.warning("the recommend champion (%s) cannot be evaluated on this window", type(current).__name__)
-        return None
-    return evaluate(current, dataset)["model"][GATE_METRIC]
 
 
 def run_params(model: Recommender, dataset: RecommendDataset) -> dict[str, Any]:
@@ -244,3 +232,27 @@ def signature(model: Recommender) -> Any:
 
     example = pd.DataFrame({C.customer_id: [next(iter(model.rows_), "unknown")]})
     return infer_signature(example, [json.dumps(model.predict(None, example, {"k": 3}))], params={"k": 10})
+
+
+def registration(model: Recommender, dataset: RecommendDataset) -> Registration:
+    """The pyfunc with the model directory, every hyper-parameter, the stage timings and the signature."""
+    return Registration(
+        python_model=Recommender(),
+        artifacts={"model_dir": model.model_dir_},
+        params=run_params(model, dataset),
+        tags={"feature_service": FEATURE_SERVICE, "data_window": dataset.window},
+        metrics={f"seconds.{stage}": value for stage, value in model.model_.timings_.items()},
+        signature=signature(model),
+    )
+
+
+FAMILY = Family(
+    name="recommend",
+    gate_metric=GATE_METRIC,
+    higher_is_better=True,
+    build_dataset=build_dataset,
+    train=train,
+    evaluate=evaluate,
+    registration=registration,
+    predictor_type=Recommender,
+)

@@ -1,13 +1,19 @@
-"""One code path for the DAG and the CLI: build the dataset, train, evaluate, register, promote if better."""
+"""The one generic runner: every family, from the DAG and the CLI alike, goes build → train → evaluate → judge the
+champion on the same dataset → decide → register → promote (→ deploy)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from omnicart import registry
 from omnicart.settings import Settings
+from training.family import MODEL, Family, decide, flatten, get
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,103 +26,76 @@ class TrainOutcome:
     champion_metric: float | None
     promoted: bool
     champion_version: str
+    reason: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def register_and_promote(
+def champion_metric(settings: Settings, family: Family, dataset: Any) -> float | None:
+    """The current champion's gate metric on ``dataset``; None without a champion, or (logged) when it cannot be
+    loaded or is of another predictor type than this code trains (a model of an older format): the challenger is
+    then judged by its guardrails alone."""
+    if registry.champion_version(settings, family.name) is None:
+        return None
+    try:
+        current = registry.load(settings, family.name)
+    except Exception:
+        log.exception("the %s champion could not be loaded to evaluate it on this dataset", family.name)
+        return None
+    if family.predictor_type is not None and not isinstance(current, family.predictor_type):
+        log.warning("the %s champion (%s) cannot be evaluated on this dataset", family.name, type(current).__name__)
+        return None
+    return family.evaluate(current, dataset, baselines=False)[MODEL][family.gate_metric]
+
+
+def train_family(
     settings: Settings,
-    family: str,
-    predictor: Any,
+    name: str,
+    as_of: dt.date,
     *,
-    promote: bool,
-    champion: str | None,
-    champion_metric: float | None,
-    metrics: dict[str, float],
-    **logged: Any,
+    params: Mapping[str, Any] | None = None,
+    deploy: Callable[[Settings], Any] | None = None,
 ) -> TrainOutcome:
-    """Log the run and register its model (``logged``: artifacts, params, tags, signature, extra metrics go in
-    ``metrics``), move ``champion`` to it when ``promote``, and say what happened. Every family ends here."""
+    """Train ``name`` (with ``params`` for its ``train``) on the data before ``as_of``, evaluate it and the champion
+    on the same dataset, register it, and promote it (then ``deploy``, when given) if ``decide`` says so."""
+    family = get(name)
+    dataset = family.build_dataset(settings, as_of)
+    predictor = family.train(settings, dataset, **(params or {}))
+    evaluation = family.evaluate(predictor, dataset)
+    challenger = evaluation[MODEL][family.gate_metric]
+    current = registry.champion_version(settings, family.name)
+    judged = champion_metric(settings, family, dataset)
+    decision = decide(
+        family.gate_metric,
+        challenger,
+        judged,
+        higher_is_better=family.higher_is_better,
+        guardrail_failures=family.guardrails(evaluation),
+    )
+    spec = family.registration(predictor, dataset)
+    metrics = flatten(evaluation)
     registered = registry.log_model(
         settings,
-        family,
-        predictor,
-        metrics={**metrics, "gate.champion": champion_metric if champion_metric is not None else -1.0},
-        **logged,
+        family.name,
+        spec.python_model,
+        artifacts=spec.artifacts,
+        params={"as_of": as_of.isoformat(), **spec.params},
+        metrics={**metrics, **spec.metrics, "gate.champion": judged if judged is not None else -1.0},
+        tags={**spec.tags, "gate_metric": f"{MODEL}.{family.gate_metric}", "decision": decision.reason},
+        signature=spec.signature,
     )
-    if promote:
-        registry.promote(settings, family, registered.version)
+    if decision.promote:
+        registry.promote(settings, family.name, registered.version)
+        if deploy is not None:
+            deploy(settings)
+    log.info("%s v%s: %s", family.name, registered.version, decision.reason)
     return TrainOutcome(
-        family=family,
+        family=family.name,
         version=registered.version,
-        metrics=metrics,
-        champion_metric=champion_metric,
-        promoted=promote,
-        champion_version=registered.version if promote else str(champion),
+        metrics={**metrics, **spec.metrics},
+        champion_metric=judged,
+        promoted=decision.promote,
+        champion_version=registered.version if decision.promote else str(current),
+        reason=decision.reason,
     )
-
-
-def train_recommend(settings: Settings, as_of: dt.date) -> TrainOutcome:
-    """Train the two-stage recommender on the purchases before ``as_of``; promote it when its NDCG@10 on the
-    purchases of ``as_of`` is at least the champion's on the same day."""
-    from omnicart.recommend.predictor import Recommender
-    from training import recommend
-
-    dataset = recommend.build_dataset(settings, as_of)
-    model = recommend.train(settings, dataset)
-    evaluation = recommend.evaluate(model, dataset)
-    metrics = {f"{name}.{metric}": value for name, values in evaluation.items() for metric, value in values.items()}
-    timings = {f"seconds.{stage}": value for stage, value in model.model_.timings_.items()}
-
-    champion = registry.champion_version(settings, recommend.FAMILY)
-    champion_metric = None
-    if champion is not None:
-        champion_metric = recommend.champion_metric(lambda: registry.load(settings, recommend.FAMILY), dataset)
-    promoted = champion_metric is None or evaluation["model"][recommend.GATE_METRIC] >= champion_metric
-
-    return register_and_promote(
-        settings,
-        recommend.FAMILY,
-        Recommender(),
-        promote=promoted,
-        champion=champion,
-        champion_metric=champion_metric,
-        metrics={**metrics, **timings},
-        artifacts={"model_dir": model.model_dir_},
-        params=recommend.run_params(model, dataset),
-        tags={
-            "feature_service": recommend.FEATURE_SERVICE,
-            "data_window": dataset.window,
-            "gate_metric": f"model.{recommend.GATE_METRIC}",
-        },
-        signature=recommend.signature(model),
-    )
-
-
-# family → its train-evaluate-promote function; the DAG and the CLI go through ``train_family`` alike
-def train_pricing(settings: Settings, as_of: dt.date) -> TrainOutcome:
-    """Train the demand model on the shop's prices before ``as_of``; promote when its RMSE beats the champion's."""
-    from training import pricing
-
-    return pricing.train_and_register(settings, as_of)
-
-
-def train_support(settings: Settings, as_of: dt.date) -> TrainOutcome:
-    """Fine-tune and index the support assistant on the tickets before ``as_of``; promote when its hit@1 on the
-    tickets of ``as_of`` is at least the champion's."""
-    from training import support
-
-    return support.train_and_register(settings, as_of)
-
-
-FAMILIES = {"recommend": train_recommend, "pricing": train_pricing, "support": train_support}
-
-
-def train_family(settings: Settings, family: str, as_of: dt.date) -> TrainOutcome:
-    """Build the dataset, train, evaluate against the champion and promote if better, for one family."""
-    try:
-        run = FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
-    return run(settings, as_of)

@@ -22,8 +22,13 @@ class PricingPredictor(mlflow.pyfunc.PythonModel):
 
     @classmethod
     def from_directory(cls, directory: Path) -> PricingPredictor:
+        return cls.from_model(DemandModel.load(Path(directory)))
+
+    @classmethod
+    def from_model(cls, model: DemandModel) -> PricingPredictor:
+        """The predictor of an already fitted (or loaded) model."""
         predictor = cls()
-        predictor.model_ = DemandModel.load(Path(directory))
+        predictor.model_ = model
         return predictor
 
     def load_context(self, context: Any) -> None:

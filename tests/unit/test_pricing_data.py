@@ -11,6 +11,7 @@ from pricing_data import fitted, simulated
 from benchmarks.runner import datasets_dir
 from omnicart.datasets import dominicks
 from omnicart.pricing.baselines import LogLog
+from omnicart.pricing.pyfunc import PricingPredictor
 from omnicart.schemas import C
 from training.pricing import evaluate, from_frame
 
@@ -73,7 +74,7 @@ def test_loglog_baseline_recovers_a_known_elasticity() -> None:
 def test_evaluate_reports_model_and_baselines_on_the_same_rows() -> None:
     frame, _, _ = simulated()
     ds = from_frame(frame, name="sim")
-    result = evaluate(fitted(), ds)
+    result = evaluate(PricingPredictor.from_model(fitted()), ds)
     assert set(result) == {"model", "series_mean", "log_log", "data"}
     assert result["model"]["rmse"] < result["series_mean"]["rmse"]  # lags and prices beat a constant
     assert result["model"]["negative_elasticity_share"] >= 0.95
@@ -93,7 +94,7 @@ def test_train_runs_as_a_ray_train_job(tmp_path) -> None:
         model = train(Settings(home=tmp_path), ds, n_estimators=30, max_depth=4)
     finally:
         ray.shutdown()
-    assert (model.model_dir_ / "booster.json").is_file()
-    assert model.model_dir_.is_relative_to(tmp_path)
+    assert (model.model_.model_dir_ / "booster.json").is_file()
+    assert model.model_.model_dir_.is_relative_to(tmp_path)
     result = evaluate(model, ds)
     assert np.isfinite(result["model"]["rmse"])

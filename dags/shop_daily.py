@@ -84,16 +84,16 @@ def shop_daily():
 
     @task
     def check_drift(window: dict) -> dict:
-        from monitoring.run import check_day, to_dict
+        from monitoring.run import check_day
 
-        return to_dict(check_day(_settings(), dt.date.fromisoformat(window["day"])))
+        return check_day(_settings(), dt.date.fromisoformat(window["day"])).to_dict()
 
     @task
     def alert(result: dict) -> bool:
+        from monitoring.drift import DriftResult
         from monitoring.run import alert as send_alert
-        from monitoring.run import from_dict
 
-        return send_alert(_settings(), from_dict(result))
+        return send_alert(_settings(), DriftResult.from_dict(result))
 
     window = ingest()
     built = features(window)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from monitoring import families
 from monitoring.config import MonitoringConfig
-from monitoring.drift import DriftResult, run_drift
+from monitoring.drift import DriftResult, check_drift
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
@@ -63,8 +63,8 @@ class FamilyCheck:
         """JSON-friendly (XCom, the incident state, the CLI)."""
         out = dataclasses.asdict(self)
         out["day"] = self.day.isoformat()
-        out["data"] = _drift_to_dict(self.data)
-        out["prediction"] = _drift_to_dict(self.prediction) if self.prediction else None
+        out["data"] = self.data.to_dict()
+        out["prediction"] = self.prediction.to_dict() if self.prediction else None
         out["reasons"] = list(self.reasons)
         out["outcomes"] = [dataclasses.asdict(o) for o in self.outcomes]
         out["reference_window"] = [d.isoformat() for d in self.reference_window] if self.reference_window else None
@@ -74,8 +74,8 @@ class FamilyCheck:
     def from_dict(cls, data: Mapping[str, Any]) -> FamilyCheck:
         values = dict(data)
         values["day"] = dt.date.fromisoformat(values["day"])
-        values["data"] = _drift_from_dict(values["data"])
-        values["prediction"] = _drift_from_dict(values["prediction"]) if values.get("prediction") else None
+        values["data"] = DriftResult.from_dict(values["data"])
+        values["prediction"] = DriftResult.from_dict(values["prediction"]) if values.get("prediction") else None
         values["reasons"] = tuple(values.get("reasons", ()))
         values["outcomes"] = tuple(OutcomeResult(**o) for o in values.get("outcomes", ()))
         window = values.get("reference_window")
@@ -116,9 +116,10 @@ def check_family(
     snapshots: dict[str, Any] = {}
     reports: dict[str, str] = {}
 
-    data, snapshots["data"] = _drift(
+    data = _drift(
         config, family, day, reference, current, columns, spec.categorical, "data", report_dir, report, workspace, tags
     )
+    snapshots["data"] = data.snapshot
     if data.report_html:
         reports["data"] = str(data.report_html)
 
@@ -127,7 +128,7 @@ def check_family(
     if pair is not None:
         pred_columns = [c for c in spec.prediction_columns if c in pair[0].columns and c in pair[1].columns]
         if pred_columns and not pair[0].empty and not pair[1].empty:
-            prediction, snapshots["prediction"] = _drift(
+            prediction = _drift(
                 config,
                 family,
                 day,
@@ -141,6 +142,7 @@ def check_family(
                 workspace,
                 tags,
             )
+            snapshots["prediction"] = prediction.snapshot
             if prediction.report_html:
                 reports["prediction"] = str(prediction.report_html)
 
@@ -263,7 +265,7 @@ def _drift(
     report: bool,
     workspace: bool,
     tags: list[str],
-) -> tuple[DriftResult, Any]:
+) -> DriftResult:
     rules = {c: config.column_rule(family, c) for c in columns}
     cat = [c for c in columns if (rules[c].categorical if rules[c].categorical is not None else c in categorical)]
     methods = {}
@@ -276,7 +278,7 @@ def _drift(
     if numeric_forced:  # a numeric rule on a column stored as text: compare the numbers
         ref = reference.assign(**{c: pd.to_numeric(reference[c], errors="coerce") for c in numeric_forced})
         cur = current.assign(**{c: pd.to_numeric(current[c], errors="coerce") for c in numeric_forced})
-    return run_drift(
+    return check_drift(
         ref,
         cur,
         columns,
@@ -327,17 +329,3 @@ def _outcome_snapshot(
         None,
         timestamp=dt.datetime(day.year, day.month, day.day, 23, 59, 59),
     )
-
-
-def _drift_to_dict(result: DriftResult) -> dict[str, Any]:
-    out = dataclasses.asdict(result)
-    out["report_html"] = str(result.report_html) if result.report_html else None
-    out["day"] = result.day.isoformat() if result.day else None
-    return out
-
-
-def _drift_from_dict(data: Mapping[str, Any]) -> DriftResult:
-    values = dict(data)
-    values["report_html"] = Path(values["report_html"]) if values.get("report_html") else None
-    values["day"] = dt.date.fromisoformat(values["day"]) if values.get("day") else None
-    return DriftResult(**values)

@@ -20,7 +20,7 @@ The module only measures and returns a ``DriftResult``; alerting lives in ``moni
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -55,47 +55,24 @@ class DriftResult:
     p_values: dict[str, float] = field(default_factory=dict)  # column -> p-value of the significance test
     thresholds: dict[str, float] = field(default_factory=dict)  # column -> distance threshold it was held to
     report_sampled: bool = False  # the HTML report was drawn from a sample (the verdict never is)
+    snapshot: Any = field(default=None, compare=False, repr=False)  # the Evidently snapshot; never serialised
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (XCom, the CLI, a family check's record), without the snapshot."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "snapshot"}
+        out["report_html"] = str(self.report_html) if self.report_html else None
+        out["day"] = self.day.isoformat() if self.day else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DriftResult:
+        values = {k: v for k, v in data.items() if k != "snapshot"}
+        values["report_html"] = Path(values["report_html"]) if values.get("report_html") else None
+        values["day"] = date.fromisoformat(values["day"]) if values.get("day") else None
+        return cls(**values)
 
 
 def check_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    columns: Sequence[str],
-    *,
-    threshold: float,
-    report_path: Path | None,
-    day: date | None = None,
-    categorical: Sequence[str] = (),
-    significance: float = DEFAULT_SIGNIFICANCE,
-    column_thresholds: Mapping[str, float] | None = None,
-    column_significance: Mapping[str, float] | None = None,
-    column_methods: Mapping[str, tuple[str, str]] | None = None,
-    report_rows: int = DEFAULT_REPORT_ROWS,
-) -> DriftResult:
-    """Compare ``current`` with ``reference`` on ``columns``; save Evidently's HTML report to ``report_path``.
-
-    Columns named in ``categorical``, and every non-numeric column, are treated as categorical. The ``column_*``
-    mappings override threshold, significance and (distance, test) methods per column.
-    """
-    result, _ = run_drift(
-        reference,
-        current,
-        columns,
-        threshold=threshold,
-        report_path=report_path,
-        day=day,
-        categorical=categorical,
-        significance=significance,
-        column_thresholds=column_thresholds,
-        column_significance=column_significance,
-        column_methods=column_methods,
-        report_rows=report_rows,
-        snapshot=False,
-    )
-    return result
-
-
-def run_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     columns: Sequence[str],
@@ -109,12 +86,18 @@ def run_drift(
     column_significance: Mapping[str, float] | None = None,
     column_methods: Mapping[str, tuple[str, str]] | None = None,
     report_rows: int = DEFAULT_REPORT_ROWS,
-    snapshot: bool = True,
+    snapshot: bool = False,
     name: str | None = None,
     tags: Sequence[str] = (),
     metadata: Mapping[str, str] | None = None,
-) -> tuple[DriftResult, Any]:
-    """``check_drift`` that also returns the Evidently snapshot (None unless ``snapshot`` or ``report_path``)."""
+) -> DriftResult:
+    """Compare ``current`` with ``reference`` on ``columns`` (the one drift entry point of the platform).
+
+    Columns named in ``categorical``, and every non-numeric column, are treated as categorical. The ``column_*``
+    mappings override threshold, significance and (distance, test) methods per column. With ``report_path`` the
+    Evidently HTML report is saved there; with ``snapshot`` (or a report) the Evidently snapshot rides on the result
+    (``result.snapshot``) for the workspace UI, named ``name`` with ``tags`` and ``metadata``.
+    """
     columns = list(columns)
     if not columns:
         raise ValueError("check_drift needs at least one column to compare")
@@ -174,8 +157,9 @@ def run_drift(
         p_values=p_values,
         thresholds=thresholds,
         report_sampled=sampled and snap is not None,
+        snapshot=snap,
     )
-    return result, snap
+    return result
 
 
 def _stattest(method: str, reference: pd.Series, current: pd.Series, kind: ColumnType, threshold: float) -> float:

@@ -8,10 +8,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -51,21 +49,6 @@ def check_day(settings: Settings, day: dt.date) -> DriftResult:
         day=day,
         categorical=CATEGORICAL,
     )
-
-
-def to_dict(result: DriftResult) -> dict[str, Any]:
-    """A JSON-friendly form (for XCom and the CLI)."""
-    out = dataclasses.asdict(result)
-    out["report_html"] = str(result.report_html)
-    out["day"] = result.day.isoformat() if result.day else None
-    return out
-
-
-def from_dict(data: dict[str, Any]) -> DriftResult:
-    values = dict(data)
-    values["report_html"] = Path(values["report_html"]) if values.get("report_html") else None
-    values["day"] = dt.date.fromisoformat(values["day"]) if values.get("day") else None
-    return DriftResult(**values)
 
 
 def alert(settings: Settings, result: DriftResult, family: str = FAMILY) -> bool:

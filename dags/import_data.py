@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 
 import pendulum
 from airflow.sdk import Asset, AssetAlias, Param, dag, task
@@ -91,9 +92,9 @@ def import_data():
         from airflow.sdk.exceptions import AirflowFailException
 
         from omnicart.ingest import importer
-        from omnicart.orchestration import project_dir
 
-        mapping = project_dir() / params["mapping"]  # an absolute path stays as it is
+        # dags/ sits in the repository root; an absolute path stays as it is
+        mapping = Path(__file__).resolve().parents[1] / params["mapping"]
         try:
             report = importer.import_file(
                 _settings(), mapping, params["source_path"], source=params["source"], limit=params["limit"]

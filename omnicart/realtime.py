@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from omnicart import schemas
+from omnicart.privacy.suppression import suppressed
 from omnicart.schemas import C, F
 from omnicart.settings import Settings
 
@@ -85,7 +86,6 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     customer's real-time features (view ``customer_realtime``) to the online store. ``store``: a FeatureStore to
     reuse (serving keeps one); built from ``settings`` when omitted."""
     from omnicart.featurestore import feature_store, online_features
-    from omnicart.privacy.erasure import suppressed
     from omnicart.privacy.pseudonymise import token
 
     ev = event if isinstance(event, ShopEvent) else ShopEvent.model_validate(event)

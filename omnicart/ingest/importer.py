@@ -38,6 +38,7 @@ from omnicart.ingest.validate import (
     concat_results,
     validate,
 )
+from omnicart.privacy.suppression import suppressed
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
@@ -260,8 +261,6 @@ def import_file(
         if missing:
             raise readers.MalformedFileError(path, f"missing column(s) {missing} that mapping {mapping.name!r} reads")
         loaded.append((spec, src))
-
-    from omnicart.privacy.erasure import suppressed  # erasure imports ingest; import here, not at top
 
     key = settings.secret("pseudonym_key")
     blocked = suppressed(settings)

@@ -29,6 +29,7 @@ from omnicart.ingest.validate import (
     validate,
 )
 from omnicart.privacy.pseudonymise import scrub_columns, token
+from omnicart.privacy.suppression import suppressed
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
@@ -143,8 +144,6 @@ def _validate_and_write(
     day: dt.date | None,
     started: float,
 ) -> IngestReport:
-    from omnicart.privacy.erasure import suppressed  # erasure imports this module; import here, not at top
-
     key = settings.secret("pseudonym_key")
     window = None
     if day is not None:

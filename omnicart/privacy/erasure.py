@@ -22,6 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from omnicart import lake, schemas
+from omnicart.ingest.identity import latest_identity_map, links_from_tables, resolve
+from omnicart.ingest.pipeline import pseudonymise_frame
+from omnicart.ingest.validate import SUBJECT_COLUMNS
+from omnicart.privacy import suppression
 from omnicart.privacy.pseudonymise import token
 from omnicart.schemas import C
 from omnicart.settings import Settings
@@ -55,16 +59,8 @@ class ErasureReport:
         return sum(self.rows_removed.values())
 
 
-def _privacy_dir(settings: Settings) -> Path:
-    return settings.home_dir / "privacy"
-
-
-def log_path(settings: Settings) -> Path:
-    return _privacy_dir(settings) / "erasure_log.jsonl"
-
-
 def marker_path(settings: Settings) -> Path:
-    return _privacy_dir(settings) / "retrain_required.json"
+    return suppression.log_path(settings).with_name("retrain_required.json")
 
 
 def erase(
@@ -118,7 +114,7 @@ def erase(
     )
     # Customer ids are stored as tokens too: the log holds nothing that names the person.
     suppress = sorted({token(key, C.customer_id, c) for c in customer_ids} | (values - customer_ids))
-    _append_log(settings, {**asdict(report), "at": at.isoformat(), "suppress": suppress})
+    suppression.append(settings, {**asdict(report), "at": at.isoformat(), "suppress": suppress})
     if families:
         _mark_retrain(settings, families, erasure_id)
     return report
@@ -126,8 +122,6 @@ def erase(
 
 def _resolve_subject(settings: Settings, subject: list[tuple[str, str]]) -> tuple[list[str], pd.DataFrame]:
     """The resolved ids holding any of the subject's identifiers, and all their (unshared) identifiers."""
-    from omnicart.ingest.identity import latest_identity_map, links_from_tables, resolve
-
     identity_map = latest_identity_map(settings)
     if identity_map is None or identity_map.empty:
         customers = lake.read_table(settings.lake_dir, schemas.CUSTOMERS)
@@ -147,9 +141,6 @@ def _tables(root: Path) -> list[str]:
 
 def _erase_table(root: Path, table: str, values: set[str], landing_key: str | None) -> tuple[int, int]:
     """Rewrite every partition of the table that holds the subject's rows; returns (rows removed, partitions)."""
-    from omnicart.ingest.pipeline import pseudonymise_frame
-    from omnicart.ingest.validate import SUBJECT_COLUMNS
-
     pattern = re.compile("|".join(re.escape(json.dumps(v)) for v in sorted(values))) if values else None
     rows = parts = 0
     for day in lake.partitions(root, table):
@@ -214,24 +205,6 @@ def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
             conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', keys)
             removed += conn.total_changes - before
     return removed
-
-
-def _append_log(settings: Settings, entry: dict) -> None:
-    path = log_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(entry, sort_keys=True) + "\n")
-
-
-def erasure_log(settings: Settings) -> list[dict]:
-    """Every erasure so far (tokens and counts only)."""
-    path = log_path(settings)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def suppressed(settings: Settings) -> frozenset[str]:
-    """Tokens of erased customers (identifier tokens, and tokens of their customer ids): ingest drops their rows."""
-    return frozenset(v for entry in erasure_log(settings) for v in entry.get("suppress", []))
 
 
 def _mark_retrain(settings: Settings, families: list[str], erasure_id: str) -> None:

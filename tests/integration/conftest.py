@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omnicart.mailsink import MailSink
+from edge.mailsink import MailSink
 from omnicart.settings import Settings, get_settings
 
 SIM_DAYS = 12
@@ -144,7 +144,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with settings_env(env, unset=("OMNICART_RAY_ADDRESS", "OMNICART_CONFIG")):
         settings = get_settings()
 
-        from omnicart import orchestration
+        from edge import orchestration
 
         orchestration.prepare(settings)
         mail = MailSink(settings.mail_dir, host=settings.smtp_host, port=settings.smtp_port).start()

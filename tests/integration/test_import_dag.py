@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from omnicart import lake, orchestration, schemas
+from edge import orchestration
+from omnicart import lake, schemas
 from omnicart.assets import DAY_KEY, IMPORT_URI, LAST_DAY_KEY, lake_uri
 from omnicart.ingest.importer import default_data_root
 from omnicart.schemas import C

@@ -22,11 +22,12 @@ import httpx
 import pandas as pd
 import pytest
 
+from edge import orchestration
+from edge.mailsink import MailSink
 from monitoring import families, incidents
 from monitoring.config import retrain_asset_uri
-from omnicart import lake, orchestration, registry, schemas
+from omnicart import lake, registry, schemas
 from omnicart.ingest.daily import land_and_ingest
-from omnicart.mailsink import MailSink
 from omnicart.schemas import C
 from tests.integration.conftest import (
     asset_events,

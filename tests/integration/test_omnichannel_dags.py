@@ -28,7 +28,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from omnicart import lake, orchestration, schemas, services
+from edge import orchestration, services
+from omnicart import lake, schemas
 from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omnicart import services
+from edge import services
 from omnicart.settings import Settings
 
 

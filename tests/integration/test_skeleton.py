@@ -9,7 +9,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from omnicart import lake, orchestration, registry, schemas
+from edge import orchestration
+from omnicart import lake, registry, schemas
 from omnicart.featurestore import feature_store, online_features
 from omnicart.recommend.candidates import CHANNEL_FEATURES
 from omnicart.recommend.predictor import CUSTOMER_FEATURES

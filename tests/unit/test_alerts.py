@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from edge.mailsink import MailSink
 from monitoring.alerts import build_drift_alert, send_drift_alert
 from monitoring.drift import DriftResult, check_drift
-from omnicart.mailsink import MailSink
 from omnicart.schemas import C
 
 SENDER = "omnicart@localhost"
@@ -146,7 +146,7 @@ def test_alert_for_a_real_drift_check_carries_evidently_report(tmp_path, sink):
 def test_mailsink_runs_as_a_foreground_process(result, tmp_path):
     port, directory = free_port(), tmp_path / "mail"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omnicart.mailsink", str(directory), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "edge.mailsink", str(directory), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
         text=True,

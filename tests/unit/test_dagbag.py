@@ -2,7 +2,7 @@
 
 import pytest
 
-from omnicart.orchestration import dags_folder
+from edge.orchestration import dags_folder
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from omnicart import lake, schemas
 from omnicart.datasets.simulator import ShopSimulator
 from omnicart.ingest import daily, identity, pipeline
-from omnicart.privacy import erasure
+from omnicart.privacy import erasure, suppression
 from omnicart.privacy.pseudonymise import token
 from omnicart.schemas import C
 from omnicart.settings import Settings
@@ -69,7 +69,7 @@ def test_erase_by_email_removes_every_row_of_the_customer(shop, tmp_path):
     )
     assert len(_all_rows(settings.lake_dir, schemas.CUSTOMERS)) == before[schemas.CUSTOMERS] - 1
 
-    log = erasure.log_path(settings).read_text()
+    log = suppression.log_path(settings).read_text()
     assert person[C.email] not in log.lower() and person[C.phone] not in log and cid not in log
     assert json.loads(log.splitlines()[0])["erasure_id"] == report.erasure_id
     assert erasure.retrain_required(settings) == report.retrain and "recommend" in report.retrain

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from edge.mailsink import MailSink
 from monitoring import incidents
 from monitoring.checks import FamilyCheck
 from monitoring.drift import DriftResult
 from monitoring.run import notify
-from omnicart.mailsink import MailSink
 from omnicart.schemas import C
 from omnicart.settings import Settings
 

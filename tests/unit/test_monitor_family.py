@@ -81,7 +81,7 @@ def test_monitor_models_dag_wiring(tmp_path_factory):
     os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow")))
     from airflow.dag_processing.dagbag import DagBag
 
-    from omnicart.orchestration import dags_folder
+    from edge.orchestration import dags_folder
 
     dag = DagBag(str(dags_folder())).dags["monitor_models"]
     assert dag.max_active_runs == 1

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from edge.orchestration import dags_folder
 from omnicart import assets, schemas
 from omnicart.ingest.channels import LANDING_CHANNELS
-from omnicart.orchestration import dags_folder
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pydantic
 import pytest
 
 from omnicart import lake, schemas
-from omnicart.privacy.erasure import log_path
 from omnicart.privacy.pseudonymise import token
+from omnicart.privacy.suppression import log_path
 from omnicart.realtime import PushResult, ShopEvent, push_event
 from omnicart.schemas import C, F
 from omnicart.settings import Settings

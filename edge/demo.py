@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from omnicart import lake, orchestration, schemas
+from edge import orchestration
+from omnicart import lake, schemas
 from omnicart.raycluster import JOIN_ENV
 from omnicart.schemas import C
 from omnicart.settings import Settings, get_settings
@@ -44,7 +45,7 @@ def curl_command(settings: Settings, customer_id: str) -> str:
 
 
 def run(settings: Settings, *, start_services: bool, console: Console) -> DemoReport:
-    from omnicart import services
+    from edge import services
 
     dags = orchestration.dags_folder()
     if start_services:

@@ -77,7 +77,7 @@ def bin_dir() -> Path:
 def airflow_env(settings: Settings, dags_folder: Path) -> dict[str, str]:
     """Airflow's environment: our home, DB and DAGs, the API server / UI on ``host:airflow_port``, and tasks
     that call the execution API there; the LocalExecutor and simple auth manager that standalone would force."""
-    from omnicart import orchestration
+    from edge import orchestration
 
     base = f"http://{settings.host}:{settings.airflow_port}"
     return {
@@ -211,7 +211,7 @@ def _specs(settings: Settings, dags_folder: Path | None = None) -> dict[str, _Sp
             [
                 sys.executable,
                 "-m",
-                "omnicart.mailsink",
+                "edge.mailsink",
                 str(settings.mail_dir),
                 "--host",
                 settings.smtp_host,

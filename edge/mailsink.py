@@ -1,7 +1,7 @@
 """A local SMTP sink for the demo and tests: every message it receives becomes one ``.eml`` file in a directory.
 
 Alert emails then need no real relay, and a person (or a test) reads them back with ``MailSink.messages()``.
-Run it in the foreground with ``python -m omnicart.mailsink DIR --host 127.0.0.1 --port 8025``.
+Run it in the foreground with ``python -m edge.mailsink DIR --host 127.0.0.1 --port 8025``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def serve_forever(directory: Path, host: str = "127.0.0.1", port: int = 8025) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m omnicart.mailsink", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m edge.mailsink", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="where each received message is stored as an .eml file")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025)

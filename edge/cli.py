@@ -44,7 +44,7 @@ def up(
     ] = None,
 ) -> None:
     """Start Airflow, Ray with Serve, the MLflow UI, the Evidently UI and the mail sink on 127.0.0.1."""
-    from omnicart import orchestration, services
+    from edge import orchestration, services
 
     settings = _settings()
     with console.status("starting services (Airflow takes a minute the first time)…"):
@@ -58,7 +58,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop every service that `omnicart up` started."""
-    from omnicart import services
+    from edge import services
 
     stopped = services.down(_settings())
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -67,7 +67,7 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Show which local services run, and where."""
-    from omnicart import services
+    from edge import services
 
     _print_services(services.status(_settings()))
 
@@ -80,7 +80,7 @@ def demo(
 ) -> None:
     """Run the main job end to end on the embedded default: simulate → ingest → Feast → Ray Train → MLflow →
     Ray Serve → Evidently → email. Safe to run again."""
-    from omnicart import demo as demo_mod
+    from edge import demo as demo_mod
 
     report = demo_mod.run(_settings(), start_services=services_, console=console)
     raise typer.Exit(0 if report.ok else 1)
@@ -213,3 +213,7 @@ def bench(
 def main() -> None:  # pragma: no cover - console-script shim
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()
+
+
+if __name__ == "__main__":
+    main()

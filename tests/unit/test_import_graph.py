@@ -36,7 +36,6 @@ PENDING: frozenset[tuple[str, str]] = frozenset(
     {
         # The family-contract refactor of training/run.py: the one generic runner registers and promotes, so the
         # families stop calling back into it (register_and_promote), which closes the cycles run -> family -> run.
-        ("training.pricing", "training.run"),
         ("training.support", "training.run"),
     }
 )

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omnicart.schemas import FAMILIES
 from omnicart.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -86,11 +87,21 @@ def demo(
     raise typer.Exit(0 if report.ok else 1)
 
 
+FAMILY_HELP = f"Model family: {', '.join(FAMILIES)}."
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        console.print(f"[red]unknown model family {family!r}; known: {', '.join(FAMILIES)}[/]")
+        raise typer.Exit(2)
+
+
 @models_app.command("list")
-def models_list(family: Annotated[str, typer.Argument(help="recommend")] = "recommend") -> None:
+def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "recommend") -> None:
     """List a family's registered versions and which one is champion."""
     from omnicart import registry
 
+    _check_family(family)
     settings = _settings()
     mlc = registry.client(settings)
     champion = registry.champion_version(settings, family)
@@ -105,10 +116,11 @@ def models_list(family: Annotated[str, typer.Argument(help="recommend")] = "reco
 
 
 @models_app.command("rollback")
-def models_rollback(family: Annotated[str, typer.Argument(help="recommend")]) -> None:
-    """Point `champion` back at the previous champion, and redeploy."""
+def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) -> None:
+    """Point `champion` back at the previous champion (a running Serve app picks it up on its next deploy)."""
     from omnicart import registry
 
+    _check_family(family)
     settings = _settings()
     try:
         version = registry.rollback(settings, family)
@@ -120,7 +132,7 @@ def models_rollback(family: Annotated[str, typer.Argument(help="recommend")]) ->
 
 @app.command()
 def train(
-    family: Annotated[str, typer.Argument(help="Model family, e.g. recommend.")],
+    family: Annotated[str, typer.Argument(help=FAMILY_HELP)],
     as_of: Annotated[
         str | None, typer.Option(help="Train on data before this day (YYYY-MM-DD); default: the last day.")
     ] = None,
@@ -128,6 +140,7 @@ def train(
     """Train one family as a Ray Train job, evaluate it against the champion and promote it if it wins."""
     from training.run import train_family
 
+    _check_family(family)
     settings = _settings()
     day = dt.date.fromisoformat(as_of) if as_of else settings.sim_end
     with console.status(f"training {family} as of {day}…"):

@@ -9,10 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
+from omnicart.support.calibration import Calibration, calibrate, confidence_features, threshold_for_precision
+from omnicart.support.dataset import SupportDataset
+from omnicart.support.finetune import _batches
+from omnicart.support.fit import fit_local
+from omnicart.support.predictor import SupportModel
 from serving.support import SupportRequest, SupportService, escalations_path
-from training.support import SupportDataset, SupportModel, _batches, calibrate, catalog_entries, fit_local
-from training.support_index import Calibration, rank_metrics, threshold_for_precision
+from training.support import catalog_entries
 
 KEY = "test-pseudonym-key"
 EMAIL, PHONE = "jane.doe@example.com", "+44 20 7946 0958"
@@ -164,8 +169,6 @@ def test_all_correct_validation_still_learns_to_hand_over_uncovered_questions():
     fused = np.where(relevant, 0.8, 0.3) + rng.normal(0, 0.05, (n, docs))  # right answers score clearly higher
     cal = calibrate(fused.astype(np.float32), np.zeros((n, 0), np.float32), relevant, 0.9)
     assert cal.validation["synthetic_negatives"] == n and cal.reachable
-    from training.support_index import confidence_features
-
     covered = cal.confidence(confidence_features(fused[:1].astype(np.float32), np.zeros((1, 0))))[0]
     uncovered = cal.confidence(confidence_features(np.full((1, docs), 0.3, np.float32), np.zeros((1, 0))))[0]
     assert covered >= cal.threshold > uncovered

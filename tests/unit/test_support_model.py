@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
 from omnicart.support.calibration import Calibration, calibrate, confidence_features, threshold_for_precision
 from omnicart.support.dataset import SupportDataset
@@ -172,13 +171,6 @@ def test_all_correct_validation_still_learns_to_hand_over_uncovered_questions():
     covered = cal.confidence(confidence_features(fused[:1].astype(np.float32), np.zeros((1, 0))))[0]
     uncovered = cal.confidence(confidence_features(np.full((1, docs), 0.3, np.float32), np.zeros((1, 0))))[0]
     assert covered >= cal.threshold > uncovered
-
-
-def test_rank_metrics_hit_and_reciprocal_rank():
-    scores = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]])
-    relevant = np.array([[True, False, False], [False, True, False]])
-    m = rank_metrics(scores, relevant)
-    assert m["hit@1"] == 0.5 and m["mrr@10"] == pytest.approx((1 + 0.5) / 2)
 
 
 def test_batches_never_put_one_answer_twice_in_a_batch():

@@ -69,14 +69,17 @@ def load(
 
 def _trained(settings: Settings, ds: Any, config: dict[str, Any]) -> tuple[Any, bool]:
     """The model for this data and configuration: reused when already trained, else trained in a Ray job now."""
+    from omnicart.support import FAMILY
+    from omnicart.support.fit import DEFAULT_CONFIG
+    from omnicart.support.predictor import SupportModel
     from training import support
 
-    cfg = {**support.DEFAULT_CONFIG, **config}
+    cfg = {**DEFAULT_CONFIG, **config}
     tag = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    directory = settings.home_dir / "models" / support.FAMILY / f"bench-{ds.name}-{ds.fingerprint()}-{tag}"
+    directory = settings.home_dir / "models" / FAMILY / f"bench-{ds.name}-{ds.fingerprint()}-{tag}"
     if (directory / "meta.json").exists():
         _say(f"reusing the model trained on the same data and configuration: {directory}")
-        return support.SupportModel.from_directory(directory), True
+        return SupportModel.from_directory(directory), True
     _say(f"training (Ray Train job, fine-tuning ≤ {cfg['max_seconds']:.0f} s) into {directory}")
     return support.train(settings, ds, cfg, output=directory), False
 
@@ -88,14 +91,18 @@ def _finite(value: Any) -> Any:
 
 def run(settings: Settings, options: BenchOptions) -> BenchResult:
     from omnicart import text
+    from omnicart.metrics import rank_metrics
+    from omnicart.support.dataset import PROTOCOLS, dataset_from_pairs
+    from omnicart.support.encoder import Encoder, throughput
+    from omnicart.support.knowledge import relevance
+    from omnicart.support.predictor import SupportModel
     from training import support
-    from training.support_index import Encoder, rank_metrics, throughput
 
     name, protocol, pairs, source, is_test = load(options.dataset, options.input, options.protocol, options.split)
-    if protocol not in support.PROTOCOLS:
-        raise NotAvailable(f"support protocols are {', '.join(support.PROTOCOLS)}, not {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise NotAvailable(f"support protocols are {', '.join(PROTOCOLS)}, not {protocol!r}")
     key = settings.secret("pseudonym_key")
-    ds = support.dataset_from_pairs(pairs, protocol, key, name, source, is_test)
+    ds = dataset_from_pairs(pairs, protocol, key, name, source, is_test)
     _say(f"{name} ({protocol}): {len(ds.train)} training pairs, {len(ds.test)} test questions")
     # The reqa gate is product-blind, so tune and calibrate the model product-blind too. In reqa the answers to
     # find never have known questions (the test pairs' questions are withheld), so no question index; only the
@@ -113,13 +120,13 @@ def run(settings: Settings, options: BenchOptions) -> BenchResult:
     questions = ds.test[C.question].tolist()
     sample = questions[:THROUGHPUT_SAMPLE]
     base = Encoder(text.model_path())
-    torch_model = support.SupportModel.from_directory(model.model_dir_, backend="torch")
+    torch_model = SupportModel.from_directory(model.model_dir_, backend="torch")
     speeds = {
         "minilm": throughput(base, sample, base.torch_model().max_seq_length),
         "omnicart-torch": throughput(torch_model.encoder_, sample, torch_model.question_length_),
         "omnicart": throughput(model.encoder_, sample, model.question_length_),
     }
-    relevant = support._relevant(protocol, ds.test.reset_index(drop=True), torch_model.kb_)
+    relevant = relevance(protocol, ds.test.reset_index(drop=True), torch_model.kb_)
     fused = np.concatenate([f for _, f, _, _ in torch_model.score(questions)])
     evaluation["omnicart-torch"] = rank_metrics(fused, relevant)
 

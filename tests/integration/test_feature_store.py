@@ -8,7 +8,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from omnicart import features, lake, schemas
+from omnicart import features, lake, schemas, text
 from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 from omnicart.settings import Settings
 
@@ -157,7 +157,7 @@ def test_feature_services_retrieve_point_in_time(shop):
     assert v1[F.spend_30d].tolist()[1] == PLANTED and v1[F.spend_30d].tolist()[0] != PLANTED
     v2 = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service("recommend_v2")).to_df()
     v2 = v2.sort_values(C.event_timestamp).reset_index(drop=True)
-    assert len(v2.loc[0, F.text_embedding]) == features.TEXT_DIM
+    assert len(v2.loc[0, F.text_embedding]) == text.DIM
     assert v2.loc[0, M30] != PLANTED and v2.loc[1, M30] == PLANTED
 
 

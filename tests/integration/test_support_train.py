@@ -7,7 +7,9 @@ import pytest
 
 from omnicart.schemas import C
 from omnicart.settings import Settings
-from training.support import SupportDataset, SupportModel, evaluate, train
+from omnicart.support.dataset import SupportDataset
+from omnicart.support.predictor import SupportModel
+from training.support import evaluate, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

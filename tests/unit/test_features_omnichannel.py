@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from omnicart import features, lake, schemas
+from omnicart import features, lake, schemas, text
 from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 from omnicart.settings import Settings
 
@@ -177,9 +177,9 @@ def test_partitions_keep_their_arrow_types(lake_home):
 def test_text_embeddings_only_for_landed_catalog_rows(lake_home, monkeypatch):
     class FakeEncoder:
         def encode(self, texts, **_):
-            return np.ones((len(texts), features.TEXT_DIM), dtype=np.float32)
+            return np.ones((len(texts), text.DIM), dtype=np.float32)
 
-    monkeypatch.setitem(features._ENCODERS, "cpu", FakeEncoder())
+    monkeypatch.setattr(text, "encoder", lambda device=None: FakeEncoder())
     s = lake_home
     stale = features.item_text_embeddings(
         pd.DataFrame({C.item_id: ["X"], C.title: ["x"], C.description: [None]}), s.sim_start
@@ -189,7 +189,7 @@ def test_text_embeddings_only_for_landed_catalog_rows(lake_home, monkeypatch):
     assert written == 12  # the catalog landed on day 0 only
     assert lake.partitions(s.lake_dir, schemas.ITEM_TEXT_EMBEDDINGS) == [s.sim_start]  # the stale day is gone
     vectors = lake.read_table(s.lake_dir, schemas.ITEM_TEXT_EMBEDDINGS)[F.text_embedding]
-    assert all(len(v) == features.TEXT_DIM for v in vectors)
+    assert all(len(v) == text.DIM for v in vectors)
 
 
 def test_item_texts_are_title_and_description():

@@ -91,7 +91,7 @@ def test_real_bitext_has_the_documented_counts():
 
 
 def test_pairs_dataset_follows_the_protocol_pools_and_scrubs_pii():
-    from training.support import dataset_from_pairs
+    from omnicart.support.dataset import dataset_from_pairs
 
     pairs = pd.DataFrame(
         {

@@ -10,9 +10,13 @@ import pandas as pd
 import pytest
 
 from omnicart.schemas import C
+from omnicart.support.calibration import Calibration, calibrate, confidence_features, threshold_for_precision
+from omnicart.support.dataset import SupportDataset
+from omnicart.support.finetune import _batches
+from omnicart.support.fit import fit_local
+from omnicart.support.predictor import SupportModel
 from serving.support import SupportRequest, SupportService, escalations_path
-from training.support import SupportDataset, SupportModel, _batches, calibrate, catalog_entries, fit_local
-from training.support_index import Calibration, rank_metrics, threshold_for_precision
+from training.support import catalog_entries
 
 KEY = "test-pseudonym-key"
 EMAIL, PHONE = "jane.doe@example.com", "+44 20 7946 0958"
@@ -164,18 +168,9 @@ def test_all_correct_validation_still_learns_to_hand_over_uncovered_questions():
     fused = np.where(relevant, 0.8, 0.3) + rng.normal(0, 0.05, (n, docs))  # right answers score clearly higher
     cal = calibrate(fused.astype(np.float32), np.zeros((n, 0), np.float32), relevant, 0.9)
     assert cal.validation["synthetic_negatives"] == n and cal.reachable
-    from training.support_index import confidence_features
-
     covered = cal.confidence(confidence_features(fused[:1].astype(np.float32), np.zeros((1, 0))))[0]
     uncovered = cal.confidence(confidence_features(np.full((1, docs), 0.3, np.float32), np.zeros((1, 0))))[0]
     assert covered >= cal.threshold > uncovered
-
-
-def test_rank_metrics_hit_and_reciprocal_rank():
-    scores = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]])
-    relevant = np.array([[True, False, False], [False, True, False]])
-    m = rank_metrics(scores, relevant)
-    assert m["hit@1"] == 0.5 and m["mrr@10"] == pytest.approx((1 + 0.5) / 2)
 
 
 def test_batches_never_put_one_answer_twice_in_a_batch():

@@ -1,0 +1,170 @@
+"""Fine-tuning MiniLM with MultipleNegativesRankingLoss (inside the Ray Train worker, or in process): both towers on
+(question, answer) pairs with in-batch negatives, or the query tower only against a frozen answer bank."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MNRL_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default: cosine / 0.05
+
+
+def _batches(keys: Sequence[str], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches in which no two pairs share a key: a repeated answer would be a false in-batch negative."""
+    pending = rng.permutation(len(keys)).tolist()
+    batches = []
+    while pending:
+        batch, seen, rest = [], set(), []
+        for i in pending:
+            if len(batch) < batch_size and keys[i] not in seen:
+                batch.append(i)
+                seen.add(keys[i])
+            else:
+                rest.append(i)
+        if len(batch) >= 2:
+            batches.append(batch)
+        if len(batch) < 2:
+            break
+        pending = rest
+    return batches
+
+
+def _tuning_setup(n: int, cfg: dict) -> tuple[str, np.random.Generator, np.ndarray, dict[str, float]]:
+    """Device, seeded generator, the (sub)sample of the ``n`` training pairs and the stats both tunings report."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    idx = np.arange(n)
+    if len(idx) > cfg["max_pairs"]:
+        idx = np.sort(rng.choice(idx, size=cfg["max_pairs"], replace=False))
+    stats = {"pairs": float(len(idx)), "steps": 0.0, "seconds": 0.0, "loss": float("nan"), "stopped_early": 0.0}
+    stats["gpu"] = float(device == "cuda")
+    return device, rng, idx, stats
+
+
+def _tunable_model(base: Path, device: str, cfg: dict, total_steps: int) -> tuple[Any, list, Any, Any]:
+    """The encoder with its embeddings and first ``freeze_layers`` layers frozen, its trainable parameters, AdamW
+    and a linear warm-up / decay schedule over ``total_steps``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(base), device=device)
+    for module in [model[0].auto_model.embeddings, *model[0].auto_model.encoder.layer[: cfg["freeze_layers"]]]:
+        module.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
+    warmup = max(1, int(cfg["warmup_share"] * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    return model, params, optimizer, schedule
+
+
+def _step(loss: Any, params: list, optimizer: Any, schedule: Any, stats: dict[str, float]) -> None:
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+    stats["steps"] += 1
+    stats["loss"] = float(loss.detach())
+
+
+def _save_tuned(model: Any, output: Path, stats: dict[str, float], started: float) -> dict[str, float]:
+    stats["seconds"] = round(time.perf_counter() - started, 1)
+    model.eval()
+    model.save(str(output), create_model_card=False)
+    return stats
+
+
+def fine_tune(
+    base: Path, output: Path, questions: Sequence[str], answers: Sequence[str], keys: Sequence[str], cfg: dict
+) -> dict[str, float]:
+    """MultipleNegativesRankingLoss on (question, answer) pairs; saves the sentence-transformers folder to ``output``.
+
+    Returns what was done: pairs, steps, seconds, last loss and whether ``max_seconds`` stopped it early."""
+    device, rng, idx, stats = _tuning_setup(len(questions), cfg)
+    if cfg["epochs"] <= 0 or len(idx) < 2:
+        shutil.copytree(base, output, dirs_exist_ok=True)  # the off-the-shelf encoder, versioned with the model
+        stats["pairs"] = 0.0
+        return stats
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    epochs = [_batches([keys[i] for i in idx], cfg["batch_size"], rng) for _ in range(int(cfg["epochs"]))]
+    model, params, optimizer, schedule = _tunable_model(base, device, cfg, sum(len(e) for e in epochs))
+    loss_fn = MultipleNegativesRankingLoss(model)
+    model.train()
+    started = time.perf_counter()
+    for batches in epochs:
+        for batch in batches:
+            if time.perf_counter() - started > cfg["max_seconds"]:
+                stats["stopped_early"] = 1.0
+                break
+            model.max_seq_length = cfg["train_question_length"]
+            fq = model.preprocess([questions[idx[i]] for i in batch])
+            model.max_seq_length = cfg["train_answer_length"]
+            fa = model.preprocess([answers[idx[i]] for i in batch])
+            moved = [{k: v.to(device) if hasattr(v, "to") else v for k, v in f.items()} for f in (fq, fa)]
+            _step(loss_fn(moved, None), params, optimizer, schedule, stats)
+    return _save_tuned(model, output, stats, started)
+
+
+def fine_tune_queries(
+    base: Path,
+    output: Path,
+    questions: Sequence[str],
+    targets: Sequence[int],
+    bank: np.ndarray,
+    cfg: dict,
+    groups: tuple[Sequence[Any], Sequence[Any]] | None = None,
+) -> dict[str, float]:
+    """MultipleNegativesRankingLoss against a frozen answer bank: question i's positive is ``bank[targets[i]]`` and
+    every other training answer is a negative, not only those of its batch. Only the query tower trains (a forward
+    and backward pass over short questions; the answers are never re-encoded). With ``groups`` (per question, per
+    bank entry), bank entries of the question's group other than its own answer are not negatives (same intent).
+
+    Returns what was done, as ``fine_tune`` does."""
+    import torch
+
+    device, rng, idx, stats = _tuning_setup(len(questions), cfg)
+    stats["negatives"] = float(max(len(bank) - 1, 0))
+    if cfg["epochs"] <= 0 or len(idx) < 2 or len(bank) < 2:
+        shutil.copytree(base, output, dirs_exist_ok=True)
+        stats["pairs"] = 0.0
+        return stats
+    batch_size = int(cfg["batch_size"])
+    total = int(cfg["epochs"]) * int(np.ceil(len(idx) / batch_size))
+    model, params, optimizer, schedule = _tunable_model(base, device, cfg, total)
+    model.max_seq_length = cfg["train_question_length"]
+    answers = torch.as_tensor(np.asarray(bank, dtype=np.float32), device=device)
+    targets = np.asarray(targets)
+    if groups is not None:
+        q_group, bank_group = (np.asarray(g, dtype=object) for g in groups)
+    model.train()
+    started = time.perf_counter()
+    for _ in range(int(cfg["epochs"])):
+        order = rng.permutation(idx)
+        for start in range(0, len(order), batch_size):
+            if time.perf_counter() - started > cfg["max_seconds"]:
+                stats["stopped_early"] = 1.0
+                break
+            batch = order[start : start + batch_size]
+            features = model.preprocess([questions[i] for i in batch])
+            features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+            scores = MNRL_SCALE * model(features)["sentence_embedding"] @ answers.T
+            if groups is not None:
+                same = q_group[batch][:, None] == bank_group[None, :]
+                same[np.arange(len(batch)), targets[batch]] = False
+                scores = scores.masked_fill(torch.as_tensor(same, device=device), float("-inf"))
+            loss = torch.nn.functional.cross_entropy(scores, torch.as_tensor(targets[batch], device=device))
+            _step(loss, params, optimizer, schedule, stats)
+    return _save_tuned(model, output, stats, started)

@@ -1,0 +1,262 @@
+"""The whole support model fitted from a scrubbed dataset: fine-tune, index, tune the fusion, calibrate, export ONNX.
+
+``fit_scrubbed`` writes a directory of plain files that ``SupportModel`` loads; the family's Ray Train job runs it
+in its worker, ``fit_local`` in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omnicart import text
+from omnicart.metrics import rank_metrics
+from omnicart.schemas import C
+from omnicart.support import FAMILY
+from omnicart.support.bm25 import tokenize
+from omnicart.support.calibration import Calibration, calibrate
+from omnicart.support.dataset import SupportDataset, scrub_dataset
+from omnicart.support.encoder import Encoder, export_onnx, quantize_int8, throughput
+from omnicart.support.finetune import fine_tune, fine_tune_queries
+from omnicart.support.fusion import FEATURES, fuse, tune_weights
+from omnicart.support.intents import IntentClassifier
+from omnicart.support.knowledge import KnowledgeBase, doc_key, relevance, scope_mask
+from omnicart.support.predictor import SupportModel
+
+MODEL_FORMAT = 1
+
+# Sized for a shared 2-core CPU: the fine-tuning stays well inside 15 minutes (max_seconds is a hard stop).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "epochs": 1,
+    "max_pairs": 2048,  # fine-tuning pairs drawn from the training split
+    "batch_size": 32,  # in-batch negatives; no two pairs of one batch share an answer (or an intent)
+    "lr": 5e-5,
+    "warmup_share": 0.1,
+    "train_question_length": 48,
+    "train_answer_length": 64,
+    "freeze_layers": 2,  # embeddings and the lowest transformer layers stay as pre-trained (a CPU saving)
+    # False: only the question side is fine-tuned, against every training answer as a negative; the answers keep
+    # their off-the-shelf embeddings, so the pool is encoded once (shared with the MiniLM baseline via cache_dir)
+    "tune_answers": True,
+    "question_index": True,  # index the known questions of each answer (dense_q, bm25_q)
+    "cache_dir": None,  # where off-the-shelf answer embeddings are cached (tune_answers False)
+    "max_seconds": 840.0,
+    "question_length": 64,  # tokens when encoding questions for the index and at query time
+    "answer_length": 128,  # fine-tuned answers only; off-the-shelf ones use MiniLM's own 256 (the baseline's)
+    "val_share": 0.1,
+    "max_val": 1000,
+    "target_precision": 0.9,
+    "use_product_scope": True,  # validate (tune, calibrate) with product-scoped retrieval when ids are given
+    "onnx": True,
+    "onnx_tolerance": 0.01,  # the ONNX query encoder is used when its validation hit@1 is within 1 % of torch's
+    "seed": 0,
+    "threads": None,  # torch threads in the worker; None: every core (Ray's default would be one)
+}
+
+
+class _Cached:
+    """Encode each distinct text once per max length (validation and final index share most texts)."""
+
+    def __init__(self, encoder: Encoder, max_length: int) -> None:
+        self.encoder, self.max_length, self.cache = encoder, max_length, {}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if todo:
+            self.cache.update(zip(todo, self.encoder.encode(todo, self.max_length), strict=True))
+        if not texts:
+            return np.zeros((0, text.DIM), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts]).astype(np.float32)
+
+
+def _available(kb: KnowledgeBase, classifier: IntentClassifier) -> list[str]:
+    names = ["dense_a", "bm25_a"]
+    if len(kb.questions):
+        names += ["dense_q", "bm25_q"]
+    if len(classifier.classes) >= 2:
+        names.append("intent")
+    return [n for n in FEATURES if n in names]
+
+
+def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any]) -> dict[str, float]:
+    """Fine-tune, index, tune the fusion, calibrate and export: write the whole model into ``directory``.
+
+    ``dataset`` must already be scrubbed (``scrub_dataset``); validation is a random ``val_share`` of the training
+    pairs, held out of fine-tuning and of the validation knowledge base's questions."""
+    import torch
+
+    cfg = {**DEFAULT_CONFIG, **config}
+    torch.set_num_threads(int(cfg["threads"] or os.cpu_count() or 1))
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg["seed"])
+    train = dataset.train.reset_index(drop=True)
+    n_val = min(int(round(cfg["val_share"] * len(train))), int(cfg["max_val"])) if len(train) >= 10 else 0
+    is_val = np.zeros(len(train), dtype=bool)
+    is_val[rng.choice(len(train), size=n_val, replace=False)] = True
+    fit_rows, val_rows = train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
+    device = "cuda" if torch.cuda.is_available() else None
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    # 1. fine-tune the dense encoder on the fitting pairs
+    with_q = fit_rows[fit_rows[C.question].notna()]
+    by_intent = dataset.protocol == "intent" and with_q[C.intent].notna().all() and len(with_q)
+    keys = with_q[C.intent].tolist() if by_intent else [doc_key(a) for a in with_q[C.answer]]
+    questions, output = with_q[C.question].tolist(), directory / "encoder"
+    if cfg["tune_answers"]:
+        tuned = fine_tune(text.model_path(), output, questions, with_q[C.answer].tolist(), keys, cfg)
+        enc_a = _Cached(Encoder(output, device=device), cfg["answer_length"])
+    else:
+        cache_dir = Path(cfg["cache_dir"]) if cfg["cache_dir"] else None
+
+        def enc_a(texts: Sequence[str]) -> np.ndarray:
+            return text.encode(texts, cache_dir, device)
+
+        answer_keys = [doc_key(a) for a in with_q[C.answer]]
+        bank = list(dict.fromkeys(answer_keys))
+        position = {a: n for n, a in enumerate(bank)}
+        targets = [position[a] for a in answer_keys]
+        bank_emb = enc_a(bank)
+        stages["encode_answer_bank"] = time.perf_counter() - clock
+        groups = None
+        if by_intent:
+            intent_of = dict(zip(answer_keys, with_q[C.intent], strict=True))
+            groups = (with_q[C.intent].tolist(), [intent_of[a] for a in bank])
+        tuned = fine_tune_queries(text.model_path(), output, questions, targets, bank_emb, cfg, groups)
+    stages["fine_tune"] = tuned["seconds"]
+    clock = time.perf_counter()
+    enc_q = _Cached(Encoder(output, device=device), cfg["question_length"])
+    if not cfg["question_index"]:
+        fit_rows = fit_rows.assign(**{C.question: None})  # the questions still train; they are not indexed
+    labelled = with_q[with_q[C.intent].notna()]
+
+    # 2. validation: a knowledge base without the validation questions; tune the fusion, calibrate confidence
+    val_kb_rows = [fit_rows, dataset.extra_kb]
+    if dataset.protocol == "reqa":
+        val_kb_rows.append(val_rows.assign(**{C.question: None}))
+    val_kb = KnowledgeBase.build(pd.concat(val_kb_rows, ignore_index=True), enc_a, enc_q)
+    classifier = IntentClassifier.fit(enc_q(labelled[C.question].tolist()), labelled[C.intent].tolist())
+    val_questions = val_rows[C.question].tolist()
+    val_products = val_rows[C.product_id].tolist() if cfg["use_product_scope"] else [None] * len(val_rows)
+    mask, _ = scope_mask(val_kb, val_products)
+    relevant = relevance(dataset.protocol, val_rows, val_kb)
+    val_tokens = tokenize(val_questions)
+
+    def val_features(q_emb: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        p = classifier.proba(q_emb)
+        return val_kb.features(q_emb, val_tokens, p, classifier.classes), p
+
+    weights = {name: float(name == "dense_a") for name in FEATURES}
+    val_metrics: dict[str, float] = {}
+    calibration = Calibration(target_precision=cfg["target_precision"])
+    onnx_report: dict[str, Any] = {"backend": "torch"}
+    if len(val_rows) and len(val_kb):
+        feats, intent_p = val_features(enc_q(val_questions))
+        weights, val_metrics = tune_weights(feats, relevant, _available(val_kb, classifier), mask)
+        fused = fuse(feats, weights, mask)
+        calibration = calibrate(fused, intent_p, relevant, cfg["target_precision"])
+        dense_only = rank_metrics(fuse(feats, {"dense_a": 1.0}, mask), relevant)
+        val_metrics = {**val_metrics, "dense_a_hit@1": dense_only["hit@1"]}
+        stages["validate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        if cfg["onnx"]:
+            onnx_report = _choose_onnx(
+                directory,
+                enc_q.encoder,
+                val_questions,
+                val_features,
+                weights,
+                mask,
+                relevant,
+                val_metrics["hit@1"],
+                cfg,
+            )
+            stages["onnx"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+
+    # 3. the knowledge base to serve: every training pair plus the extra entries, and the final intent classifier
+    kb = KnowledgeBase.build(
+        dataset.kb if cfg["question_index"] else dataset.kb.assign(**{C.question: None}), enc_a, enc_q
+    )
+    labelled = train[train[C.question].notna() & train[C.intent].notna()]
+    classifier = IntentClassifier.fit(enc_q(labelled[C.question].tolist()), labelled[C.intent].tolist())
+    stages["index"] = time.perf_counter() - clock
+    kb.save(directory)
+    classifier.save(directory)
+    meta = {
+        "format": MODEL_FORMAT,
+        "family": FAMILY,
+        "dataset": dataset.name,
+        "protocol": dataset.protocol,
+        "fingerprint": dataset.fingerprint(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": cfg,
+        "weights": weights,
+        "calibration": calibration.__dict__,
+        "fine_tune": tuned,
+        "answer_encoder": "fine-tuned" if cfg["tune_answers"] else "off-the-shelf all-MiniLM-L6-v2 (frozen)",
+        "seconds": {k: round(v, 1) for k, v in stages.items()},
+        "validation": val_metrics,
+        "onnx": onnx_report,
+        "docs": len(kb),
+        "questions": len(kb.questions),
+        "kb_sources": kb.docs[C.kb_source].value_counts().to_dict(),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=float))
+    return {
+        "docs": float(len(kb)),
+        "fine_tune_seconds": float(tuned["seconds"]),
+        "fine_tune_steps": float(tuned["steps"]),
+        "val_hit@1": float(val_metrics.get("hit@1", float("nan"))),
+    }
+
+
+def _choose_onnx(
+    directory: Path,
+    encoder: Encoder,
+    questions: list[str],
+    val_features: Any,
+    weights: dict[str, float],
+    mask: np.ndarray | None,
+    relevant: np.ndarray,
+    torch_hit1: float,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Export fp32 and int8 ONNX query encoders; keep the faster one whose validation hit@1 is within tolerance of
+    the torch encoder's (the index itself is always encoded by torch)."""
+    fp32 = export_onnx(directory / "encoder", directory / "encoder.onnx")
+    int8 = quantize_int8(fp32, directory / "encoder.int8.onnx")
+    sample = questions[:256]
+    report: dict[str, Any] = {"tolerance": cfg["onnx_tolerance"], "torch_hit@1": torch_hit1}
+    # serving replicas run on CPU: compare with torch on CPU, even when training had a GPU
+    cpu = encoder if encoder.device in (None, "cpu") else Encoder(directory / "encoder")
+    report["torch_sentences_per_s"] = throughput(cpu, sample, cfg["question_length"])
+    for name, path in (("onnx", fp32), ("onnx_int8", int8)):
+        candidate = Encoder(directory / "encoder", path)
+        feats, _ = val_features(candidate.encode(questions, cfg["question_length"]))
+        report[f"{name}_hit@1"] = rank_metrics(fuse(feats, weights, mask), relevant)["hit@1"]
+        report[f"{name}_sentences_per_s"] = throughput(candidate, sample, cfg["question_length"])
+    # the fastest encoder whose quality is within tolerance of torch's; torch when no ONNX export beats it
+    floor = (1 - cfg["onnx_tolerance"]) * torch_hit1
+    good = [n for n in ("onnx_int8", "onnx") if report[f"{n}_hit@1"] >= floor]
+    chosen = max(good + ["torch"], key=lambda n: report[f"{n}_sentences_per_s"])
+    report["backend"] = chosen
+    report["file"] = {"onnx_int8": int8.name, "onnx": fp32.name}.get(chosen)
+    for path in (fp32, int8):
+        if path.name != report["file"]:
+            path.unlink(missing_ok=True)
+    return report
+
+
+def fit_local(dataset: SupportDataset, directory: Path, key: str, config: dict[str, Any] | None = None) -> SupportModel:
+    """The same fit without Ray (tests, notebooks): scrub, fit into ``directory``, load."""
+    fit_scrubbed(scrub_dataset(dataset, key), directory, config or {})
+    return SupportModel.from_directory(directory)

@@ -1,0 +1,204 @@
+"""The knowledge base: a doc is one unique answer text (a past ticket's answer, an FAQ answer, a product Q&A answer,
+or a product's catalog text) with the questions it is known to answer, its intent and its products.
+
+For a customer question each doc gets five scores (``fusion.FEATURES``), fused by weights tuned on validation data:
+
+- ``dense_a`` cosine(question, answer) and ``dense_q`` max cosine(question, the doc's known questions) — MiniLM;
+- ``bm25_a`` and ``bm25_q``, the same with BM25 (k1 = 1.5, b = 0.75), each divided by the query's best score;
+- ``intent`` the intent classifier's probability of the doc's intent.
+
+Everything is saved as plain files (JSON lines, npz, the bm25s index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omnicart.schemas import C
+from omnicart.support.bm25 import BM25Index
+from omnicart.support.fusion import normalise
+from omnicart.text import DIM
+
+
+def doc_key(answer: str) -> str:
+    """Docs are unique answer texts: compared after whitespace normalisation."""
+    return " ".join(answer.split())
+
+
+@dataclass
+class KnowledgeBase:
+    """Docs (unique answers with their intent, products and source) and the questions each is known to answer."""
+
+    docs: pd.DataFrame  # doc_id, answer, intent, product_ids (list), kb_source
+    questions: pd.DataFrame  # question, doc (row of docs)
+    answer_emb: np.ndarray
+    question_emb: np.ndarray
+    bm25_answers: BM25Index
+    bm25_questions: BM25Index
+
+    @staticmethod
+    def group(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One doc per unique answer; ``frame`` has question (may be empty), answer, intent, product_id, kb_source."""
+        rows = frame.assign(_key=[doc_key(a) for a in frame[C.answer]])
+        rows = rows[rows["_key"] != ""]
+        docs, questions = [], []
+        for n, (key, grp) in enumerate(rows.groupby("_key", sort=False)):
+            intents = [i for i in grp[C.intent] if isinstance(i, str) and i]
+            products = sorted({p for p in grp[C.product_id] if isinstance(p, str) and p})
+            docs.append(
+                {
+                    C.doc_id: f"d{n:06d}",
+                    C.answer: key,
+                    C.intent: max(set(intents), key=intents.count) if intents else None,
+                    "product_ids": products,
+                    C.kb_source: str(grp[C.kb_source].iloc[0]),
+                }
+            )
+            for q in dict.fromkeys(q for q in grp[C.question] if isinstance(q, str) and q.strip()):
+                questions.append({C.question: q, "doc": n})
+        docs_frame = pd.DataFrame(docs, columns=[C.doc_id, C.answer, C.intent, "product_ids", C.kb_source])
+        return docs_frame, pd.DataFrame(questions, columns=[C.question, "doc"])
+
+    @classmethod
+    def build(
+        cls, frame: pd.DataFrame, encode_answers: Callable[[list[str]], np.ndarray], encode_questions: Callable
+    ) -> KnowledgeBase:
+        docs, questions = cls.group(frame)
+        answers = docs[C.answer].tolist()
+        qtexts = questions[C.question].tolist()
+        return cls(
+            docs=docs,
+            questions=questions,
+            answer_emb=encode_answers(answers),
+            question_emb=encode_questions(qtexts),
+            bm25_answers=BM25Index().fit(answers),
+            bm25_questions=BM25Index().fit(qtexts),
+        )
+
+    def __post_init__(self) -> None:
+        self.index_products()
+
+    def index_products(self) -> None:
+        self.by_product_: dict[str, np.ndarray] = {}
+        lists: dict[str, list[int]] = {}
+        for n, products in enumerate(self.docs["product_ids"]):
+            for p in products:
+                lists.setdefault(p, []).append(n)
+        self.by_product_ = {p: np.asarray(v) for p, v in lists.items()}
+        self.generic_ = np.asarray([n for n, p in enumerate(self.docs["product_ids"]) if not p], dtype=int)
+        doc_of_question = self.questions["doc"].to_numpy(dtype=int) if len(self.questions) else np.zeros(0, int)
+        self.q_order_ = np.argsort(doc_of_question, kind="stable")
+        sorted_docs = doc_of_question[self.q_order_]
+        self.q_docs_, self.q_starts_ = np.unique(sorted_docs, return_index=True)
+        self.doc_intents_ = self.docs[C.intent].tolist()
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def scope(self, product_id: str | None) -> tuple[np.ndarray | None, str]:
+        """Docs a question may be answered from: its product's and the generic ones; None means all docs."""
+        if not product_id:
+            return None, "all"
+        if product_id in self.by_product_:
+            return np.concatenate([self.by_product_[product_id], self.generic_]), "product"
+        return None, "unknown_product"
+
+    def _per_doc_max(self, per_question: np.ndarray) -> np.ndarray:
+        """(queries × questions) → (queries × docs): the best of each doc's questions; 0 for docs with none."""
+        out = np.zeros((per_question.shape[0], len(self.docs)), dtype=np.float32)
+        if per_question.shape[1]:
+            reduced = np.maximum.reduceat(per_question[:, self.q_order_], self.q_starts_, axis=1)
+            out[:, self.q_docs_] = reduced
+        return out
+
+    def features(
+        self, query_emb: np.ndarray, query_tokens: Sequence[list[str]], intent_p: np.ndarray, classes: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """The five (queries × docs) score matrices named in FEATURES."""
+        dense_a = query_emb @ self.answer_emb.T
+        dense_q = self._per_doc_max(query_emb @ self.question_emb.T) if len(self.questions) else None
+        bm25_a = normalise(self.bm25_answers.scores(query_tokens))
+        bm25_q = self._per_doc_max(normalise(self.bm25_questions.scores(query_tokens)))
+        intent = np.zeros_like(dense_a)
+        if len(classes) and intent_p.size:
+            col = {c: i for i, c in enumerate(classes)}
+            idx = np.asarray([col.get(i, -1) if isinstance(i, str) else -1 for i in self.doc_intents_])
+            has = idx >= 0
+            intent[:, has] = intent_p[:, idx[has]]
+        return {
+            "dense_a": dense_a.astype(np.float32),
+            "dense_q": dense_q if dense_q is not None else np.zeros_like(dense_a),
+            "bm25_a": bm25_a,
+            "bm25_q": bm25_q,
+            "intent": intent,
+        }
+
+    # --- plain files ---
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "kb_docs.jsonl", "w", encoding="utf-8") as f:
+            for row in self.docs.to_dict("records"):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with open(directory / "kb_questions.jsonl", "w", encoding="utf-8") as f:
+            for row in self.questions.to_dict("records"):
+                f.write(json.dumps({C.question: row[C.question], "doc": int(row["doc"])}, ensure_ascii=False) + "\n")
+        np.savez(
+            directory / "kb_embeddings.npz",
+            answers=self.answer_emb.astype(np.float16),
+            questions=self.question_emb.astype(np.float16),
+        )
+        self.bm25_answers.save(directory / "bm25_answers")
+        self.bm25_questions.save(directory / "bm25_questions")
+
+    @classmethod
+    def load(cls, directory: Path) -> KnowledgeBase:
+        docs = pd.read_json(directory / "kb_docs.jsonl", lines=True, dtype=False)
+        if docs.empty:
+            docs = pd.DataFrame(columns=[C.doc_id, C.answer, C.intent, "product_ids", C.kb_source])
+        docs[C.intent] = [i if isinstance(i, str) and i else None for i in docs[C.intent]]
+        qpath = directory / "kb_questions.jsonl"
+        questions = pd.read_json(qpath, lines=True, dtype=False) if qpath.stat().st_size else pd.DataFrame()
+        if questions.empty:
+            questions = pd.DataFrame({C.question: pd.Series(dtype=object), "doc": pd.Series(dtype=int)})
+        arrays = np.load(directory / "kb_embeddings.npz")
+        return cls(
+            docs=docs,
+            questions=questions,
+            answer_emb=arrays["answers"].astype(np.float32),
+            question_emb=arrays["questions"].astype(np.float32).reshape(-1, DIM),
+            bm25_answers=BM25Index.load(directory / "bm25_answers"),
+            bm25_questions=BM25Index.load(directory / "bm25_questions"),
+        )
+
+
+def relevance(protocol: str, queries: pd.DataFrame, kb: KnowledgeBase) -> np.ndarray:
+    """(queries × docs) truth: the query's own answer ("reqa") or any doc of the query's intent ("intent")."""
+    if protocol == "reqa":
+        keys = np.asarray([doc_key(a) for a in queries[C.answer]], dtype=object)
+        return keys[:, None] == kb.docs[C.answer].to_numpy(dtype=object)[None, :]
+    q_int = np.asarray([i if isinstance(i, str) else "\0q" for i in queries[C.intent]], dtype=object)
+    d_int = np.asarray([i if isinstance(i, str) else "\0d" for i in kb.docs[C.intent]], dtype=object)
+    return q_int[:, None] == d_int[None, :]
+
+
+def scope_mask(kb: KnowledgeBase, product_ids: Sequence[Any]) -> tuple[np.ndarray | None, list[str]]:
+    """(queries × docs) docs each question may be answered from (None when every question may use every doc), and
+    each question's scope ("all", "product" or "unknown_product")."""
+    masks, scopes, any_scoped = [], [], False
+    for p in product_ids:
+        allowed, scope = kb.scope(p if isinstance(p, str) else None)
+        row = np.ones(len(kb), dtype=bool)
+        if allowed is not None:
+            row[:] = False
+            row[allowed] = True
+            any_scoped = True
+        masks.append(row)
+        scopes.append(scope)
+    return (np.stack(masks) if any_scoped else None), scopes

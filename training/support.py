@@ -23,7 +23,7 @@ from omnicart import lake, schemas
 from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
 from omnicart.settings import Settings
-from omnicart.support import FAMILY
+from omnicart.support import NAME
 from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import confidence_features, share_accuracy_curve
 from omnicart.support.dataset import SupportDataset, canonical, scrub_dataset
@@ -32,6 +32,7 @@ from omnicart.support.fusion import fuse
 from omnicart.support.knowledge import relevance as _relevant  # evaluate's name for the truth of its questions
 from omnicart.support.knowledge import scope_mask as _scope_mask
 from omnicart.support.predictor import SupportModel
+from training.family import Family, Registration
 
 GATE_METRIC = "hit@1"
 
@@ -84,59 +85,17 @@ def _train_loop(config: dict[str, Any]) -> None:
     report_directory(lambda directory: fit_scrubbed(config["dataset"], directory, config["config"]))
 
 
-def train(
-    settings: Settings, dataset: SupportDataset, config: dict[str, Any] | None = None, output: Path | None = None
-) -> SupportModel:
-    """Fit the model in a Ray Train job (GPU when the cluster has one) and return the loaded predictor."""
+def train(settings: Settings, dataset: SupportDataset, output: Path | None = None, **config: Any) -> SupportModel:
+    """Fit the model (``config``: keys of ``DEFAULT_CONFIG``) in a Ray Train job (GPU when the cluster has one) into
+    ``output`` and return the loaded predictor."""
     from training import ray_job
 
     scrubbed = scrub_dataset(dataset, settings.secret("pseudonym_key"))  # again: no raw PII reaches the worker
     tag = dataset.as_of.isoformat() if dataset.as_of else dataset.fingerprint()
-    output = output or settings.home_dir / "models" / FAMILY / f"{dataset.name}-{tag}"
-    job = {"dataset": scrubbed, "config": {**DEFAULT_CONFIG, **(config or {})}}
-    model_dir, _ = ray_job.run(settings, f"{FAMILY}-{dataset.name}-{tag}", _train_loop, job, output)
+    output = output or settings.home_dir / "models" / NAME / f"{dataset.name}-{tag}"
+    job = {"dataset": scrubbed, "config": {**DEFAULT_CONFIG, **config}}
+    model_dir, _ = ray_job.run(settings, f"{NAME}-{dataset.name}-{tag}", _train_loop, job, output)
     return SupportModel.from_directory(model_dir)
-
-
-def mlflow_metrics(evaluation: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Flat, MLflow-legal metric names ("omnicart.hit_at_1", "omnicart_at_50pct.answered_accuracy"); NaN left out."""
-    out = {}
-    for name, values in evaluation.items():
-        for metric, value in values.items():
-            key = f"{name}.{metric}".replace("@", "_at_").replace("%", "pct").replace("+", "_")
-            if isinstance(value, int | float) and np.isfinite(value):
-                out[key] = float(value)
-    return out
-
-
-def train_and_register(settings: Settings, as_of: dt.date, config: dict[str, Any] | None = None) -> Any:
-    """Train on the tickets before ``as_of``, evaluate on the tickets of ``as_of`` beside the baselines, register;
-    promote when its hit@1 is at least the champion's on the same questions. Returns a ``TrainOutcome``."""
-    from omnicart import registry
-    from training.run import register_and_promote
-
-    dataset = build_dataset(settings, as_of)
-    model = train(settings, dataset, config)
-    evaluation = evaluate(model, dataset, cache_dir=settings.home_dir / "cache" / FAMILY)
-    metrics = mlflow_metrics(evaluation)
-    champion = registry.champion_version(settings, FAMILY)
-    champion_metric = None
-    if champion is not None:
-        current = registry.load(settings, FAMILY)
-        champion_metric = evaluate(current, dataset, baselines=False)["omnicart"][GATE_METRIC]
-    promoted = champion_metric is None or evaluation["omnicart"][GATE_METRIC] >= champion_metric
-    return register_and_promote(
-        settings,
-        FAMILY,
-        SupportModel(),
-        promote=promoted,
-        champion=champion,
-        champion_metric=champion_metric,
-        metrics=metrics,
-        artifacts={"model_dir": model.model_dir_},
-        params={"as_of": as_of.isoformat(), **{f"config.{k}": v for k, v in model.meta_["config"].items()}},
-        tags={"data_window": f"..{as_of}", "dataset": dataset.name, "fingerprint": dataset.fingerprint()},
-    )
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
@@ -154,6 +113,7 @@ def evaluate(
     dataset: SupportDataset,
     cache_dir: Path | None = None,
     product_scope: bool | None = None,
+    *,
     baselines: bool = True,
 ) -> dict[str, dict[str, float]]:
     """hit@1 and MRR@10 of the model, BM25 and the off-the-shelf MiniLM on the held-out questions (same docs).
@@ -178,11 +138,11 @@ def evaluate(
     emb = model.encode(questions)
     fused = np.concatenate([f for _, f, _, _ in model.score(questions, embeddings=emb)]) if len(model.kb_) else None
     intent_p = model.intents_.proba(emb)
-    out["omnicart"] = rank_metrics(fused, relevant)
+    out["model"] = rank_metrics(fused, relevant)
     correct = relevant[np.arange(len(fused)), fused.argmax(axis=1)]
     conf = model.calibration_.confidence(confidence_features(fused, intent_p))
     answered = conf >= model.threshold_
-    out["omnicart"].update(
+    out["model"].update(
         {
             "answered_share": float(answered.mean()),
             "answered_accuracy": float(correct[answered].mean()) if answered.any() else float("nan"),
@@ -190,11 +150,11 @@ def evaluate(
         }
     )
     for point in share_accuracy_curve(conf, correct):
-        out[f"omnicart@{point['answered_share']:.0%}"] = point
-    out["omnicart-dense"] = rank_metrics(fuse(_features(model, questions, emb), {"dense_a": 1.0}), relevant)
+        out[f"model@{point['answered_share']:.0%}"] = point
+    out["model-dense"] = rank_metrics(fuse(_features(model, questions, emb), {"dense_a": 1.0}), relevant)
     if scoped_too:
         scoped = np.concatenate([f for _, f, _, _ in model.score(questions, products, embeddings=emb)])
-        out["omnicart+scope"] = rank_metrics(scoped, relevant)
+        out["model+scope"] = rank_metrics(scoped, relevant)
     if not baselines:
         return out
 
@@ -212,3 +172,25 @@ def evaluate(
 def _features(model: SupportModel, questions: list[str], emb: np.ndarray) -> dict[str, np.ndarray]:
     p = model.intents_.proba(emb)
     return model.kb_.features(emb, tokenize(questions), p, model.intents_.classes)
+
+
+def registration(model: SupportModel, dataset: SupportDataset) -> Registration:
+    """The pyfunc with the model directory, the training configuration and the data's fingerprint."""
+    return Registration(
+        python_model=SupportModel(),
+        artifacts={"model_dir": model.model_dir_},
+        params={f"config.{k}": v for k, v in model.meta_["config"].items()},
+        tags={"data_window": f"..{dataset.as_of}", "dataset": dataset.name, "fingerprint": dataset.fingerprint()},
+    )
+
+
+FAMILY = Family(
+    name=NAME,
+    gate_metric=GATE_METRIC,
+    higher_is_better=True,
+    build_dataset=build_dataset,
+    train=train,
+    evaluate=evaluate,
+    registration=registration,
+    predictor_type=SupportModel,
+)

@@ -13,4 +13,4 @@
 - ``predictor``: ``SupportModel``, the MLflow pyfunc serving loads (the model directory as an artifact)
 """
 
-FAMILY = "support"
+NAME = "support"

@@ -20,7 +20,7 @@ import pandas as pd
 from omnicart import text
 from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
-from omnicart.support import FAMILY
+from omnicart.support import NAME
 from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import Calibration, calibrate
 from omnicart.support.dataset import SupportDataset, scrub_dataset
@@ -193,7 +193,7 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     classifier.save(directory)
     meta = {
         "format": MODEL_FORMAT,
-        "family": FAMILY,
+        "family": NAME,
         "dataset": dataset.name,
         "protocol": dataset.protocol,
         "fingerprint": dataset.fingerprint(),

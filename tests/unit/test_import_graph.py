@@ -30,16 +30,6 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "edge": frozenset({"dags"}),
 }
 
-# Known offenders that work in flight removes: (importer, imported) edges left out of both checks. Empty it when
-# that work merges (test_pending_entries_are_still_real fails once an entry's import is gone). One pair a line.
-PENDING: frozenset[tuple[str, str]] = frozenset(
-    {
-        # The family-contract refactor of training/run.py: the one generic runner registers and promotes, so the
-        # families stop calling back into it (register_and_promote), which closes the cycles run -> family -> run.
-        ("training.support", "training.run"),
-    }
-)
-
 
 def modules(root: Path, packages: Iterable[str]) -> dict[str, Path]:
     """Dotted module name → file, for every module of the packages under ``root`` (``pkg/__init__`` is ``pkg``)."""
@@ -87,14 +77,6 @@ def imports(module: str, path: Path, known: Mapping[str, Path]) -> set[str]:
 def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
     known = modules(root, packages)
     return {module: imports(module, path, known) for module, path in known.items()}
-
-
-def without(graph: Mapping[str, set[str]], pending: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
-    """The graph less the pending edges."""
-    left = {module: set(targets) for module, targets in graph.items()}
-    for module, target in pending:
-        left.get(module, set()).discard(target)
-    return left
 
 
 def forbidden_imports(graph: Mapping[str, set[str]], rules: Mapping[str, frozenset[str]]) -> list[str]:
@@ -200,7 +182,7 @@ def test_every_first_party_package_is_scanned() -> None:
 
 
 def test_imports_run_one_way(graph: dict[str, set[str]]) -> None:
-    violations = forbidden_imports(without(graph, PENDING), FORBIDDEN)
+    violations = forbidden_imports(graph, FORBIDDEN)
 
     assert not violations, "imports against the layering (importer -> imported):\n" + "\n".join(violations)
 
@@ -215,15 +197,8 @@ def _tops(modules: Iterable[str]) -> set[str]:
     return {m.split(".")[0] for m in modules}
 
 
-def test_pending_entries_are_still_real(graph: dict[str, set[str]]) -> None:
-    """An allow-listed import that is gone must leave PENDING, so the list only shrinks."""
-    gone = sorted(pair for pair in PENDING if pair[1] not in graph.get(pair[0], set()))
-
-    assert not gone, f"remove these from PENDING, their imports are gone: {gone}"
-
-
 def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
-    found = cycles(without(graph, PENDING))
+    found = cycles(graph)
 
     assert not found, "import cycles (function-level imports included):\n" + "\n".join(found)
 
@@ -254,7 +229,7 @@ def test_checker_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -
     assert cycles(import_graph(root, ["core"])) == ["core.a -> core.b -> core.c -> core.a"]
 
 
-def test_checker_finds_a_forbidden_import_and_honours_pending(tmp_path: Path) -> None:
+def test_checker_finds_a_forbidden_import(tmp_path: Path) -> None:
     root = _tree(
         tmp_path,
         {
@@ -270,6 +245,3 @@ def test_checker_finds_a_forbidden_import_and_honours_pending(tmp_path: Path) ->
 
     assert forbidden_imports(graph, rules) == ["core.x -> layer.y", "core.z -> layer"]
     assert cycles(graph) == ["core.x -> layer.y -> core.x"]
-    pending = without(graph, {("core.x", "layer.y")})
-    assert forbidden_imports(pending, rules) == ["core.z -> layer"]
-    assert cycles(pending) == []

@@ -33,11 +33,35 @@ class NotAvailable(RuntimeError):
     """The benchmark (or its dataset) is not available here."""
 
 
-def gate(metric: str, model: float, baseline: float, target: float, higher_is_better: bool = True) -> dict[str, Any]:
-    """One gate row; ``pass`` is computed from the numbers, never written by hand."""
-    ratio = model / baseline if baseline else float("inf")
-    ok = ratio >= target if higher_is_better else ratio <= target
-    return {"metric": metric, "model": model, "baseline": baseline, "ratio": ratio, "target": target, "pass": bool(ok)}
+def gate(
+    metric: str,
+    model: float,
+    baseline: float,
+    target: float,
+    higher_is_better: bool = True,
+    floor: float | None = None,
+) -> dict[str, Any]:
+    """One gate row; ``pass`` is computed from the numbers, never written by hand.
+
+    The model must reach ``target`` × the baseline (``"rule": "ratio"``). A ratio to a baseline of zero or less means
+    nothing (x / 0 would pass any model), so then the model must reach the absolute ``floor`` instead (a ceiling when
+    lower is better; ``"rule": "floor"``, ``ratio`` None); a gate without a floor fails on such a baseline."""
+    if baseline > 0:
+        rule, ratio = "ratio", model / baseline
+        ok = ratio >= target if higher_is_better else ratio <= target
+    else:
+        rule, ratio = "floor", None
+        ok = floor is not None and (model >= floor if higher_is_better else model <= floor)
+    return {
+        "metric": metric,
+        "model": model,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "floor": floor,
+        "rule": rule,
+        "pass": bool(ok),
+    }
 
 
 def run(settings: Settings, family: str, options: BenchOptions) -> dict[str, Any]:
@@ -94,8 +118,12 @@ def print_result(result: dict[str, Any], console: Console) -> None:
             console.print(f"  {row['model']}: " + ", ".join(details), soft_wrap=True, markup=False)
     for g in result["gates"]:
         mark = "[green]PASS[/]" if g["pass"] else "[red]FAIL[/]"
-        ratio = f"{g['ratio']:.3f}× (target {g['target']})"
-        console.print(f"{mark} {g['metric']}: {_fmt(g['model'])} vs {_fmt(g['baseline'])} = {ratio}", soft_wrap=True)
+        if g.get("rule", "ratio") == "ratio":
+            verdict = f"= {g['ratio']:.3f}× (target {g['target']})"
+        else:  # a baseline of zero or less: the absolute floor decided
+            floor = "none, so it fails" if g.get("floor") is None else _fmt(g["floor"])
+            verdict = f"(baseline ≤ 0: against the absolute floor {floor})"
+        console.print(f"{mark} {g['metric']}: {_fmt(g['model'])} vs {_fmt(g['baseline'])} {verdict}", soft_wrap=True)
     console.print(f"{result['seconds']:.1f} s")
 
 

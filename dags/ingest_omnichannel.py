@@ -21,6 +21,9 @@ For the day that ended at the data interval's end (the run of logical date 2026-
    read → pseudonymise personal data → validate → write kept rows to the day's lake partition and rejects to the
    quarantine. Each task logs and returns rows in / kept / quarantined (by reason).
 3. `resolve_identities`: one stable customer id across channels; writes the day's identity map.
+4. `report_channels`: the day's buying customers, orders and revenue per channel, released with differential
+   privacy (ε from the day's budget in `<home>/privacy/dp_budget.json`) into `<home>/reports/channels/<day>.json`;
+   released once, so a re-run returns the same report.
 
 Every task replaces its day's partitions, so a re-run or a backfill (`airflow backfill create --dag-id
 ingest_omnichannel --from-date ... --to-date ...`) equals the daily runs. Each lake table is an Asset; updating them
@@ -99,13 +102,21 @@ def ingest_omnichannel():
         outlet_events[IDENTITY_MAP].extra = {DAY_KEY: landed["day"]}
         return {"day": landed["day"], "customers": result.n_customers, "shared_identifiers": len(result.shared)}
 
+    @task
+    def report_channels(identities: dict) -> str:
+        from omnicart.privacy.reports import release_channel_report
+
+        return str(release_channel_report(_settings(), dt.date.fromisoformat(identities["day"])))
+
     landed = land()
     previous = landed
     for channel, table in LANDING_CHANNELS.items():  # one after another: they share the day's quarantine partition
         ingested = _ingest_task(channel, table)(landed)
         previous >> ingested
         previous = ingested
-    previous >> resolve_identities(landed)
+    identities = resolve_identities(landed)
+    previous >> identities
+    report_channels(identities)
 
 
 ingest_omnichannel()

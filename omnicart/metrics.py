@@ -48,6 +48,24 @@ def evaluate_rankings(
     return out
 
 
+def chance_at_k(truth: Mapping[Any, Iterable[Any]], pool: int | Mapping[Any, int], k: int) -> dict[str, float]:
+    """Expected Recall@K and NDCG@K of a uniformly random ranking of ``pool`` items (one count, or one per user),
+    averaged as ``evaluate_rankings`` does: the chance level that a benchmark's absolute floor is set above."""
+    users = [u for u, items in truth.items() if len(set(items))]
+    if not users:
+        raise ValueError("no user has a non-empty truth set")
+    recall, ndcg = [], []
+    for u in users:
+        n, t = (pool if isinstance(pool, int) else pool[u]), len(set(truth[u]))
+        if t > n:
+            raise ValueError(f"user {u!r} has {t} relevant items but the ranking holds only {n}")
+        shown, relevant = min(k, n), t / n  # each position holds a relevant item with probability t / n
+        recall.append(shown * relevant / min(k, t))
+        ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(k, t)))
+        ndcg.append(relevant * sum(1.0 / np.log2(rank + 2) for rank in range(shown)) / ideal)
+    return {f"recall@{k}": float(np.mean(recall)), f"ndcg@{k}": float(np.mean(ndcg))}
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the ``k`` highest scores of each row, best first; ties go to the lower index."""
     scores = np.asarray(scores)

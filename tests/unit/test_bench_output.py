@@ -38,3 +38,10 @@ def test_a_narrow_log_gets_one_line_per_model_instead_of_a_crushed_table() -> No
     out = console.export_text()
     assert "┃" not in out  # no table
     assert any(line.strip().startswith("minilm") and "hit@1=0.2000, mrr@10=0.2600" in line for line in out.splitlines())
+
+
+def test_a_gate_decided_by_its_floor_says_so() -> None:
+    floor_gate = {**RESULT["gates"][0], "baseline": 0.0, "ratio": None, "floor": 0.069, "rule": "floor"}
+    console = Console(width=120, record=True, color_system=None)
+    runner.print_result({**RESULT, "gates": [floor_gate]}, console)
+    assert "PASS hit@1: 0.2500 vs 0.0000 (baseline ≤ 0: against the absolute floor 0.0690)" in console.export_text()

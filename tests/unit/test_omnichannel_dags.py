@@ -32,13 +32,14 @@ def _uris(objs) -> set[str]:
 def test_ingest_has_one_task_per_channel_in_catalog_first_order(dagbag):
     dag = dagbag.dags["ingest_omnichannel"]
     channel_tasks = [f"ingest_{c}" for c in LANDING_CHANNELS]
-    assert {t.task_id for t in dag.tasks} == {"land", *channel_tasks, "resolve_identities"}
+    assert {t.task_id for t in dag.tasks} == {"land", *channel_tasks, "resolve_identities", "report_channels"}
     assert channel_tasks[0] == "ingest_catalog"
     previous = "land"
     for task_id in channel_tasks:  # a chain: they share the day's quarantine partition
         assert previous in dag.get_task(task_id).upstream_task_ids
         previous = task_id
     assert previous in dag.get_task("resolve_identities").upstream_task_ids
+    assert dag.get_task("report_channels").upstream_task_ids == {"resolve_identities"}  # the day's identity map
     for channel, table in LANDING_CHANNELS.items():
         outlets = _uris(dag.get_task(f"ingest_{channel}").outlets)
         assert outlets == {assets.lake_uri(table), assets.lake_uri(schemas.QUARANTINE)}

@@ -4,6 +4,7 @@ saved index, and the calibration and ranking arithmetic it relies on."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -181,24 +182,45 @@ def test_batches_never_put_one_answer_twice_in_a_batch():
     assert len(used) == len(set(used)) and {keys[i] for i in used} == set(keys)  # a pair is used once at most
 
 
-@pytest.mark.slow
-def test_fine_tuning_and_onnx_export_within_tolerance(tmp_path):
-    """A few MultipleNegativesRankingLoss steps, then the ONNX query encoder is kept only within 1 % of torch."""
+def _fine_tuned(tmp_path, monkeypatch, fastest: str) -> SupportModel:
+    """A few MultipleNegativesRankingLoss steps; the export's speed test reports ``fastest`` as the fastest encoder
+    (measured speeds are machine noise), so which backend is kept depends only on quality."""
+    speeds = {"torch": 100.0, "onnx:encoder.onnx": 200.0, "onnx:encoder.int8.onnx": 300.0}
+    if fastest == "torch":
+        speeds["torch"] = 400.0
+    # the training module's own name for it (where fit_local lives), whatever module that is
+    monkeypatch.setattr(sys.modules[fit_local.__module__], "throughput", lambda encoder, *_: speeds[encoder.backend])
     test = _frame([("where's my parcel?", ORDER, "order_status", None)])
     dataset = SupportDataset("tiny", "intent", _frame(TICKETS), test, catalog_entries(ITEMS))
     config = {"epochs": 1, "max_pairs": 16, "batch_size": 4, "val_share": 0.25}
     model = fit_local(dataset, tmp_path / "m", KEY, config)
     meta = model.meta_
     assert meta["fine_tune"]["steps"] >= 3 and 0 < meta["fine_tune"]["pairs"] <= 16  # validation pairs held out
-    report = meta["onnx"]
-    assert report["backend"] in {"torch", "onnx", "onnx_int8"}
-    if report["backend"] != "torch":
-        assert report[f"{report['backend']}_hit@1"] >= 0.99 * report["torch_hit@1"]
-        assert (tmp_path / "m" / report["file"]).exists()
-        torch_model = SupportModel.from_directory(tmp_path / "m", backend="torch")
-        a, b = model.encode(["Are you open on Sunday?"]), torch_model.encode(["Are you open on Sunday?"])
-        assert float(a[0] @ b[0]) > 0.95  # the same encoder, another runtime
     assert model.answer("Are you open on Sunday?")["sources"][0]["text"] == HOURS
+    return model
+
+
+@pytest.mark.slow
+def test_fine_tuning_keeps_a_faster_onnx_encoder_within_tolerance(tmp_path, monkeypatch):
+    """ONNX faster than torch: an ONNX query encoder is kept, and only within 1 % of torch's validation hit@1."""
+    model = _fine_tuned(tmp_path, monkeypatch, fastest="onnx_int8")
+    report = model.meta_["onnx"]
+    assert report["backend"] in {"onnx", "onnx_int8"}, report  # int8 when it is within tolerance, else fp32
+    assert report[f"{report['backend']}_hit@1"] >= 0.99 * report["torch_hit@1"]
+    assert sorted(p.name for p in (tmp_path / "m").glob("*.onnx")) == [report["file"]]  # the other export is gone
+    assert model.backend != "torch"
+    torch_model = SupportModel.from_directory(tmp_path / "m", backend="torch")
+    a, b = model.encode(["Are you open on Sunday?"]), torch_model.encode(["Are you open on Sunday?"])
+    assert float(a[0] @ b[0]) > 0.95  # the same encoder, another runtime
+
+
+@pytest.mark.slow
+def test_fine_tuning_keeps_torch_when_no_onnx_export_is_faster(tmp_path, monkeypatch):
+    model = _fine_tuned(tmp_path, monkeypatch, fastest="torch")
+    report = model.meta_["onnx"]
+    assert (report["backend"], report["file"]) == ("torch", None), report
+    assert not list((tmp_path / "m").glob("*.onnx"))  # neither export is kept
+    assert model.backend == "torch"
 
 
 @pytest.mark.slow

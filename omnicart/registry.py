@@ -6,7 +6,12 @@ promotion moves the former champion to ``previous``, so a rollback is one alias 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,9 +146,48 @@ def rollback(settings: Settings, family: str) -> str:
     return previous
 
 
+# Where the predictors that older model versions pickled by reference live now (they moved from training/ into the
+# core, so serving needs no training code); ``load`` resolves the old names where the old modules are gone.
+LEGACY_MODULES = {
+    "training.recommend": "omnicart.recommend.predictor",  # Recommender
+    "training.support": "omnicart.support.predictor",  # SupportModel
+}
+
+
+@contextlib.contextmanager
+def legacy_modules(importable: Callable[[str], bool] | None = None) -> Iterator[list[str]]:
+    """While loading, make each ``LEGACY_MODULES`` name that cannot be imported any more an alias of its new home
+    (its parent package a bare stand-in), so a model pickled under the old name unpickles; undone afterwards.
+    Yields the names it aliased."""
+    importable = importable or _importable
+    added: list[str] = []
+    try:
+        for old, new in LEGACY_MODULES.items():
+            if old in sys.modules or importable(old):
+                continue
+            parent = old.rpartition(".")[0]
+            if parent not in sys.modules:
+                sys.modules[parent] = types.ModuleType(parent)
+                added.append(parent)
+            sys.modules[old] = importlib.import_module(new)
+            added.append(old)
+        yield [name for name in added if name in LEGACY_MODULES]
+    finally:
+        for name in reversed(added):
+            sys.modules.pop(name, None)
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def load(settings: Settings, family: str, alias: str = CHAMPION) -> Any:
     """The family's predictor object (the pyfunc's python model) behind ``alias``."""
     import mlflow
 
     client(settings)
-    return mlflow.pyfunc.load_model(f"models:/{model_name(family)}@{alias}").unwrap_python_model()
+    with legacy_modules():
+        return mlflow.pyfunc.load_model(f"models:/{model_name(family)}@{alias}").unwrap_python_model()

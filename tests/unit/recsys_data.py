@@ -9,6 +9,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from omnicart.datasets.simulator import ShopSimulator
@@ -40,3 +41,33 @@ def fitted_shop() -> tuple[recsys.RecSys, pd.DataFrame, pd.DataFrame, object]:
     purchases = events[events[C.event_type] == "purchase"].reset_index(drop=True)
     model = recsys.RecSys(PARAMS, cache_dir=home / "cache").fit(purchases, sim.catalog())
     return model, purchases, sim.catalog(), sim.ground_truth().repeat_items
+
+
+# --- a shop whose customers buy different regulars in different channels (the channel tests) ---
+N_CUSTOMERS, N_ITEMS, DAYS = 80, 40, 300
+START = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def channel_shop(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(purchases, catalog): store items are 0-19, web items 20-39; every 15 to 25 days a customer places one order
+    in one channel, of one or two of their regulars for that channel."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(N_CUSTOMERS):
+        regulars = {"store": rng.choice(20, 3, replace=False), "web": 20 + rng.choice(20, 3, replace=False)}
+        day = float(rng.uniform(0, 20))
+        while day < DAYS:
+            channel = "store" if rng.random() < 0.5 else "web"
+            for item in rng.choice(regulars[channel], size=int(rng.integers(1, 3)), replace=False):
+                rows.append((f"c{c}", f"i{item}", START + pd.Timedelta(days=day), channel))
+            day += float(rng.uniform(15, 25))
+    purchases = pd.DataFrame(rows, columns=[C.customer_id, C.item_id, C.event_timestamp, C.channel])
+    catalog = pd.DataFrame(
+        {
+            C.item_id: [f"i{n}" for n in range(N_ITEMS)],
+            C.title: [f"product number {n}" for n in range(N_ITEMS)],
+            C.category: [f"range {n % 4}" for n in range(N_ITEMS)],  # ranges mix both channels
+            C.price: 5.0 + np.arange(N_ITEMS) % 7,
+        }
+    )
+    return purchases, catalog

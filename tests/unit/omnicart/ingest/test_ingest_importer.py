@@ -15,7 +15,7 @@ from omnicart.ingest.readers import MalformedFileError
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 MAPPINGS = ROOT / "infra" / "mappings"
 DATASETS = ROOT.parent / "shared" / "datasets"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from recsys_data import PARAMS
-from test_recsys_channel import DAYS, START, channel_shop
+from recsys_data import DAYS, PARAMS, START, channel_shop
 
 from benchmarks import recommend as bench
 from omnicart import schemas

@@ -148,7 +148,7 @@ def test_mailsink_runs_as_a_foreground_process(result, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.mailsink", str(directory), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         text=True,
     )
     try:

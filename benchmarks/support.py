@@ -91,6 +91,21 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
 
 
+def bench_rows(evaluation: dict[str, dict[str, Any]], speeds: dict[str, float]) -> list[dict[str, Any]]:
+    """One output row per evaluated model: the family's "model…" figures are omnicart's rows (PROTOCOLS.md), the
+    baselines keep their names; encoding speeds where measured; NaN as None."""
+    rows = []
+    for key, metrics in evaluation.items():
+        row = {
+            "model": OURS + key.removeprefix(MODEL) if key.startswith(MODEL) else key,
+            **{k: _finite(v) for k, v in metrics.items() if k != "questions"},
+        }
+        if key in speeds:
+            row["sentences_per_s"] = round(speeds[key], 1)
+        rows.append(row)
+    return rows
+
+
 def run(settings: Settings, options: BenchOptions) -> BenchResult:
     from omnicart import text
     from omnicart.metrics import rank_metrics
@@ -134,13 +149,7 @@ def run(settings: Settings, options: BenchOptions) -> BenchResult:
 
     meta = model.meta_
     tuned = meta["fine_tune"]
-    rows: list[dict[str, Any]] = []
-    for name, metrics in evaluation.items():
-        row_name = OURS + name.removeprefix(MODEL) if name.startswith(MODEL) else name  # the bench's rows say omnicart
-        row = {"model": row_name, **{k: _finite(v) for k, v in metrics.items() if k != "questions"}}
-        if name in speeds:
-            row["sentences_per_s"] = round(speeds[name], 1)
-        rows.append(row)
+    rows = bench_rows(evaluation, speeds)
     by_name = {r["model"]: r for r in rows}
     by_name[OURS].update(
         {

@@ -90,3 +90,11 @@ def test_monitor_models_dag_wiring(tmp_path_factory):
         retrain = dag.get_task(f"retrain_{family}")
         assert retrain.upstream_task_ids == {f"notify_{family}"}
         assert [a.uri for a in retrain.outlets] == [f"omnicart://retrain/{family}"]
+
+
+def test_every_model_family_has_a_monitoring_entry() -> None:
+    """monitor_models has a check task per name in schemas.FAMILIES; each must know its columns."""
+    from monitoring import families
+    from omnicart.schemas import FAMILIES
+
+    assert set(families.names()) == set(FAMILIES)

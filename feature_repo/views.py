@@ -160,7 +160,9 @@ item_text = FeatureView(
         Field(
             name=F.text_embedding,
             dtype=Array(Float32),
-            description="all-MiniLM-L6-v2 embedding (384, L2-normalised) of title + description.",
+            description="all-MiniLM-L6-v2 embedding (384 floats, L2-normalised; zeros without text) of the "
+            "item's text as the recommender writes it (omnicart.text.item_text): title, description, category and "
+            "brand where present, joined by '. '.",
         ),
     ],
     source=sources.item_text_source,

@@ -47,7 +47,7 @@ class Content:
     """Item content arrays aligned with ``item_ids``; ``warm`` marks items that may take an id embedding."""
 
     item_ids: np.ndarray
-    text: np.ndarray  # n × 384
+    text: np.ndarray  # n × DIM (omnicart.text)
     category: np.ndarray  # int codes, 0 = unknown
     brand: np.ndarray  # int codes, 0 = unknown
     price: np.ndarray  # n × 2: standardised log price, missing flag

@@ -37,7 +37,8 @@ import names a range); a manual run takes `first_day`/`last_day`, or else the da
 2. `omnichannel_features`: customer × channel windows (7/30/90 days: recency, frequency, monetary, returns, category
    affinity, price sensitivity, last items), item windows (popularity, conversion, price, discount, competitor gap)
    and the batch history of the real-time features.
-3. `text_embeddings`: MiniLM vectors of title + description for the catalog rows that landed on those days.
+3. `text_embeddings`: MiniLM vectors of the item text (`omnicart.text.item_text`, the recommender's recipe) for the
+   catalog rows that landed on those days; the recommender's training reads them (view `item_text`).
 4. `apply_and_materialize`: `feast apply` of feature_repo/, then load the days into the online store (up to the newest
    partition, so re-running an old day never rolls the online store back).
 

@@ -41,7 +41,7 @@ item_window_source = _lake(
 )
 item_text_source = _lake(
     schemas.ITEM_TEXT_EMBEDDINGS,
-    "MiniLM embeddings of item title + description, written on the day a catalog row lands.",
+    "MiniLM embeddings of the item text (omnicart.text.item_text), written on the day a catalog row lands.",
 )
 customer_last_event_source = _lake(
     schemas.CUSTOMER_LAST_EVENT,

@@ -15,6 +15,7 @@ from feast.types import Array, Float32, Float64, Int64, String
 from feature_repo import entities, sources
 from feature_repo.meta import OWNER, view_tags
 from omnicart.schemas import ALL_CHANNELS, FEATURE_WINDOWS, C, F, windowed
+from omnicart.text import DIM
 
 SNAPSHOT_TTL = timedelta(days=2)
 _ON = f"on the row's channel ('{ALL_CHANNELS}': every channel together)"
@@ -160,7 +161,9 @@ item_text = FeatureView(
         Field(
             name=F.text_embedding,
             dtype=Array(Float32),
-            description="all-MiniLM-L6-v2 embedding (384, L2-normalised) of title + description.",
+            description=f"all-MiniLM-L6-v2 embedding ({DIM} floats, L2-normalised; zeros without text) of the "
+            "item's text as the recommender writes it (omnicart.text.item_text): title, description, category and "
+            "brand where present, joined by '. '.",
         ),
     ],
     source=sources.item_text_source,

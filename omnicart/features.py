@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -364,26 +363,13 @@ def build_omnichannel_days(settings: Settings, start: dt.date, end: dt.date) -> 
 
 
 # --- item text embeddings ------------------------------------------------------------------------------------------
-def item_texts(items: pd.DataFrame) -> list[str]:
-    """Title and description of each item, as one text ("title. description")."""
-    title = items[C.title].fillna("").astype(str).str.strip()
-    description = items[C.description].fillna("").astype(str).str.strip()
-    return [". ".join(p for p in pair if p) for pair in zip(title, description, strict=True)]
-
-
 def item_text_embeddings(items: pd.DataFrame, day: dt.date) -> pd.DataFrame:
-    """One L2-normalised MiniLM vector (384 float32) of title + description per item, stamped with the end of ``day``;
-    an item without text gets a zero vector."""
+    """One MiniLM vector per item, stamped with the end of ``day``: the recommender's own recipe
+    (``text.encode(text.item_text(...))``), so the vectors it reads from Feast are those it would encode itself.
+
+    No cache: this runs in the DAG beside training, which owns the cache file under the home directory."""
     catalog = items.drop_duplicates(C.item_id, keep="last").sort_values(C.item_id).reset_index(drop=True)
-    texts = item_texts(catalog)
-    vectors = np.zeros((len(texts), text.DIM), dtype=np.float32)
-    todo = [n for n, t in enumerate(texts) if t]
-    if todo:
-        # batches of 64 and no cache, unlike text.encode: the vectors stay those the feature store has always held
-        encoded = text.encoder().encode(  # type: ignore[attr-defined]
-            [texts[n] for n in todo], batch_size=64, normalize_embeddings=True, show_progress_bar=False
-        )
-        vectors[todo] = np.asarray(encoded, dtype=np.float32)
+    vectors = text.encode(text.item_text(catalog))
     return pd.DataFrame(
         {
             C.item_id: catalog[C.item_id].astype(str),

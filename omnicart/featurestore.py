@@ -10,9 +10,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from omnicart import lake, schemas
+from omnicart import lake, schemas, text
 from omnicart.schemas import C, F
 from omnicart.settings import Settings
 
@@ -80,6 +81,11 @@ def customer_channel_store(settings: Settings, purpose: str) -> Any | None:
     return view_store(settings, F.customer_channel_view, schemas.CUSTOMER_CHANNEL_FEATURES, purpose)
 
 
+def item_text_store(settings: Settings, purpose: str) -> Any | None:
+    """The feature store when its item text vectors (``item_text``) can be read; otherwise None, logged."""
+    return view_store(settings, F.item_text_view, schemas.ITEM_TEXT_EMBEDDINGS, purpose)
+
+
 def features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame, entities: Sequence[str]) -> pd.DataFrame:
     """Point-in-time features from the offline store: for each row of ``keys`` (the ``entities`` columns and
     event_timestamp; a naive time is taken as UTC) the values as the store knew them at that time. One row per key,
@@ -98,6 +104,19 @@ def features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame, entities: S
 def item_features_at(store: Any, refs: Sequence[str], keys: pd.DataFrame) -> pd.DataFrame:
     """``features_at`` of item views: ``keys`` holds item_id and event_timestamp."""
     return features_at(store, refs, keys, [C.item_id])
+
+
+def item_text_at(store: Any, item_ids: Sequence[str], at: pd.Timestamp) -> np.ndarray:
+    """Each item's latest text vector (view ``item_text``) that the offline store held at ``at``: one row of
+    ``text.DIM`` float32 per item, in order; NaN for an item without one by then (a row stamped after ``at``, or
+    none at all). The view never expires a vector, so an item embedded long ago still has its vector."""
+    keys = pd.DataFrame({C.item_id: pd.Series(list(item_ids), dtype=str), C.event_timestamp: pd.Timestamp(at)})
+    found = item_features_at(store, [f"{F.item_text_view}:{F.text_embedding}"], keys)[F.text_embedding]
+    out = np.full((len(keys), text.DIM), np.nan, dtype=np.float32)
+    for n, vector in enumerate(found):
+        if vector is not None and np.ndim(vector) == 1 and len(vector) == text.DIM:
+            out[n] = vector
+    return out
 
 
 def online_rows(store: Any, refs: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 Verbs as every family: ``build_dataset`` (the lake's purchases before ``as_of`` and the catalog; the purchases of
 ``as_of`` to evaluate on; each item's recent sales and conversion on every channel, and each customer's recency,
 frequency and spend in the channel they shop in, read point-in-time from Feast's offline store at each training
-cut), ``train`` (``RecSys`` with both stages
+cut; each item's text vector as the store knew it before ``as_of``), ``train`` (``RecSys`` with both stages
 as Ray Train jobs), ``evaluate`` (the model beside the popularity and repeat-history baselines on the same day) and
 the predictor ``Recommender`` that serving loads from the registry: the fitted ``RecSys`` together with every
 customer's purchase history at the training cut, so a request needs only the customer id.
@@ -52,6 +52,7 @@ class RecommendDataset:
     eval_purchases: pd.DataFrame  # customer_id, item_id bought on as_of
     item_features: recsys.ItemFeatures | None = None  # Feast item windows, point in time; None before materialize
     customer_features: recsys.CustomerFeatures | None = None  # Feast customer x channel windows, point in time
+    item_text: recsys.ItemText | None = None  # Feast item text vectors known before as_of; None before materialize
     eval_channels: dict[str, str] | None = None  # the channel of each customer's first purchase on as_of
 
     @property
@@ -88,6 +89,7 @@ def build_dataset(settings: Settings, as_of: dt.date, window_days: int = 365) ->
         eval_purchases=test[[C.customer_id, C.item_id]].drop_duplicates().reset_index(drop=True),
         item_features=feast_item_features(settings),
         customer_features=feast_customer_features(settings),
+        item_text=feast_item_text(settings, cut),
         eval_channels=candidates.first_channels(test),  # where the requests the evaluation stands for came from
     )
 
@@ -132,6 +134,22 @@ def feast_customer_features(settings: Settings) -> recsys.CustomerFeatures | Non
     return read
 
 
+def feast_item_text(settings: Settings, at: pd.Timestamp) -> recsys.ItemText | None:
+    """Each item's text vector (feature view ``item_text``, the recommender's own recipe) as Feast's offline store
+    knew it at ``at``, NaN for items it did not know yet (``fit`` encodes those); None (logged) before
+    ``materialize_features`` has run."""
+    from omnicart.featurestore import item_text_at, item_text_store
+
+    store = item_text_store(settings, NAME)
+    if store is None:
+        return None
+
+    def read(item_ids: np.ndarray) -> np.ndarray:
+        return item_text_at(store, item_ids, at)
+
+    return read
+
+
 def params_for(purchases: pd.DataFrame, seed: int = 0) -> recsys.RecSysParams:
     """Training windows sized to the history: a year of retail gets the benchmark's 70-day label windows; a few
     weeks of a small shop get windows of a few days, small towers and a lighter ranker.
@@ -168,6 +186,7 @@ def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysPa
         now=dataset.cut,
         item_features=dataset.item_features,
         customer_features=dataset.customer_features,
+        item_text=dataset.item_text,
     )
     directory = settings.home_dir / "models" / NAME / f"as_of={dataset.as_of}"
     return Recommender.save(model, dataset.purchases, directory)

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from omnicart.recommend import item2item
 from omnicart.schemas import C
+from omnicart.text import DIM
 
 DAY = pd.Timedelta(days=1)
 USER, ITEM = "u", "i"  # integer codes of the batch's users and of the catalog's items
@@ -152,7 +153,7 @@ class ItemState:
     category_names: list[str]
     ease: np.ndarray  # item×item
     cooc: np.ndarray  # item×item
-    text: np.ndarray  # item×384
+    text: np.ndarray  # item × DIM (omnicart.text)
     ease_lambda: float
     channels: list[str] = field(default_factory=list)  # the channels the events name, when two or more
     channel_lines: np.ndarray | None = None  # item×channel purchase lines of the last CHANNEL_WINDOW_DAYS
@@ -224,7 +225,7 @@ class ItemState:
         x.data[:] = 1.0
         _, ocode = np.unique(ev[C.order_id].to_numpy(), return_inverse=True)
         baskets = sp.csr_matrix((np.ones(len(ev), np.float32), (ocode, code)), shape=(ocode.max() + 1, n))
-        text = np.stack([text_of.get(i, np.zeros(384, np.float32)) for i in item_ids.tolist()]).astype(np.float32)
+        text = np.stack([text_of.get(i, np.zeros(DIM, np.float32)) for i in item_ids.tolist()]).astype(np.float32)
         channels, channel_lines = _channel_lines(ev, code, age, n)
         cats = catalog[C.category].fillna("").astype(str)
         if (cats != "").mean() >= 0.5:

@@ -2,7 +2,8 @@
 
 ``RecSys`` is an estimator (``__init__`` stores parameters, ``fit`` sets the attributes ending in ``_``):
 
-1. MiniLM text embeddings of every catalog item (cached under ``cache_dir``).
+1. MiniLM text embeddings of every catalog item: read from an optional source (the platform's Feast view), the
+   rest encoded here (cached under ``cache_dir``).
 2. EASE λ tuned on the last month of the training events (unless given).
 3. Label cuts carved from the training events only: the ranker learns from the ``label_days`` after each cut what
    the features known at the cut predict, for each customer in the channel of their next order; each booster holds
@@ -48,6 +49,10 @@ ItemFeatures = Callable[[np.ndarray, pd.Timestamp], pd.DataFrame]
 # ids, each one's channel (None: unknown) and the time -> one row per customer in the same order, one numeric column
 # per feature, as known at that time. The ranker names them with ``candidates.CUSTOMER_PREFIX``.
 CustomerFeatures = Callable[[np.ndarray, list[str | None], pd.Timestamp], pd.DataFrame]
+# Text vectors of catalog items made outside the model with its recipe (the platform's Feast ``item_text`` view):
+# item ids -> one row of ``text.DIM`` floats per item in the same order, NaN where the source has none (new items,
+# which ``fit`` encodes itself).
+ItemText = Callable[[np.ndarray], np.ndarray]
 
 FORMAT_VERSION = 2  # 2: the text vectors of the cold items (cold_text.npz) for the cold-item blend
 
@@ -168,13 +173,16 @@ class RecSys:
         progress: Callable[[str], None] | None = None,
         item_features: ItemFeatures | None = None,
         customer_features: CustomerFeatures | None = None,
+        item_text: ItemText | None = None,
     ) -> RecSys:
         """Fit on purchase events (customer_id, item_id, event_timestamp; optional quantity, price, order_id) and an
         optional catalog (item_id, title, description, category, brand, price, image_embedding).
 
         ``item_features`` adds the columns it returns to the ranker's features, read at each training cut; the
         model then needs the same source at serving time (``use_item_features``), or ranks with them missing;
-        ``customer_features`` likewise, per customer in their channel (``use_customer_features``)."""
+        ``customer_features`` likewise, per customer in their channel (``use_customer_features``). ``item_text``
+        gives the text vectors of the items it has (made with ``text.item_text`` and ``text.encode``); the others are
+        encoded here."""
         p = self.params
         executor = executor or LocalExecutor()
         say = progress or (lambda _msg: None)
@@ -193,7 +201,7 @@ class RecSys:
         now = pd.Timestamp(now) if now is not None else events[C.event_timestamp].max() + pd.Timedelta(seconds=1)
         events = events[events[C.event_timestamp] < now]
         catalog = self._catalog(events, items)
-        embeddings = text.encode(text.item_text(catalog), cache_dir=self.cache_dir)
+        embeddings = self._text_vectors(catalog, item_text)
         text_of = dict(zip(catalog[C.item_id].tolist(), embeddings, strict=True))
         lap("text")
 
@@ -291,6 +299,27 @@ class RecSys:
         self.now_ = now
         self.timings_ = timings
         return self
+
+    def _text_vectors(self, catalog: pd.DataFrame, source: ItemText | None) -> np.ndarray:
+        """The text vector of each catalog item: the source's where it has one, the others encoded (all without a
+        source). ``text_read_`` counts those read. A failing or malformed source fails the fit
+        (``FeatureSourceError``)."""
+        self.text_read_ = 0
+        if source is None:
+            return text.encode(text.item_text(catalog), cache_dir=self.cache_dir)
+        ids = catalog[C.item_id].to_numpy(dtype=object)
+        try:
+            vectors = np.array(source(ids), dtype=np.float32)
+        except Exception as exc:
+            raise FeatureSourceError(f"item text vectors unavailable: {exc}") from exc
+        if vectors.shape != (len(ids), text.DIM):
+            raise FeatureSourceError(f"item text vectors of shape {vectors.shape}, not {(len(ids), text.DIM)}")
+        lacking = np.flatnonzero(np.isnan(vectors).any(axis=1))
+        if len(lacking):
+            vectors[lacking] = text.encode(text.item_text(catalog.iloc[lacking]), cache_dir=self.cache_dir)
+        self.text_read_ = len(ids) - len(lacking)
+        log.info("item text vectors: %d read from the source, %d encoded", self.text_read_, len(lacking))
+        return vectors
 
     @staticmethod
     def _catalog(events: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """A two-tower retrieval model whose item tower reads content, so items without interactions still get vectors.
 
 Item tower: an id embedding (dropped at random while training, and absent for new items) plus an MLP over the
-MiniLM text embedding of title + description, a category embedding, a brand embedding, log price (with a missing
-flag) and an optional image embedding. User tower: the recency-weighted mean of the item vectors of the user's
+MiniLM text embedding of the item text (``text.item_text``), a category embedding, a brand embedding, log price (with
+a missing flag) and an optional image embedding. User tower: the recency-weighted mean of the item vectors of the user's
 history, through a linear map. Score = scale · ⟨user, item⟩ + a content bias of the item. Trained with a full
 softmax over the warm catalog to predict the items of each basket that are new to the user (discovery), from the
 baskets before it.
@@ -47,7 +47,7 @@ class Content:
     """Item content arrays aligned with ``item_ids``; ``warm`` marks items that may take an id embedding."""
 
     item_ids: np.ndarray
-    text: np.ndarray  # n × 384
+    text: np.ndarray  # n × DIM (omnicart.text)
     category: np.ndarray  # int codes, 0 = unknown
     brand: np.ndarray  # int codes, 0 = unknown
     price: np.ndarray  # n × 2: standardised log price, missing flag

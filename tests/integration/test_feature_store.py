@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -179,6 +180,28 @@ def test_pricing_demand_features_are_point_in_time(shop):
             )
     assert pd.isna(got.loc[2, S7])  # the last real row is older than the view's TTL, the planted one is tomorrow's
     assert got.loc[3, S7] == PLANTED  # the day after, the planted row is the latest the store knew
+
+
+def test_the_recommend_dataset_reads_the_materialised_text_vectors_point_in_time(shop):
+    """Training's item text source returns the vectors the ``item_text`` view holds (the recommender's own recipe),
+    NaN for an item the view does not know and for every item before its vector's day ended."""
+    from training.recommend import build_dataset, feast_item_text
+
+    s, days, *_ = shop
+    dataset = build_dataset(s, days[2])
+    assert dataset.item_text is not None
+    held = lake.read_table(s.lake_dir, schemas.ITEM_TEXT_EMBEDDINGS).drop_duplicates(C.item_id, keep="last")
+    ids = np.array([*sorted(held[C.item_id]), "NOT_IN_THE_VIEW"], dtype=object)
+    got = dataset.item_text(ids)
+    assert got.shape == (len(ids), text.DIM) and got.dtype == np.float32
+    expected = np.stack(held.set_index(C.item_id).loc[ids[:-1], F.text_embedding].tolist())
+    np.testing.assert_array_equal(got[:-1], expected)
+    assert np.isnan(got[-1]).all()
+    catalog = dataset.items.set_index(C.item_id).loc[ids[:-1]].reset_index()  # the model's recipe, encoded here
+    np.testing.assert_allclose(got[:-1], text.encode(text.item_text(catalog)), atol=1e-5)
+
+    first = held[C.event_timestamp].min()  # before any vector's day ended, the store knew none
+    assert np.isnan(feast_item_text(s, pd.Timestamp(first) - pd.Timedelta(seconds=1))(ids)).all()
 
 
 def test_materialize_then_push_an_event(shop):

@@ -192,6 +192,19 @@ def test_text_embeddings_only_for_landed_catalog_rows(lake_home, monkeypatch):
     assert all(len(v) == text.DIM for v in vectors)
 
 
-def test_item_texts_are_title_and_description():
-    items = pd.DataFrame({C.title: ["Mug", None, "Pen"], C.description: ["A mug.", "Only text", None]})
-    assert features.item_texts(items) == ["Mug. A mug.", "Only text", "Pen"]
+def test_the_feature_store_holds_the_recommenders_own_text_vectors():
+    """One recipe: the vector the ``item_text`` view serves is the one the recommender would encode for the item."""
+    items = pd.DataFrame(
+        {
+            C.item_id: ["B", "A", "C"],
+            C.title: ["Mug", None, "Pen"],
+            C.description: ["A stoneware mug", "Only text", None],
+            C.category: ["kitchen", "misc", None],
+            C.brand: ["Acme", None, "Inkly"],
+        }
+    )
+    frame = features.item_text_embeddings(items, dt.date(2026, 1, 1)).set_index(C.item_id)
+    expected = text.encode(text.item_text(items))
+    for n, item in enumerate(items[C.item_id]):
+        np.testing.assert_allclose(frame.loc[item, F.text_embedding], expected[n], atol=1e-5)
+    assert text.item_text(items.iloc[[0]]) == ["Mug. A stoneware mug. kitchen. Acme"]  # the recipe, every field

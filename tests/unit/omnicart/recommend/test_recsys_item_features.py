@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from recsys_data import PARAMS, fitted_shop
 
+from omnicart import text
 from omnicart.recommend import recsys
 from omnicart.recommend.predictor import Recommender
 from omnicart.schemas import C, F
@@ -109,7 +110,7 @@ def test_a_catalog_whose_every_item_sold_trains_and_recommends():
     _, purchases, catalog, _ = fitted_shop()
     sold = catalog[catalog[C.item_id].isin(set(purchases[C.item_id]))]
     model = recsys.RecSys(PARAMS).fit(purchases, sold)
-    assert model.cold_text_.shape == (0, 384)
+    assert model.cold_text_.shape == (0, text.DIM)
     recs = model.recommend(purchases[purchases[C.customer_id] == _customer(purchases)], k=5, context={"new_items": 2})
     assert len(recs) == 3 and not any(r["reason"].startswith("New in the catalog") for r in recs)
 

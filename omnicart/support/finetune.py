@@ -1,5 +1,6 @@
 """Fine-tuning MiniLM with MultipleNegativesRankingLoss (inside the Ray Train worker, or in process): both towers on
-(question, answer) pairs with in-batch negatives, or the query tower only against a frozen answer bank."""
+(question, answer) pairs with in-batch negatives (sentence-transformers' trainer, with key-aware batches), or the
+query tower only against a frozen answer bank (a hand-written loop: the bank is not a trainer dataset)."""
 
 from __future__ import annotations
 
@@ -49,15 +50,22 @@ def _tuning_setup(n: int, cfg: dict) -> tuple[str, np.random.Generator, np.ndarr
     return device, rng, idx, stats
 
 
-def _tunable_model(base: Path, device: str, cfg: dict, total_steps: int) -> tuple[Any, list, Any, Any]:
-    """The encoder with its embeddings and first ``freeze_layers`` layers frozen, its trainable parameters, AdamW
-    and a linear warm-up / decay schedule over ``total_steps``."""
-    import torch
+def _frozen_model(base: Path, device: str, cfg: dict) -> Any:
+    """The encoder with its embeddings and first ``freeze_layers`` transformer layers frozen."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(base), device=device)
     for module in [model[0].auto_model.embeddings, *model[0].auto_model.encoder.layer[: cfg["freeze_layers"]]]:
         module.requires_grad_(False)
+    return model
+
+
+def _tunable_model(base: Path, device: str, cfg: dict, total_steps: int) -> tuple[Any, list, Any, Any]:
+    """The frozen-bottom encoder (``_frozen_model``), its trainable parameters, AdamW and a linear warm-up / decay
+    schedule over ``total_steps`` (the hand-written query-side tuning's; ``fine_tune`` leaves these to the trainer)."""
+    import torch
+
+    model = _frozen_model(base, device, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
     warmup = max(1, int(cfg["warmup_share"] * total_steps))
@@ -86,35 +94,105 @@ def _save_tuned(model: Any, output: Path, stats: dict[str, float], started: floa
     return stats
 
 
+def _key_batch_sampler(epochs: list[list[list[int]]]) -> Any:
+    """The trainer's ``batch_sampler``: a ``DefaultBatchSampler`` that replays ``epochs`` (per epoch, the batches of
+    ``_batches``), so no two pairs of a batch share a key. The keys stay out of the dataset: every non-label column
+    would be fed to the loss as text. Its length is the longest epoch's (the trainer sizes every epoch by it and
+    simply gets fewer batches from a shorter one)."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    class KeyBatchSampler(DefaultBatchSampler):
+        def __iter__(self) -> Any:
+            yield from epochs[min(self.epoch, len(epochs) - 1)]
+
+        def __len__(self) -> int:
+            return max(len(e) for e in epochs)
+
+    return lambda dataset, **kwargs: KeyBatchSampler(dataset, **kwargs)
+
+
+def _deadline(started: float, max_seconds: float, stats: dict[str, float]) -> Any:
+    """A callback that stops training once ``max_seconds`` have passed since ``started`` (checked after each step,
+    as the hand-written loop checked before the next one) and keeps the last step's loss in ``stats``."""
+    from transformers import TrainerCallback
+
+    class Deadline(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if time.perf_counter() - started > max_seconds:
+                stats["stopped_early"] = 1.0
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                stats["loss"] = float(logs["loss"])
+
+    return Deadline()
+
+
 def fine_tune(
     base: Path, output: Path, questions: Sequence[str], answers: Sequence[str], keys: Sequence[str], cfg: dict
 ) -> dict[str, float]:
-    """MultipleNegativesRankingLoss on (question, answer) pairs; saves the sentence-transformers folder to ``output``.
+    """MultipleNegativesRankingLoss on (question, answer) pairs with sentence-transformers' trainer; saves the
+    sentence-transformers folder to ``output``.
 
+    Questions are tokenised to ``train_question_length`` and answers to ``train_answer_length``: the columns are
+    routed to the "query" and "document" tasks, whose lengths the Transformer module applies (reset before saving).
     Returns what was done: pairs, steps, seconds, last loss and whether ``max_seconds`` stopped it early."""
+    import tempfile
+
     device, rng, idx, stats = _tuning_setup(len(questions), cfg)
     if cfg["epochs"] <= 0 or len(idx) < 2:
         shutil.copytree(base, output, dirs_exist_ok=True)  # the off-the-shelf encoder, versioned with the model
         stats["pairs"] = 0.0
         return stats
+    from datasets import Dataset
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     epochs = [_batches([keys[i] for i in idx], cfg["batch_size"], rng) for _ in range(int(cfg["epochs"]))]
-    model, params, optimizer, schedule = _tunable_model(base, device, cfg, sum(len(e) for e in epochs))
-    loss_fn = MultipleNegativesRankingLoss(model)
-    model.train()
-    started = time.perf_counter()
-    for batches in epochs:
-        for batch in batches:
-            if time.perf_counter() - started > cfg["max_seconds"]:
-                stats["stopped_early"] = 1.0
-                break
-            model.max_seq_length = cfg["train_question_length"]
-            fq = model.preprocess([questions[idx[i]] for i in batch])
-            model.max_seq_length = cfg["train_answer_length"]
-            fa = model.preprocess([answers[idx[i]] for i in batch])
-            moved = [{k: v.to(device) if hasattr(v, "to") else v for k, v in f.items()} for f in (fq, fa)]
-            _step(loss_fn(moved, None), params, optimizer, schedule, stats)
+    model = _frozen_model(base, device, cfg)
+    model[0].query_length, model[0].document_length = cfg["train_question_length"], cfg["train_answer_length"]
+    pairs = Dataset.from_dict({"question": [questions[i] for i in idx], "answer": [answers[i] for i in idx]})
+    total = sum(len(e) for e in epochs)
+    with tempfile.TemporaryDirectory(prefix="omnicart-finetune-") as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=len(epochs),
+            per_device_train_batch_size=int(cfg["batch_size"]),
+            batch_sampler=_key_batch_sampler(epochs),
+            router_mapping={"question": "query", "answer": "document"},
+            learning_rate=cfg["lr"],
+            weight_decay=0.01,
+            optim="adamw_torch",
+            lr_scheduler_type="linear",
+            warmup_steps=max(1, int(cfg["warmup_share"] * total)),
+            max_grad_norm=1.0,
+            seed=int(cfg["seed"]),
+            use_cpu=device == "cpu",
+            logging_strategy="steps",
+            logging_steps=1,  # the last step's loss, as reported before
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_pin_memory=device == "cuda",
+        )
+        started = time.perf_counter()
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=pairs,
+            loss=MultipleNegativesRankingLoss(model),
+            callbacks=[_deadline(started, cfg["max_seconds"], stats)],
+        )
+        for quiet in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(quiet)
+        trainer.train()
+        stats["steps"] = float(trainer.state.global_step)
+    model[0].query_length = model[0].document_length = None  # training lengths only; not saved with the encoder
     return _save_tuned(model, output, stats, started)
 
 

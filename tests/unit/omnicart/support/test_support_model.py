@@ -13,7 +13,7 @@ import pytest
 from omnicart.schemas import C
 from omnicart.support.calibration import Calibration, calibrate, confidence_features, threshold_for_precision
 from omnicart.support.dataset import SupportDataset
-from omnicart.support.finetune import _batches
+from omnicart.support.finetune import _batches, _key_batch_sampler
 from omnicart.support.fit import fit_local
 from omnicart.support.predictor import SupportModel
 from serving.support import SupportRequest, SupportService, escalations_path
@@ -180,6 +180,18 @@ def test_batches_never_put_one_answer_twice_in_a_batch():
     assert all(len({keys[i] for i in b}) == len(b) for b in batches)
     used = [i for b in batches for i in b]
     assert len(used) == len(set(used)) and {keys[i] for i in used} == set(keys)  # a pair is used once at most
+
+
+def test_the_trainers_batch_sampler_replays_each_epochs_key_aware_batches():
+    keys = ["yes"] * 10 + [f"a{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    epochs = [_batches(keys, 8, rng) for _ in range(2)]
+    sampler = _key_batch_sampler(epochs)(list(range(len(keys))), batch_size=8, drop_last=False, seed=0)
+    assert len(sampler) == max(len(e) for e in epochs)  # the trainer sizes every epoch by it
+    for epoch, batches in enumerate(epochs):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == batches
+        assert all(len({keys[i] for i in b}) == len(b) for b in sampler)
 
 
 def _fine_tuned(tmp_path, monkeypatch, fastest: str) -> SupportModel:

@@ -5,7 +5,7 @@ or logged; an erased customer's events are dropped. The pushed values are the sa
 ``features.customer_last_event`` computes from the lake, so training (offline history) and serving (online) agree.
 
 Validated at the door: a timestamp within ``MAX_EVENT_AGE`` before now and ``MAX_EVENT_LEAD`` after it, a finite
-price up to ``MAX_PRICE``, a known customer (identity map) and a known item (the lake's catalog).
+price up to ``MAX_PRICE``, a known customer (the lake's customers or identity map), a known item (the catalog).
 
 Known limits: events are applied in arrival order (a late event overwrites a newer one), and the daily
 materialisation rewrites the view with the end-of-day snapshot (events pushed between midnight and that run are
@@ -139,12 +139,18 @@ def _identity_map(settings: Settings) -> Any:
     )
 
 
-def _known_customers(settings: Settings) -> frozenset[str]:
-    """The CRM customer ids of the latest identity map."""
+def _known_customer(settings: Settings, customer_id: str) -> bool:
+    """Whether the lake's customers (every platform lands them; only the omnichannel ingest resolves an identity
+    map) or the latest identity map know this CRM id; both cached."""
+
+    def load() -> frozenset[str]:
+        crm = lake.read_table(settings.lake_dir, schemas.CUSTOMERS, columns=[C.customer_id])
+        return frozenset(crm[C.customer_id].dropna().astype(str))
+
+    if customer_id in _cached(settings, schemas.CUSTOMERS, lambda: _stamp(settings, schemas.CUSTOMERS), load):
+        return True
     m = _identity_map(settings)
-    if m is None or m.empty:
-        return frozenset()
-    return frozenset(m.loc[m[C.id_kind] == C.customer_id, C.identifier].astype(str))
+    return m is not None and bool(((m[C.id_kind] == C.customer_id) & (m[C.identifier] == customer_id)).any())
 
 
 def _known_items(settings: Settings) -> frozenset[str]:
@@ -175,8 +181,8 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     customer's real-time features (view ``customer_realtime``) to the online store. ``store``: a FeatureStore to
     reuse (serving keeps one); built from ``settings`` when omitted.
 
-    Not pushed (``reason`` and ``field`` say why): a customer the identity map does not know, an erased customer,
-    an item not in the catalog."""
+    Not pushed (``reason`` and ``field`` say why): a customer neither the lake's customers nor the identity map
+    knows, an erased customer, an item not in the catalog."""
     from omnicart.featurestore import feature_store, online_features
     from omnicart.privacy.pseudonymise import token
 
@@ -192,8 +198,8 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     if {customer, token(key, C.customer_id, customer), id_token} & suppressed(settings):
         log.info("event of an erased customer: dropped")
         return PushResult(pushed=False, reason="erased", field=field)
-    if ev.customer_id is not None and customer not in _known_customers(settings):
-        log.info("event on %s for a customer id the identity map does not know: not pushed", ev.channel)
+    if ev.customer_id is not None and not _known_customer(settings, customer):
+        log.info("event on %s for a customer id the lake does not know: not pushed", ev.channel)
         return PushResult(pushed=False, reason="unknown_customer", field="customer_id")
     if ev.item_id not in _known_items(settings):
         log.info("event on %s for an item not in the catalog: not pushed", ev.channel)

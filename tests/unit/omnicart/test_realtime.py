@@ -196,3 +196,15 @@ def test_known_ids_are_read_once_and_a_new_partition_is_seen(settings, monkeypat
     monkeypatch.setattr(realtime, "KNOWN_TTL_S", 0.0)
     assert push_event(settings, {**EVENT, "item_id": "I10"}, store).pushed
     assert reads.count(schemas.ITEMS) == 2
+
+
+def test_a_platform_without_an_identity_map_knows_its_crm_customers(tmp_path) -> None:
+    """shop_daily lands customers but never resolves identities: their ids are known from the lake's customers."""
+    s = Settings(home=tmp_path, recent_items_n=3)
+    lake.write_partition(s.lake_dir, schemas.ITEMS, dt.date(2026, 1, 1), pd.DataFrame({C.item_id: ["I1"]}))
+    lake.write_partition(s.lake_dir, schemas.CUSTOMERS, dt.date(2026, 1, 1), pd.DataFrame({C.customer_id: ["C7"]}))
+    store = FakeStore()
+    assert push_event(s, {**EVENT, "customer_id": "C7"}, store).pushed
+    stranger = push_event(s, {**EVENT, "customer_id": "C8"}, store)
+    assert stranger == PushResult(pushed=False, reason="unknown_customer", field="customer_id")
+    assert len(store.pushed) == 1

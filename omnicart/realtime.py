@@ -4,6 +4,9 @@ Privacy at the boundary: the raw channel identifier is tokenised before it is us
 or logged; an erased customer's events are dropped. The pushed values are the same as the daily batch snapshot
 ``features.customer_last_event`` computes from the lake, so training (offline history) and serving (online) agree.
 
+Validated at the door: a timestamp within ``MAX_EVENT_AGE`` before now and ``MAX_EVENT_LEAD`` after it, a finite
+price up to ``MAX_PRICE``, a known customer (the lake's customers or identity map), a known item (the catalog).
+
 Known limits: events are applied in arrival order (a late event overwrites a newer one), and the daily
 materialisation rewrites the view with the end-of-day snapshot (events pushed between midnight and that run are
 replaced by the previous day's values until they are pushed again or the next day's run loads them).
@@ -14,16 +17,30 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from omnicart import schemas
+from omnicart import lake, schemas
+from omnicart.pricing.optimiser import MAX_PRICE
 from omnicart.privacy.suppression import suppressed
 from omnicart.schemas import C, F
 from omnicart.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The window an event's timestamp must fall in, around the time it arrives. Older events are history: the daily
+# batch loads them from the lake, and pushed they would overwrite newer online values (and the online store's
+# timestamps would not fit pandas' datetime64[ns] for the oldest). A day ahead allows for clock skew and the shops'
+# time zones; further ahead the event has not happened.
+MAX_EVENT_AGE = dt.timedelta(days=365)
+MAX_EVENT_LEAD = dt.timedelta(days=1)
+# How long the known customers and items are trusted before the lake is looked at again (a new partition is picked
+# up within this time; each check lists the table's partitions).
+KNOWN_TTL_S = 30.0
 
 
 class ShopEvent(BaseModel):
@@ -48,7 +65,25 @@ class ShopEvent(BaseModel):
     event_type: Literal[schemas.EVENT_TYPES] = Field(description="What happened.")  # type: ignore[valid-type]
     item_id: str = Field(min_length=1, max_length=64, description="The catalog item.")
     quantity: int = Field(1, ge=1, le=10_000, description="Units (carts, purchases, returns).")
-    price: float | None = Field(None, ge=0, description="Unit price at the event.")
+    price: float | None = Field(
+        None, ge=0, le=MAX_PRICE, allow_inf_nan=False, description="Unit price at the event (the pricing bound)."
+    )
+
+    @field_validator("event_timestamp")
+    @classmethod
+    def _recent(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        now = dt.datetime.now(dt.UTC)
+        try:  # an offset at the ends of the calendar (0001-01-01T00:00+01:00) overflows on conversion
+            when = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        except OverflowError:
+            when = None
+        if when is None or not now - MAX_EVENT_AGE <= when <= now + MAX_EVENT_LEAD:
+            raise ValueError(
+                f"must be within {MAX_EVENT_AGE.days} days before now and {MAX_EVENT_LEAD.days} day after it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _someone(self) -> ShopEvent:
@@ -62,15 +97,75 @@ class PushResult(BaseModel):
 
     pushed: bool
     customer_id: str | None = None
-    reason: Literal["unknown_customer", "erased"] | None = None
+    reason: Literal["unknown_customer", "unknown_item", "erased"] | None = None
+    field: str | None = Field(None, description="When not pushed: the input that was not recognised.")
     features: dict[str, Any] = Field(default_factory=dict)
+
+
+_cache: dict[tuple[str, str], tuple[float, Any, Any]] = {}  # (lake, table) -> (checked at, stamp, value)
+_cache_lock = threading.Lock()
+
+
+def _cached(settings: Settings, table: str, stamp: Callable[[], Any], load: Callable[[], Any]) -> Any:
+    """``load()`` once per change of ``stamp()`` (the table's partitions), looked at again after ``KNOWN_TTL_S``."""
+    key, now = (str(settings.lake_dir), table), time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and now - hit[0] < KNOWN_TTL_S:
+        return hit[2]
+    current = stamp()
+    value = hit[2] if hit is not None and hit[1] == current else load()
+    with _cache_lock:
+        _cache[key] = (now, current, value)
+    return value
+
+
+def _stamp(settings: Settings, table: str) -> tuple:
+    """The table's partition days and its newest partition's files with their modification times."""
+    days = lake.partitions(settings.lake_dir, table)
+    files = lake.partition_files(settings.lake_dir, table, days[-1]) if days else []
+    return tuple(days), tuple((str(f), f.stat().st_mtime_ns) for f in files)
+
+
+def _identity_map(settings: Settings) -> Any:
+    """The latest identity map (a DataFrame, or None), cached."""
+    from omnicart.ingest.identity import latest_identity_map
+
+    return _cached(
+        settings,
+        schemas.IDENTITY_MAP,
+        lambda: _stamp(settings, schemas.IDENTITY_MAP),
+        lambda: latest_identity_map(settings),
+    )
+
+
+def _known_customer(settings: Settings, customer_id: str) -> bool:
+    """Whether the lake's customers (every platform lands them; only the omnichannel ingest resolves an identity
+    map) or the latest identity map know this CRM id; both cached."""
+
+    def load() -> frozenset[str]:
+        crm = lake.read_table(settings.lake_dir, schemas.CUSTOMERS, columns=[C.customer_id])
+        return frozenset(crm[C.customer_id].dropna().astype(str))
+
+    if customer_id in _cached(settings, schemas.CUSTOMERS, lambda: _stamp(settings, schemas.CUSTOMERS), load):
+        return True
+    m = _identity_map(settings)
+    return m is not None and bool(((m[C.id_kind] == C.customer_id) & (m[C.identifier] == customer_id)).any())
+
+
+def _known_items(settings: Settings) -> frozenset[str]:
+    """The catalog's item ids (every partition of the lake's items), cached."""
+
+    def load() -> frozenset[str]:
+        items = lake.read_table(settings.lake_dir, schemas.ITEMS, columns=[C.item_id])
+        return frozenset(items[C.item_id].dropna().astype(str))
+
+    return _cached(settings, schemas.ITEMS, lambda: _stamp(settings, schemas.ITEMS), load)
 
 
 def _resolve(settings: Settings, kind: str, identifier_token: str) -> str | None:
     """The CRM id of the identity an identifier token belongs to (latest identity map), or None."""
-    from omnicart.ingest.identity import latest_identity_map
-
-    m = latest_identity_map(settings)
+    m = _identity_map(settings)
     if m is None or m.empty:
         return None
     unshared = m[~m[C.shared].astype(bool)]
@@ -84,7 +179,10 @@ def _resolve(settings: Settings, kind: str, identifier_token: str) -> str | None
 def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any = None) -> PushResult:
     """Validate one event (``pydantic.ValidationError`` names the bad field), resolve its customer, and push the
     customer's real-time features (view ``customer_realtime``) to the online store. ``store``: a FeatureStore to
-    reuse (serving keeps one); built from ``settings`` when omitted."""
+    reuse (serving keeps one); built from ``settings`` when omitted.
+
+    Not pushed (``reason`` and ``field`` say why): a customer neither the lake's customers nor the identity map
+    knows, an erased customer, an item not in the catalog."""
     from omnicart.featurestore import feature_store, online_features
     from omnicart.privacy.pseudonymise import token
 
@@ -93,12 +191,19 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     kind = schemas.CHANNEL_IDENTIFIER[ev.channel]
     id_token = token(key, kind, ev.identifier.get_secret_value()) if ev.identifier is not None else None
     customer = ev.customer_id or (_resolve(settings, kind, id_token) if id_token else None)
+    field = "customer_id" if ev.customer_id is not None else "identifier"
     if customer is None:
         log.info("event on %s for an unknown customer: not pushed", ev.channel)
-        return PushResult(pushed=False, reason="unknown_customer")
+        return PushResult(pushed=False, reason="unknown_customer", field=field)
     if {customer, token(key, C.customer_id, customer), id_token} & suppressed(settings):
         log.info("event of an erased customer: dropped")
-        return PushResult(pushed=False, reason="erased")
+        return PushResult(pushed=False, reason="erased", field=field)
+    if ev.customer_id is not None and not _known_customer(settings, customer):
+        log.info("event on %s for a customer id the lake does not know: not pushed", ev.channel)
+        return PushResult(pushed=False, reason="unknown_customer", field="customer_id")
+    if ev.item_id not in _known_items(settings):
+        log.info("event on %s for an item not in the catalog: not pushed", ev.channel)
+        return PushResult(pushed=False, reason="unknown_item", field="item_id")
 
     import pandas as pd
 

@@ -180,7 +180,7 @@ class Ingress:
         if not result.pushed:
             # nobody to attach the event to (404), or a customer who asked to be erased (410): nothing is stored
             status = 410 if result.reason == "erased" else 404
-            field = "customer_id" if body.customer_id else "identifier"
+            field = result.field or ("customer_id" if body.customer_id else "identifier")
             return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
         return result
 

@@ -185,6 +185,8 @@ def _pricing_rows(
 ) -> list[Row]:
     rows = []
     for request, answer in zip(requests, responses, strict=True):
+        if getattr(answer, "error", None) is not None:  # a batch item that could not be priced: nothing served
+            continue
         period = _period_start(request.period if request.period is not None else default_period)
         rows.append(
             {

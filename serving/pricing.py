@@ -2,7 +2,11 @@
 
 ``POST /price`` takes one ``PriceRequest`` (or ``{"items": [...]}`` for a batch) and answers with a guarded,
 explained price per item. Requests that cannot be priced raise ``PricingRequestError`` naming the field; the ingress
-turns it into ``error.status_code`` with ``error.body()``, the same JSON shape as request validation errors.
+turns it into ``error.status_code`` with ``error.body()``, the same JSON shape as request validation errors. In a
+batch, an item that cannot be priced gets a ``PriceItemError`` in its slot and the others are answered.
+
+Every number a request carries is bounded (``MIN_PRICE`` ≤ prices ≤ ``MAX_PRICE``, costs ≤ ``MAX_PRICE``, inventory
+≤ ``MAX_INVENTORY``; finite), so no input the schema accepts makes the optimiser fail or work harder.
 """
 
 from __future__ import annotations
@@ -12,14 +16,31 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from omnicart.pricing.model import DemandModel
-from omnicart.pricing.optimiser import PricingItem, PricingPolicy, Suggestion, optimise
+from omnicart.pricing.optimiser import (
+    MAX_INVENTORY,
+    MAX_PRICE,
+    MIN_PRICE,
+    PricingItem,
+    PricingPolicy,
+    Suggestion,
+    optimise,
+    validate_item,
+)
 from omnicart.pricing.pricer import suggest
 from omnicart.schemas import C
 
@@ -42,6 +63,14 @@ class PricingRequestError(ValueError):
         }
 
 
+# Prices are whole cents (under one nothing can be set) up to MAX_PRICE (1e7, above any shop's unit price; the
+# optimiser's cents stay exact in float64 far beyond it).
+_PRICE: dict[str, Any] = {"ge": MIN_PRICE, "le": MAX_PRICE, "allow_inf_nan": False}
+# The periods a request may name: the model's calendar features are computed in datetime64[ns] (1677-2262); a
+# period outside these years could only fail the model and fall back to a guarded current price.
+FIRST_PERIOD, LAST_PERIOD = dt.date(1970, 1, 1), dt.date(2199, 12, 31)
+
+
 class PriceRequest(BaseModel):
     """One product (at one store, where the model prices per store) to price for the next period."""
 
@@ -49,14 +78,18 @@ class PriceRequest(BaseModel):
 
     product_id: str = Field(min_length=1, max_length=128, description="The product (catalog id).")
     store_id: str | None = Field(None, max_length=128, description="The store, when prices are set per store.")
-    current_price: float | None = Field(None, gt=0, allow_inf_nan=False, description="Today's price; default: catalog.")
-    cost: float | None = Field(None, ge=0, allow_inf_nan=False, description="Unit cost; default: catalog.")
-    competitor_price: float | None = Field(None, gt=0, allow_inf_nan=False)
-    inventory: float | None = Field(None, ge=0, allow_inf_nan=False, description="Units available for the period.")
-    min_price: float | None = Field(None, gt=0, allow_inf_nan=False)
-    max_price: float | None = Field(None, gt=0, allow_inf_nan=False)
+    current_price: float | None = Field(None, description="Today's price; default: catalog.", **_PRICE)
+    cost: float | None = Field(None, ge=0, le=MAX_PRICE, allow_inf_nan=False, description="Unit cost; default: catalog")
+    competitor_price: float | None = Field(None, **_PRICE)
+    inventory: float | None = Field(
+        None, ge=0, le=MAX_INVENTORY, allow_inf_nan=False, description="Units available for the period."
+    )
+    min_price: float | None = Field(None, **_PRICE)
+    max_price: float | None = Field(None, **_PRICE)
     promo: bool | None = Field(None, description="Whether the product will be on promotion / display.")
-    period: dt.date | None = Field(None, description="The period to price; default: the one after the model's data.")
+    period: dt.date | None = Field(
+        None, ge=FIRST_PERIOD, le=LAST_PERIOD, description="The period to price; default: the next after training."
+    )
     objective: Literal["profit", "revenue"] | None = Field(None, description="Default: the service's policy.")
     explain: bool = Field(True, description="Include TreeSHAP demand drivers.")
 
@@ -69,10 +102,35 @@ class PriceRequest(BaseModel):
         return value
 
 
+@dataclasses.dataclass(frozen=True)
+class InvalidItem:
+    """A batch item that failed its own validation: kept in its slot so that the others are still priced."""
+
+    raw: Any
+    field: str
+    message: str
+    kind: str
+
+    @property
+    def product_id(self) -> str | None:
+        found = self.raw.get("product_id") if isinstance(self.raw, Mapping) else None
+        return found if isinstance(found, str) else None
+
+
+def _item_or_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> PriceRequest | InvalidItem:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return InvalidItem(value, ".".join(str(p) for p in first["loc"]), first["msg"], first["type"])
+
+
 class PriceBatchRequest(BaseModel):
+    """Up to ``MAX_BATCH`` items; an invalid item is answered in its slot by a ``PriceItemError``, not the batch."""
+
     model_config = ConfigDict(extra="forbid")
 
-    items: list[PriceRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    items: list[Annotated[PriceRequest, WrapValidator(_item_or_invalid)]] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class OutcomeModel(BaseModel):
@@ -111,8 +169,19 @@ class PriceResponse(BaseModel):
     model_version: str | None
 
 
+class PriceItemError(BaseModel):
+    """The answer in a batch slot whose item could not be priced: what went wrong, and where."""
+
+    product_id: str | None = Field(description="The item's product_id, when it gave a valid one.")
+    error: str = Field(description="Why the item could not be priced.")
+    field: str = Field(description="The offending input, e.g. items[2].cost.")
+    status_code: int = Field(description="The status the item alone would have got (404 unknown, 422 invalid).")
+
+
 class PriceBatchResponse(BaseModel):
-    results: list[PriceResponse]
+    results: list[PriceResponse | PriceItemError] = Field(
+        description="One entry per item, in order: its price, or a PriceItemError when it could not be priced."
+    )
     model_version: str | None
 
 
@@ -123,6 +192,15 @@ def _catalog_table(catalog: pd.DataFrame | Mapping[str, Mapping[str, Any]] | Non
         key = C.product_id if C.product_id in catalog.columns else C.item_id
         return {str(r[key]): r for r in catalog.to_dict("records")}
     return {str(k): dict(v) for k, v in catalog.items()}
+
+
+def _item_error(request: Any, error: PricingRequestError) -> PriceItemError:
+    if isinstance(request, PriceRequest | InvalidItem):
+        product = request.product_id
+    else:
+        found = request.get("product_id") if isinstance(request, Mapping) else None
+        product = found if isinstance(found, str) else None
+    return PriceItemError(product_id=product, error=error.message, field=error.field, status_code=error.status_code)
 
 
 def _number(value: Any) -> float | None:
@@ -198,6 +276,11 @@ class PricingService:
         )
         if item.min_price is not None and item.max_price is not None and item.min_price > item.max_price:
             raise PricingRequestError(prefix + "min_price", f"{item.min_price} is above max_price {item.max_price}")
+        try:  # catalog or history defaults are not checked by the schema: out of range, the item is a 422 too
+            validate_item(item)
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise PricingRequestError(prefix + field, message or str(exc)) from exc
         return item
 
     def _last_price(self, product: str, store: str | None) -> float | None:
@@ -213,21 +296,46 @@ class PricingService:
     def price_batch(
         self, requests: PriceBatchRequest | Sequence[PriceRequest | Mapping[str, Any]]
     ) -> PriceBatchResponse:
-        """Price many items at once; one invalid item rejects the batch, naming it (``items[i].field``)."""
+        """Price many items at once. An item that cannot be priced (invalid, unknown) gets a ``PriceItemError``
+        naming it (``items[i].field``) in its slot; the others are answered. Only a batch that is empty or too
+        long is rejected whole."""
         items = requests.items if isinstance(requests, PriceBatchRequest) else list(requests)
         if not items:
             raise PricingRequestError("items", "at least one item is required")
         if len(items) > MAX_BATCH:
             raise PricingRequestError("items", f"at most {MAX_BATCH} items per batch")
         prefixes = [f"items[{i}]." for i in range(len(items))]
-        parsed = [self._parse(r, p) for r, p in zip(items, prefixes, strict=True)]
-        return PriceBatchResponse(results=self._answer(parsed, prefixes), model_version=self.model_version)
+        answers: list[PriceResponse | PriceItemError | None] = [None] * len(items)
+        parsed: list[PriceRequest] = []
+        slots: list[int] = []
+        for i, (r, p) in enumerate(zip(items, prefixes, strict=True)):
+            try:
+                if isinstance(r, InvalidItem):
+                    raise PricingRequestError(p + r.field if r.field else p.rstrip("."), r.message, 422, r.kind)
+                parsed.append(self._parse(r, p))
+                slots.append(i)
+            except PricingRequestError as exc:
+                answers[i] = _item_error(r, exc)
+        for i, answer in zip(slots, self._answer(parsed, [prefixes[i] for i in slots], isolate=True), strict=True):
+            answers[i] = answer
+        return PriceBatchResponse(results=[a for a in answers if a is not None], model_version=self.model_version)
 
-    def _answer(self, requests: list[PriceRequest], prefixes: list[str]) -> list[PriceResponse]:
-        items = [self._item(r, p) for r, p in zip(requests, prefixes, strict=True)]
-        answers: list[PriceResponse | None] = [None] * len(items)
+    def _answer(
+        self, requests: list[PriceRequest], prefixes: list[str], isolate: bool = False
+    ) -> list[PriceResponse | PriceItemError]:
+        """The answers in order; an item that cannot be priced raises, or with ``isolate`` answers its error."""
+        answers: list[PriceResponse | PriceItemError | None] = [None] * len(requests)
+        items: dict[int, PricingItem] = {}
+        for i, (r, p) in enumerate(zip(requests, prefixes, strict=True)):
+            try:
+                items[i] = self._item(r, p)
+            except PricingRequestError as exc:
+                if not isolate:
+                    raise
+                answers[i] = _item_error(r, exc)
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
+        for i in items:
+            r = requests[i]
             groups.setdefault((r.period, r.objective or self.policy.objective, r.explain), []).append(i)
         for (period, objective, explain), idx in groups.items():
             policy = dataclasses.replace(self.policy, objective=objective)

@@ -35,6 +35,12 @@ GUARDRAILS: tuple[str, ...] = (MARGIN_FLOOR, PRICE_BOUNDS, MAX_CHANGE, COMPETITO
 
 CENT = 0.01
 _EPS = 1e-9
+# The price range an item may carry (current, competitor and bound prices; the cost at most MAX_PRICE): prices are
+# whole cents, so under a cent nothing can be set (and today's price would round to 0); 1e7 is above any shop's
+# unit price, and whole cents stay exact in float64 far beyond it (~9e13), search_range × MAX_PRICE included.
+MIN_PRICE = CENT
+MAX_PRICE = 1e7
+MAX_INVENTORY = 1e9  # units per period; beyond any stock, and keeps units × price finite
 
 # expected units at each candidate price, one array per item: demand([grid_0, grid_1, ...]) -> [units_0, ...]
 DemandFn = Callable[[list[np.ndarray]], Sequence[np.ndarray]]
@@ -52,7 +58,7 @@ class PricingPolicy:
     competitor_band: float | None = 0.20
     endings: tuple[float, ...] = (0.99,)
     search_range: float = 3.0  # × current price, when nothing else bounds the price above
-    max_candidates: int = 240
+    max_candidates: int = 240  # prices per demand call and item: the coarse grid, then as many around its best
     elasticity_step: float = 0.05
 
     def __post_init__(self) -> None:
@@ -85,19 +91,23 @@ class PricingItem:
 def validate_item(item: PricingItem) -> None:
     """Raise ValueError naming the field when an item cannot be priced (the service turns it into a 4xx)."""
 
-    def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    def positive(name: str, value: float | None, allow_zero: bool = False, most: float = MAX_PRICE) -> None:
         if value is None:
             return
         ok = isinstance(value, int | float) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
         if not ok:
             raise ValueError(f"{name}: must be a finite number {'≥' if allow_zero else '>'} 0, got {value!r}")
+        if value > most:
+            raise ValueError(f"{name}: must be at most {most:g}, got {value!r}")
 
     if not str(item.product_id):
         raise ValueError("product_id: must not be empty")
     positive("current_price", item.current_price)
+    if item.current_price < MIN_PRICE:
+        raise ValueError(f"current_price: must be at least {MIN_PRICE} (whole cents), got {item.current_price!r}")
     positive("cost", item.cost, allow_zero=True)
     positive("competitor_price", item.competitor_price)
-    positive("inventory", item.inventory, allow_zero=True)
+    positive("inventory", item.inventory, allow_zero=True, most=MAX_INVENTORY)
     positive("min_price", item.min_price)
     positive("max_price", item.max_price)
     if item.min_price is not None and item.max_price is not None and item.min_price > item.max_price:
@@ -172,26 +182,44 @@ def _floor_cent(x: float) -> float:
 
 
 def candidate_prices(bounds: Bounds, policy: PricingPolicy) -> tuple[np.ndarray, bool]:
-    """Every price allowed in the range: those with an allowed ending, else every cent (returns: prices,
-    ending_ok). The optimiser tries an even subset first, then every one around the best of those."""
+    """At most ``policy.max_candidates`` allowed prices spread over the range, whatever its width or the price: those
+    with an allowed ending, else whole cents (returns: prices, ending_ok). The optimiser then looks between the
+    neighbours of the best of them with as many again (``spread``)."""
     low, high = _ceil_cent(bounds.low), _floor_cent(bounds.high)
     if policy.endings:
-        whole = np.arange(math.floor(low) - 1, math.floor(high) + 1)
-        prices = np.round((whole[:, None] + np.asarray(policy.endings)[None, :]).ravel(), 2)
-        prices = np.unique(prices[(prices >= low - _EPS) & (prices <= high + _EPS)])
+        prices = spread(low, high, policy.max_candidates, policy.endings)
         if len(prices):
             return prices, True
     if high < low:  # the range is narrower than a cent: the lowest cent at or above the floor
         return np.asarray([low]), not policy.endings
+    return spread(low, high, policy.max_candidates), not policy.endings
+
+
+def spread(low: float, high: float, most: int, endings: Sequence[float] = ()) -> np.ndarray:
+    """At most ``most`` prices in [low, high], sorted: every one there is when they are few, else ``most`` targets
+    spread evenly, each moved to the nearest such price. With ``endings``, only prices ending so (maybe none);
+    without, whole cents. The size is bounded by ``most``, never by the price, so neither is the work."""
+    if high < low - _EPS:
+        return np.zeros(0)
+    if endings:
+        ends = np.asarray(sorted(endings), dtype=np.float64)
+        first, last = math.floor(low) - 1, math.floor(high) + 1
+        if (last - first + 1) * len(ends) <= most:
+            options = (np.arange(first, last + 1, dtype=np.float64)[:, None] + ends[None, :]).ravel()
+            options = np.round(options, 2)
+            return np.unique(options[(options >= low - _EPS) & (options <= high + _EPS)])
+        targets = np.linspace(low, high, most)
+        near = (np.asarray([-1.0, 0.0, 1.0])[:, None] + ends[None, :]).ravel()
+        options = np.round(np.floor(targets)[:, None] + near[None, :], 2)
+        inside = (options >= low - _EPS) & (options <= high + _EPS)
+        distance = np.where(inside, np.abs(options - targets[:, None]), np.inf)
+        pick = np.argmin(distance, axis=1)
+        found = inside[np.arange(len(targets)), pick]
+        return np.unique(options[np.arange(len(targets)), pick][found])
     n = round((high - low) / CENT) + 1
-    return np.round(low + CENT * np.arange(n), 2), not policy.endings
-
-
-def _thin(prices: np.ndarray, most: int) -> np.ndarray:
-    if len(prices) <= most:
-        return prices
-    keep = np.unique(np.round(np.linspace(0, len(prices) - 1, most)).astype(int))
-    return prices[keep]
+    if n <= most:
+        return np.round(low + CENT * np.arange(n), 2)
+    return np.unique(np.clip(np.round(np.linspace(low, high, most), 2), low, high))
 
 
 @dataclass
@@ -259,36 +287,35 @@ def optimise(
     drivers: DriversFn | None = None,
     elasticity_bands: Sequence[tuple[float, float] | None] | None = None,
 ) -> list[Suggestion]:
-    """Suggest a price for every item. ``demand`` is called twice, each time batched over all items: on an even
-    subset of the allowed prices (and probes for the elasticity and the guardrails), then on every allowed price
-    between the neighbours of the best one found."""
+    """Suggest a price for every item. ``demand`` is called twice, each time batched over all items: on at most
+    ``max_candidates`` allowed prices spread over the range (and probes for the elasticity and the guardrails), then
+    on as many between the neighbours of the best one found (every allowed price there unless the range is huge)."""
     for item in items:
         validate_item(item)
     step = policy.elasticity_step
     plans, grids = [], []
     for item in items:
         bounds = allowed_range(item, policy)
-        allowed, ending_ok = candidate_prices(bounds, policy)
-        coarse = _thin(allowed, policy.max_candidates)
+        coarse, ending_ok = candidate_prices(bounds, policy)
         cur = item.current_price
         probes = np.asarray([cur, cur * (1 - step), cur * (1 + step), bounds.low * 0.95, bounds.high * 1.05])
-        plans.append((bounds, allowed, coarse, ending_ok, probes))
+        plans.append((bounds, coarse, ending_ok, probes))
         grids.append(np.concatenate([coarse, probes]))
     first = _call(demand, grids)
 
     extra = []
-    for item, (_, allowed, coarse, _, _), units in zip(items, plans, first, strict=True):
+    for item, (_, coarse, ending_ok, _), units in zip(items, plans, first, strict=True):
         fine = np.zeros(0)
-        if len(allowed) > len(coarse):
-            best = _pick(coarse, units[: len(coarse)], item, policy)
-            if best is not None:
-                lo, hi = coarse[max(best - 1, 0)], coarse[min(best + 1, len(coarse) - 1)]
-                fine = allowed[(allowed > lo) & (allowed < hi) & ~np.isin(allowed, coarse)]
+        best = _pick(coarse, units[: len(coarse)], item, policy) if len(coarse) > 1 else None
+        if best is not None:
+            lo, hi = coarse[max(best - 1, 0)], coarse[min(best + 1, len(coarse) - 1)]
+            fine = spread(lo, hi, policy.max_candidates, policy.endings if ending_ok else ())
+            fine = fine[(fine > lo) & (fine < hi) & ~np.isin(fine, coarse)]
         extra.append(fine)
     second = _call(demand, extra) if any(len(e) for e in extra) else [np.zeros(0) for _ in extra]
 
     suggestions = []
-    for item, (bounds, _, coarse, ending_ok, _), units, fine, fine_units in zip(
+    for item, (bounds, coarse, ending_ok, _), units, fine, fine_units in zip(
         items, plans, first, extra, second, strict=True
     ):
         candidates = np.concatenate([coarse, fine])
@@ -425,7 +452,7 @@ def _choose(
 def _reason(s: Suggestion) -> str:
     cur, new = s.current.price, s.suggested.price
     move = "Keep" if abs(new - cur) < CENT / 2 else ("Raise" if new > cur else "Lower")
-    text = f"{move} {cur:.2f} → {new:.2f}" + (f" ({(new / cur - 1) * 100:+.1f}%)" if move != "Keep" else "")
+    text = f"{move} {cur:.2f} → {new:.2f}" + (f" ({(new / cur - 1) * 100:+.1f}%)" if move != "Keep" and cur > 0 else "")
     metric = s.objective
     before, after = getattr(s.current, metric), getattr(s.suggested, metric)
     if s.objective == "profit" and before is None:

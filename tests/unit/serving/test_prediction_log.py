@@ -111,6 +111,18 @@ def test_prices_are_logged_for_the_period_priced_and_scored_against_its_sales(se
     assert families.pricing_metrics(outcomes) == {"wape": (0.2, 1)}
 
 
+def test_batch_slots_that_could_not_be_priced_are_not_logged(settings):
+    from serving.pricing import PriceBatchRequest, PriceItemError
+
+    log = log_for(settings)
+    body = PriceBatchRequest.model_validate({"items": [{"product_id": "I1"}, {"product_id": "I2", "cost": -1}]})
+    error = PriceItemError(product_id="I2", error="negative", field="items[1].cost", status_code=422)
+    log.pricing(body.items, [price_answer("I1", 10.0, 11.0, 4.0), error], default_period=pd.Timestamp(DAY))
+    log.flush()
+    logged = families.load_predictions(settings, "pricing", DAY, DAY)
+    assert list(logged[C.item_id]) == ["I1"] and log.counts["record_errors"] == 0
+
+
 def test_support_answers_give_the_escalation_rate(settings):
     log = log_for(settings)
     asked = [SupportRequest(question="where is my order?", customer_id="C1"), SupportRequest(question="refund?")]

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from pricing_data import fitted, simulated
 
-from omnicart.pricing.optimiser import PricingItem, PricingPolicy, violations
+from omnicart.pricing.optimiser import MAX_INVENTORY, MAX_PRICE, MIN_PRICE, PricingItem, PricingPolicy, violations
 from omnicart.schemas import C
-from serving.pricing import PriceBatchRequest, PriceRequest, PricingRequestError, PricingService
+from serving.pricing import (
+    PriceBatchRequest,
+    PriceBatchResponse,
+    PriceItemError,
+    PriceRequest,
+    PriceResponse,
+    PricingRequestError,
+    PricingService,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +100,89 @@ def test_invalid_fields_are_422_naming_the_field(service: PricingService, reques
     assert field in str(caught.value)
 
 
-def test_a_bad_item_in_a_batch_is_named_by_index(service: PricingService) -> None:
-    with pytest.raises(PricingRequestError) as caught:
-        service.price_batch([{"product_id": "I00001"}, {"product_id": "I00002", "cost": -5}])
-    assert caught.value.field == "items[1].cost"
-    with pytest.raises(PricingRequestError) as caught:
-        service.price_batch([{"product_id": "I00001"}, {"product_id": "missing"}])
-    assert caught.value.field == "items[1].product_id" and caught.value.status_code == 404
+def test_a_bad_item_in_a_batch_is_answered_in_its_slot_and_the_others_are_priced(service: PricingService) -> None:
+    body = {
+        "items": [
+            {"product_id": "I00001"},
+            {"product_id": "I00002", "cost": -5},
+            {"product_id": "missing"},
+            {"product_id": "I00003", "current_price": 1e300},
+            {"product_id": "I00004"},
+            7,
+        ]
+    }
+    batch = service.price_batch(PriceBatchRequest.model_validate(body))  # as the ingress parses it: no 422 for all
+    results = batch.results
+    assert len(results) == 6
+    assert isinstance(results[0], PriceResponse) and isinstance(results[4], PriceResponse)
+    assert [r.product_id for r in (results[0], results[4])] == ["I00001", "I00004"]
+    errors = {i: r for i, r in enumerate(results) if isinstance(r, PriceItemError)}
+    assert {i: (e.field, e.status_code) for i, e in errors.items()} == {
+        1: ("items[1].cost", 422),
+        2: ("items[2].product_id", 404),
+        3: ("items[3].current_price", 422),
+        5: ("items[5]", 422),
+    }
+    assert errors[2].product_id == "missing" and errors[5].product_id is None and errors[1].error
+    assert PriceBatchResponse.model_validate(batch.model_dump()).results[1] == errors[1]  # the schema documents it
+    # the same through the plain-list entry point
+    listed = service.price_batch([{"product_id": "I00001"}, {"product_id": "I00002", "cost": -5}])
+    assert isinstance(listed.results[0], PriceResponse) and listed.results[1].field == "items[1].cost"
     with pytest.raises(PricingRequestError, match="items"):
         service.price_batch([])
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"current_price": 0.001}, "current_price"),
+        ({"current_price": 5e-324}, "current_price"),
+        ({"current_price": 1e8}, "current_price"),
+        ({"current_price": 1e300}, "current_price"),
+        ({"cost": 1e20}, "cost"),
+        ({"competitor_price": float("inf")}, "competitor_price"),
+        ({"min_price": 1e9}, "min_price"),
+        ({"max_price": 0.001}, "max_price"),
+        ({"inventory": 1e300}, "inventory"),
+        ({"period": "0001-01-01"}, "period"),
+        ({"period": "9999-12-31"}, "period"),
+    ],
+)
+def test_numbers_out_of_range_are_422_naming_the_field(service: PricingService, fields: dict, field: str) -> None:
+    with pytest.raises(PricingRequestError) as caught:
+        service.price({"product_id": "I00001", **fields})
+    assert caught.value.field == field and caught.value.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"current_price": MIN_PRICE},
+        {"current_price": MAX_PRICE},
+        {"current_price": MAX_PRICE, "cost": MAX_PRICE, "competitor_price": MAX_PRICE, "inventory": MAX_INVENTORY},
+        {"cost": 0.0, "inventory": 0.0},
+        {"min_price": MAX_PRICE},
+    ],
+)
+def test_the_ends_of_every_range_are_priced_cleanly(service: PricingService, fields: dict) -> None:
+    started = time.perf_counter()
+    answer = service.price({"product_id": "I00001", "explain": False, **fields})
+    assert time.perf_counter() - started < 2.0  # the grid does not grow with the price (1e8 took 4.7 s before)
+    assert answer.suggested_price >= MIN_PRICE and np.isfinite(answer.suggested_price) and answer.reason
+
+
+def test_an_out_of_range_catalog_default_is_a_422_not_a_crash() -> None:
+    _, _, catalog = simulated()
+    rows = {r[C.item_id]: {C.price: r[C.price], C.cost: r[C.cost]} for r in catalog.to_dict("records")}
+    first, second = list(rows)[:2]
+    rows[first] = {C.price: 0.001, C.cost: 0.0}
+    service = PricingService(load_model=fitted, catalog=rows)
+    with pytest.raises(PricingRequestError) as caught:
+        service.price({"product_id": first})
+    assert caught.value.field == "current_price" and caught.value.status_code == 422
+    batch = service.price_batch([{"product_id": first}, {"product_id": second}])
+    assert isinstance(batch.results[0], PriceItemError) and batch.results[0].field == "items[0].current_price"
+    assert isinstance(batch.results[1], PriceResponse)
 
 
 def test_a_failing_model_still_answers_with_a_guarded_price() -> None:

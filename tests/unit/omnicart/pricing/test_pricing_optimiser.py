@@ -13,6 +13,8 @@ from omnicart.pricing.optimiser import (
     INVENTORY,
     MARGIN_FLOOR,
     MAX_CHANGE,
+    MAX_PRICE,
+    MIN_PRICE,
     PRICE_BOUNDS,
     PRICE_ENDING,
     PricingItem,
@@ -199,3 +201,55 @@ def test_policy_rejects_nonsense_settings() -> None:
         PricingPolicy(max_change=1.5)
     with pytest.raises(ValueError, match="objective"):
         PricingPolicy(objective="volume")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", [PricingPolicy(), WIDE], ids=["guarded", "wide"])
+def test_the_candidate_grid_is_the_same_size_whatever_the_price(policy: PricingPolicy) -> None:
+    asked: dict[float, list[int]] = {}
+    for price in (1e-2, 10.0, 1e7):
+
+        def demand(grids: list[np.ndarray], price=price) -> list[np.ndarray]:
+            asked.setdefault(price, []).extend(len(g) for g in grids)
+            return constant_elasticity(-2.0, ref=price)(grids)
+
+        item = PricingItem("p", current_price=price, cost=price / 3)
+        [s] = optimise([item], demand, policy)
+        assert s.price >= MIN_PRICE and not violations(item, s, policy)
+    most = policy.max_candidates + 5  # the grid, then the probes (current, ± step, beyond each end)
+    assert all(n <= most for sizes in asked.values() for n in sizes), asked
+    assert len(asked[1e7]) <= 2  # two demand calls, however wide the range: 2e6 whole prices in ±10 % of 1e7
+
+
+def test_the_optimum_of_a_huge_price_is_found_to_a_small_fraction() -> None:
+    # constant elasticity -2: the optimum is twice the cost; the grid is spread, then refined around its best
+    item = PricingItem("p", current_price=5e6, cost=3e6)
+    [s] = optimise([item], constant_elasticity(-2.0, ref=5e6), WIDE)
+    assert s.price == pytest.approx(6e6, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"current_price": 0.001}, "current_price"),
+        ({"current_price": 5e-324}, "current_price"),
+        ({"current_price": 1e300}, "current_price"),
+        ({"current_price": 1e8}, "current_price"),
+        ({"current_price": 10.0, "cost": 1e20}, "cost"),
+        ({"current_price": 10.0, "competitor_price": 1e12}, "competitor_price"),
+        ({"current_price": 10.0, "max_price": float("inf")}, "max_price"),
+        ({"current_price": 10.0, "inventory": 1e300}, "inventory"),
+    ],
+)
+def test_prices_outside_the_supported_range_are_rejected_by_name(fields: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name}:"):
+        optimise([PricingItem("p", **fields)], constant_elasticity(-2.0), PricingPolicy())
+
+
+def test_the_extremes_of_the_range_are_priced() -> None:
+    items = [
+        PricingItem("low", current_price=MIN_PRICE, cost=0.0),
+        PricingItem("high", current_price=MAX_PRICE, cost=MAX_PRICE, competitor_price=MAX_PRICE),
+    ]
+    for item, s in zip(items, optimise(items, constant_elasticity(-1.5), PricingPolicy()), strict=True):
+        assert math.isfinite(s.price) and s.price >= MIN_PRICE and s.reason
+        assert not violations(item, s, PricingPolicy())

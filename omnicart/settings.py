@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="None means SQLite under home.")
 
     # --- training and serving ---
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest request body serving accepts (bytes); larger ones get 413 unread."
+    )
     top_k: int = Field(10, ge=1, le=100)
     recent_items_n: int = Field(10, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"

@@ -1,11 +1,16 @@
-"""The Ray Serve application: one FastAPI ingress (OpenAPI docs at /docs), API key required, thin handlers."""
+"""The Ray Serve application: one FastAPI ingress (OpenAPI docs at /docs), API key required, thin handlers.
+
+``create_api`` builds the HTTP surface over a ``Backend`` (the replica's services), so unit tests build it with
+stubs and no Ray; ``Ingress`` is the Serve deployment that loads the champions and is that backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -24,6 +29,7 @@ from serving.recommend import (
     RecommendService,
     shop_state,
 )
+from serving.security import KEY_VALID, EdgeGuard, ErrorBody, api_key_scheme, error_responses
 from serving.support import (
     FeedbackRequest,
     FeedbackResponse,
@@ -35,26 +41,158 @@ from serving.support import (
 
 APP_NAME = "omnicart"
 
-api = FastAPI(
-    title="omnicart",
-    description="Recommendations, support answers and prices for every shop channel.",
-    version="0.1.0",
-)
+
+class Backend(Protocol):
+    """What the HTTP handlers use: the Serve replica (``Ingress``) in production, a stub in unit tests."""
+
+    settings: Settings
+    api_key: str
+    predictions: PredictionLog
+    recommender: RecommendService
+    pricer: Any | None  # PricingService, once a pricing champion exists
+    support: Any | None  # SupportService, once a support champion exists
+    store: Any
+    price_period: Any
+
+    async def answer_together(self, request: SupportRequest) -> SupportResponse: ...
 
 
-@api.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with a JSON body that names each offending field."""
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
-        for e in exc.errors()
-    ]
-    return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+class ServiceUnavailable(Exception):
+    """A family without a deployed champion: 503."""
+
+    def __init__(self, family: str) -> None:
+        super().__init__(f"no {family} champion deployed yet")
 
 
-@api.exception_handler(PricingRequestError)
-async def _unpriceable(request: Request, exc: PricingRequestError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.body())
+def create_api(backend: Callable[[], Backend]) -> FastAPI:
+    """The FastAPI app over ``backend()`` (called per request): EdgeGuard in front, the key scheme on every
+    protected operation, and each error status documented with its body."""
+    api = FastAPI(
+        title="omnicart",
+        description="Recommendations, support answers and prices for every shop channel.",
+        version="0.1.0",
+    )
+    api.add_middleware(
+        EdgeGuard, api_key=lambda: backend().api_key, max_body_bytes=lambda: backend().settings.max_body_bytes
+    )
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with a JSON body that names each offending field."""
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+
+    @api.exception_handler(PricingRequestError)
+    async def _unpriceable(request: Request, exc: PricingRequestError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content=exc.body())
+
+    @api.exception_handler(ServiceUnavailable)
+    async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content=ErrorBody(error=str(exc), field=None).model_dump())
+
+    def pricer() -> Any:
+        if backend().pricer is None:
+            raise ServiceUnavailable("pricing")
+        return backend().pricer
+
+    def support() -> Any:
+        if backend().support is None:
+            raise ServiceUnavailable("support")
+        return backend().support
+
+    # EdgeGuard enforces the key before any body is read; the dependency only marks the operations in OpenAPI
+    protected = APIRouter(dependencies=[Security(api_key_scheme)], responses=error_responses(401, 413, 422))
+
+    @api.get(
+        "/health",
+        dependencies=[Security(api_key_scheme)],
+        openapi_extra={"security": [{}]},  # the key is optional here (an empty requirement)
+    )
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness for anyone; with a valid key also the champions' versions and the fallback and log counters."""
+        if not request.scope.get(KEY_VALID, False):
+            return {"status": "ok"}
+        b = backend()
+        models = {"recommend": b.recommender.model_version}
+        models["pricing"] = b.pricer.model_version if b.pricer else None
+        models["support"] = b.support.model_version if b.support else None
+        fallbacks = {"recommend": dict(b.recommender.fallbacks)}
+        log_counts = dict(b.predictions.counts)
+        return {"status": "ok", "models": models, "fallbacks": fallbacks, "prediction_log": log_counts}
+
+    @protected.post("/price", response_model=PriceResponse, responses=error_responses(404, 503, invalid=(404, 422)))
+    def price(body: PriceRequest) -> PriceResponse:
+        """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
+        answer = pricer().price(body)
+        backend().predictions.pricing([body], [answer], backend().price_period)
+        return answer
+
+    @protected.post(
+        "/price/batch", response_model=PriceBatchResponse, responses=error_responses(404, 503, invalid=(404, 422))
+    )
+    def price_batch(body: PriceBatchRequest) -> PriceBatchResponse:
+        answer = pricer().price_batch(body)
+        backend().predictions.pricing(body.items, answer.results, backend().price_period)
+        return answer
+
+    @protected.post("/events", response_model=PushResult, responses=error_responses(404, 410))
+    def events(body: ShopEvent) -> PushResult:
+        """One customer event from any channel: its customer's real-time features are pushed to the online store."""
+        from omnicart.realtime import push_event
+
+        b = backend()
+        result = push_event(b.settings, body, store=b.store)
+        if not result.pushed:
+            # nobody to attach the event to (404), or a customer who asked to be erased (410): nothing is stored
+            status = 410 if result.reason == "erased" else 404
+            field = result.field or ("customer_id" if body.customer_id else "identifier")
+            return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
+        return result
+
+    @protected.post("/support/answer", response_model=SupportResponse, responses=error_responses(503))
+    async def support_answer(body: SupportRequest) -> SupportResponse:
+        """The answer from the shop's past answers with its confidence and sources, or a handover to a person."""
+        support()
+        return await backend().answer_together(body)
+
+    @protected.post("/support/answer/batch", response_model=SupportBatchResponse, responses=error_responses(503))
+    def support_answer_batch(body: SupportBatchRequest) -> SupportBatchResponse:
+        """Up to 64 questions in one request, answered together."""
+        answers = support().answer_batch(body.requests)
+        backend().predictions.support(body.requests, answers)
+        return SupportBatchResponse(responses=answers)
+
+    @protected.post("/support/feedback", response_model=FeedbackResponse, responses=error_responses(503))
+    def support_feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Whether an answer helped; stored for evaluation and retraining."""
+        stored = support().feedback(body)
+        backend().predictions.support_feedback(body)
+        return stored
+
+    @protected.post("/recommend", response_model=RecommendResponse, responses=error_responses(404))
+    def recommend(body: RecommendRequest) -> RecommendResponse:
+        """Ranked, explained items for a customer under the shop's rules; a fallback answers whatever fails."""
+        b = backend()
+        try:
+            answer = b.recommender.recommend(body)
+        except RecommendRequestError as exc:
+            return JSONResponse(status_code=exc.status_code, content=exc.body())
+        b.predictions.recommend(body, answer)
+        return answer
+
+    api.include_router(protected)
+    return api
+
+
+def _replica() -> Backend:
+    """The Ingress instance answering this request (Serve's replica context)."""
+    return serve.get_replica_context().servable_object
+
+
+api = create_api(_replica)
 
 
 def _bind_internal_grpc_to(host: str) -> None:
@@ -76,7 +214,7 @@ def _bind_internal_grpc_to(host: str) -> None:
 @serve.deployment(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
-    """Loads the champions from the registry and answers the HTTP endpoints."""
+    """Loads the champions from the registry; the ``Backend`` of the HTTP endpoints (``create_api``)."""
 
     def __init__(self, settings: Settings) -> None:
         _bind_internal_grpc_to(settings.host)
@@ -108,6 +246,7 @@ class Ingress:
             ),
         )
         self.pricer = None
+        self.price_period = None
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
             from omnicart import lake, schemas
@@ -132,100 +271,12 @@ class Ingress:
                 model_version=support_version,
             )
 
-    def _check_key(self, x_api_key: str | None) -> None:
-        if x_api_key != self.api_key:
-            raise HTTPException(status_code=401, detail={"error": "missing or invalid API key", "field": "X-API-Key"})
-
-    def _pricing(self) -> Any:
-        if self.pricer is None:
-            raise HTTPException(status_code=503, detail={"error": "no pricing champion deployed yet", "field": None})
-        return self.pricer
-
-    def _support(self) -> Any:
-        if self.support is None:
-            raise HTTPException(status_code=503, detail={"error": "no support champion deployed yet", "field": None})
-        return self.support
-
-    @api.get("/health")
-    def health(self) -> dict[str, Any]:
-        models = {"recommend": self.recommender.model_version}
-        models["pricing"] = self.pricer.model_version if self.pricer else None
-        models["support"] = self.support.model_version if self.support else None
-        fallbacks = {"recommend": dict(self.recommender.fallbacks)}
-        log_counts = dict(self.predictions.counts)
-        return {"status": "ok", "models": models, "fallbacks": fallbacks, "prediction_log": log_counts}
-
-    @api.post("/price", response_model=PriceResponse)
-    def price(self, body: PriceRequest, x_api_key: str | None = Header(None)) -> PriceResponse:
-        """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
-        self._check_key(x_api_key)
-        answer = self._pricing().price(body)
-        self.predictions.pricing([body], [answer], self.price_period)
-        return answer
-
-    @api.post("/price/batch", response_model=PriceBatchResponse)
-    def price_batch(self, body: PriceBatchRequest, x_api_key: str | None = Header(None)) -> PriceBatchResponse:
-        self._check_key(x_api_key)
-        answer = self._pricing().price_batch(body)
-        self.predictions.pricing(body.items, answer.results, self.price_period)
-        return answer
-
-    @api.post("/events", response_model=PushResult, responses={404: {}, 410: {}})
-    def events(self, body: ShopEvent, x_api_key: str | None = Header(None)) -> PushResult:
-        """One customer event from any channel: its customer's real-time features are pushed to the online store."""
-        from omnicart.realtime import push_event
-
-        self._check_key(x_api_key)
-        result = push_event(self.settings, body, store=self.store)
-        if not result.pushed:
-            # nobody to attach the event to (404), or a customer who asked to be erased (410): nothing is stored
-            status = 410 if result.reason == "erased" else 404
-            field = result.field or ("customer_id" if body.customer_id else "identifier")
-            return JSONResponse(status_code=status, content={"error": result.reason, "field": field})
-        return result
-
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _answer_together(self, requests: list[SupportRequest]) -> list[SupportResponse]:
+    async def answer_together(self, requests: list[SupportRequest]) -> list[SupportResponse]:
         """Concurrent single questions are encoded as one batch; the model runs off the event loop."""
         answers = await asyncio.to_thread(self.support.answer_batch, requests)
         self.predictions.support(requests, answers)
         return answers
-
-    @api.post("/support/answer", response_model=SupportResponse, responses={503: {}})
-    async def support_answer(self, body: SupportRequest, x_api_key: str | None = Header(None)) -> SupportResponse:
-        """The answer from the shop's past answers with its confidence and sources, or a handover to a person."""
-        self._check_key(x_api_key)
-        self._support()
-        return await self._answer_together(body)
-
-    @api.post("/support/answer/batch", response_model=SupportBatchResponse, responses={503: {}})
-    def support_answer_batch(
-        self, body: SupportBatchRequest, x_api_key: str | None = Header(None)
-    ) -> SupportBatchResponse:
-        """Up to 64 questions in one request, answered together."""
-        self._check_key(x_api_key)
-        answers = self._support().answer_batch(body.requests)
-        self.predictions.support(body.requests, answers)
-        return SupportBatchResponse(responses=answers)
-
-    @api.post("/support/feedback", response_model=FeedbackResponse, responses={503: {}})
-    def support_feedback(self, body: FeedbackRequest, x_api_key: str | None = Header(None)) -> FeedbackResponse:
-        """Whether an answer helped; stored for evaluation and retraining."""
-        self._check_key(x_api_key)
-        stored = self._support().feedback(body)
-        self.predictions.support_feedback(body)
-        return stored
-
-    @api.post("/recommend", response_model=RecommendResponse, responses={404: {}})
-    def recommend(self, body: RecommendRequest, x_api_key: str | None = Header(None)) -> RecommendResponse:
-        """Ranked, explained items for a customer under the shop's rules; a fallback answers whatever fails."""
-        self._check_key(x_api_key)
-        try:
-            answer = self.recommender.recommend(body)
-        except RecommendRequestError as exc:
-            return JSONResponse(status_code=exc.status_code, content=exc.body())
-        self.predictions.recommend(body, answer)
-        return answer
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica (a redeploy): the buffered answers are written first."""

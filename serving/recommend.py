@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from cachetools import TTLCache
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from omnicart.schemas import CHANNELS, C, F
 
@@ -43,11 +43,15 @@ def _source_failed(source: object) -> None:
 
 
 class RecommendContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     item_id: str | None = Field(None, min_length=1, max_length=128, description="The item the customer is looking at.")
     channel: Channel | None = Field(None, description="Where the request comes from.")
 
 
 class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     customer_id: str = Field(min_length=1, max_length=128, description="The customer's platform id.")
     k: int = Field(10, ge=1, le=100, description="How many items to return.")
     context: RecommendContext = Field(default_factory=RecommendContext)

@@ -257,7 +257,7 @@ def test_retraining_deploys_a_new_champion_that_answers_and_becomes_the_referenc
     answer = httpx.post(f"{s.serve_url}/price", json={"product_id": item}, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == version
-    health = httpx.get(f"{s.serve_url}/health", timeout=30).json()
+    health = httpx.get(f"{s.serve_url}/health", headers=headers, timeout=30).json()
     assert health["models"]["pricing"] == version and health["prediction_log"]["logged"] >= 1
 
     start, end, source = reference_window(s, "pricing", loop.drift_day, params=params, version=version)

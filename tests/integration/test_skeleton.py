@@ -106,7 +106,12 @@ def test_recommend_known_customer(platform, clean_run):
 def test_recommend_requires_api_key(platform, clean_run):
     response = _post(platform.settings, {"customer_id": "C000001"}, key=False)
     assert response.status_code == 401
-    assert response.json()["detail"]["field"] == "X-API-Key"
+    assert response.json() == {"error": "missing or invalid API key", "field": "X-API-Key"}
+    # the key is checked before the body: a huge, invalid body without a key is 401 too, not 413 or 422
+    huge = httpx.post(f"{platform.settings.serve_url}/recommend", content=b"x" * 6_000_000, timeout=30)
+    assert huge.status_code == 401
+    # /health shows its counters only with the key
+    assert httpx.get(f"{platform.settings.serve_url}/health", timeout=30).json() == {"status": "ok"}
 
 
 def test_recommend_malformed_body_names_the_field(platform, clean_run):
@@ -165,7 +170,7 @@ def test_recommend_rules_explanations_and_errors_over_http(platform, clean_run):
     assert unknown.status_code == 404 and unknown.json() == {"error": "unknown item", "field": "context.item_id"}
     stranger = _post(s, {"customer_id": "nobody-at-all", "k": 3, "context": {"channel": "app"}}).json()
     assert stranger["source"] == "popular" and stranger["fallback"] == "unknown_customer"
-    health = httpx.get(f"{s.serve_url}/health", timeout=30).json()
+    health = httpx.get(f"{s.serve_url}/health", headers={"X-API-Key": s.secret("api_key")}, timeout=30).json()
     assert health["fallbacks"]["recommend"]["unknown_customer"] >= 1
 
 
@@ -217,7 +222,7 @@ def test_price_without_a_pricing_champion_is_a_clear_503(platform, clean_run):
         f"{s.serve_url}/price", json={"product_id": "I00001"}, headers={"X-API-Key": s.secret("api_key")}, timeout=30
     )
     assert response.status_code == 503
-    assert "pricing" in response.json()["detail"]["error"]
+    assert "pricing" in response.json()["error"] and response.json()["field"] is None
 
 
 # --- support: no champion (503), then a tiny model trained on the lake's tickets, answering over HTTP -------------
@@ -232,7 +237,7 @@ def _support(settings, path, body):
 def test_support_without_a_champion_is_a_clear_503(platform, clean_run):
     response = _support(platform.settings, "answer", {"question": "Where is my order?"})
     assert response.status_code == 503
-    assert "support" in response.json()["detail"]["error"]
+    assert "support" in response.json()["error"] and response.json()["field"] is None
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +259,7 @@ def test_support_answers_over_http_with_sources_or_hands_over(platform, clean_ru
     s = platform.settings
     day, _ = clean_run
     tickets = lake.read_table(s.lake_dir, schemas.SUPPORT, day, day)
-    health = httpx.get(f"{s.serve_url}/health", timeout=30).json()
+    health = httpx.get(f"{s.serve_url}/health", headers={"X-API-Key": s.secret("api_key")}, timeout=30).json()
     assert health["models"]["support"] == support_champion[1].champion_version
 
     one = _support(s, "answer", {"question": tickets[C.question].iloc[0], "channel": "web"})

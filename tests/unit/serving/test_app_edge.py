@@ -148,7 +148,7 @@ def test_a_lying_content_length_is_rejected(client) -> None:
         ("/recommend", {"customer_id": "C1", "top_k": 5}, "top_k"),
         ("/recommend", {"customer_id": "C1", "context": {"item_id": "I1", "page": "home"}}, "context.page"),
         ("/price", {"product_id": "I1", "discount": 0.1}, "discount"),
-        ("/price/batch", {"items": [{"product_id": "I1", "qty": 2}]}, "items.0.qty"),
+        ("/price/batch", {"items": [{"product_id": "I1"}], "qty": 2}, "qty"),  # an item's own fields: its slot
         ("/support/answer", {"question": "hours?", "lang": "en"}, "lang"),
         ("/support/answer/batch", {"requests": [{"question": "hours?", "lang": "en"}]}, "requests.0.lang"),
         ("/support/feedback", {"request_id": "r1", "helpful": True, "stars": 5}, "stars"),

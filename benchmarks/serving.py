@@ -63,9 +63,12 @@ class Plan:
     ceiling_rates: tuple[float, ...] = (160, 320, 640, 1280, 2560, 5120)
     step_seconds: float = 3.0
     half_seconds: float = 5.0
-    timeout_s: float = 2.0  # a request not answered within this (from its scheduled time) is a timeout
+    timeout_s: float = 5.0  # a request not answered within this (from its scheduled time) is a timeout
     max_inflight: int = 256  # open connections of the client; a request beyond them waits (and that wait counts)
-    refine: int = 2  # bisection steps between the last rate kept up and the first one not
+    refine: int = 3  # bisection steps between the last rate kept up and the first one not
+    halvings: int = 4  # when the first rate is too much: halve it this often at most (10 → 0.625 req/s)
+    unloaded_requests: int = 20  # sent one at a time before the steps, for the latency without a queue
+    settle_s: float = 30.0  # after an overloaded step, how long to wait at most for the server to be idle again
     feast_reads: int = 300
     kill_seconds: float = 12.0
     kill_clients: int = 4
@@ -80,6 +83,8 @@ QUICK = Plan(
     rates=(10, 40, 160),
     ceiling_rates=(160, 640, 2560),
     refine=1,
+    halvings=2,
+    unloaded_requests=8,
     step_seconds=1.0,
     half_seconds=1.5,
     feast_reads=50,
@@ -155,8 +160,10 @@ def summarise(offered: float, outcomes: Sequence[Outcome]) -> Step:
 
 
 def saturation(steps: Sequence[Step]) -> float:
-    """The highest achieved rate of successful answers over the steps."""
-    return max((s.achieved for s in steps), default=0.0)
+    """The highest rate sustained: the highest achieved rate of a step that kept up; when none did, the highest
+    achieved by any (what an overloaded server still answered)."""
+    kept = [s.achieved for s in steps if s.kept_up]
+    return max(kept or [s.achieved for s in steps], default=0.0)
 
 
 # --- load generation ---------------------------------------------------------------------------------------------
@@ -205,22 +212,49 @@ def open_loop(
 def find_saturation(
     url: str, bodies: Sequence[dict], headers: dict[str, str], plan: Plan, rates: Sequence[float] | None = None
 ) -> list[Step]:
-    """Step the offered rate up until a step does not keep up (or the rates run out), then bisect (in log space,
-    ``plan.refine`` times) between the last rate kept up and the first one not: an overloaded step's own achieved
-    rate understates the capacity, since the server also works on requests the client has given up on."""
+    """Step the offered rate up until a step does not keep up (or the rates run out); when even the first does not,
+    halve it (``plan.halvings`` times at most) until one does. Then bisect (in log space, ``plan.refine`` times)
+    between the last rate kept up and the first one not: an overloaded step's own achieved rate understates the
+    capacity, since the server also works on requests the client has given up on."""
     steps: list[Step] = []
-    for rate in rates or plan.rates:
+
+    def step(rate: float) -> bool:
         steps.append(open_loop(url, bodies, rate, plan.step_seconds, headers, plan))
-        if not steps[-1].kept_up:
+        if not steps[-1].kept_up:  # the server may still be working off what the client gave up on
+            settle(url, bodies, headers, plan)
+        return steps[-1].kept_up
+
+    for rate in rates or plan.rates:
+        if not step(rate):
             break
     if steps[-1].kept_up:
         return steps
     low, high = (steps[-2].offered if len(steps) > 1 else 0.0), steps[-1].offered
-    for _ in range(plan.refine):
-        rate = float(np.sqrt(low * high)) if low > 0 else high / 2
-        steps.append(open_loop(url, bodies, rate, plan.step_seconds, headers, plan))
-        low, high = (rate, high) if steps[-1].kept_up else (low, rate)
+    for _ in range(plan.halvings if low == 0 else 0):
+        if step(high / 2):
+            low = high / 2
+            break
+        high /= 2
+    for _ in range(plan.refine if low > 0 else 0):
+        rate = float(np.sqrt(low * high))
+        low, high = (rate, high) if step(rate) else (low, rate)
     return steps
+
+
+def settle(url: str, bodies: Sequence[dict], headers: dict[str, str], plan: Plan) -> bool:
+    """Wait (``plan.settle_s`` at most) until one request sent alone is answered within the timeout: after an
+    overloaded step, the queue of abandoned requests has drained and the next step starts from an idle server."""
+    deadline = time.monotonic() + plan.settle_s
+    while time.monotonic() < deadline:
+        if unloaded(url, bodies, headers, 1, plan.timeout_s).ok:
+            return True
+    return False
+
+
+def unloaded(url: str, bodies: Sequence[dict], headers: dict[str, str], n: int, timeout_s: float) -> Step:
+    """One client, one request at a time: the latency with no queue at all."""
+    outcomes = asyncio.run(_closed_loop(url, bodies, headers, 1, float("inf"), timeout_s, 0.0, lambda: None, n))
+    return summarise(0.0, outcomes)
 
 
 async def _closed_loop(
@@ -232,9 +266,10 @@ async def _closed_loop(
     timeout_s: float,
     at: float,
     action: Callable[[], Any],
+    max_requests: int | None = None,
 ) -> list[Outcome]:
-    """``clients`` loops, each sending its next request when the last one ended; ``action`` runs (in a thread) once
-    ``at`` seconds in."""
+    """``clients`` loops, each sending its next request when the last one ended, for ``seconds`` or until
+    ``max_requests`` were sent; ``action`` runs (in a thread) once ``at`` seconds in."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -244,12 +279,13 @@ async def _closed_loop(
 
         async def client(c: int) -> None:
             n = c
-            while loop.time() - start < seconds:
+            while loop.time() - start < seconds and (max_requests is None or n < max_requests):
                 sent = loop.time() - start
                 status = 0
                 try:
                     async with asyncio.timeout(timeout_s):
-                        async with session.post(url, json=bodies[n % len(bodies)]) as response:
+                        method = session.post(url, json=bodies[n % len(bodies)]) if bodies else session.get(url)
+                        async with method as response:
                             await response.read()
                             status = response.status
                 except (TimeoutError, aiohttp.ClientError, OSError):
@@ -378,14 +414,25 @@ def feast_reads(settings: Settings, customers: Sequence[str], n: int) -> dict[st
     return out
 
 
-def replica_actors() -> list[Any]:
-    """The live Serve replicas of the omnicart app (Ray's state API): name, pid, actor id."""
-    from ray.util.state import list_actors
+@dataclass(frozen=True)
+class Replica:
+    name: str  # the actor's name in Ray's "serve" namespace
+    pid: int
+
+
+def replica_actors() -> list[Replica]:
+    """The live Serve replicas of the omnicart app. From the GCS actor table: ``ray.util.state.list_actors`` asks
+    the dashboard, which the embedded Ray runs without (and which would find other Ray instances on the machine)."""
+    from ray._private import state
 
     from serving.app import APP_NAME
 
-    prefix = f"ServeReplica:{APP_NAME}:"
-    return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if a.class_name.startswith(prefix)]
+    prefix = f"SERVE_REPLICA::{APP_NAME}#"
+    return [
+        Replica(a["Name"], int(a["Pid"]))
+        for a in state.actors().values()
+        if a.get("State") == "ALIVE" and str(a.get("Name") or "").startswith(prefix) and a.get("Pid")
+    ]
 
 
 def replica_rss_mb() -> dict[str, float]:
@@ -488,15 +535,17 @@ def serve_trivial(port: int, service_ms: float = 0.0) -> None:
 
 
 # --- the benchmark -----------------------------------------------------------------------------------------------
-def _row(model: str, steps: Sequence[Step], half: Step | None = None, **extra: Any) -> dict[str, Any]:
+def _row(model: str, steps: Sequence[Step], half: Step | None = None, alone: Step | None = None) -> dict[str, Any]:
+    """One measured server: its saturation and steps; the latency one at a time and at half saturation."""
     row: dict[str, Any] = {"model": model, "saturation_rps": saturation(steps)}
     # offered→achieved per step, in the order run; "!" marks a step that did not keep up
-    row["steps"] = ", ".join(f"{s.offered:.0f}→{s.achieved:.0f}" + ("" if s.kept_up else "!") for s in steps)
-    step_errors = Counter()
+    row["steps"] = ", ".join(f"{s.offered:.3g}→{s.achieved:.3g}" + ("" if s.kept_up else "!") for s in steps)
+    step_errors: Counter[str] = Counter()
     for s in steps:
         step_errors.update(s.errors)
-    if step_errors:
-        row["step_errors"] = dict(step_errors)
+    row["step_errors"] = dict(step_errors) or None
+    if alone is not None:
+        row.update(unloaded_p50_ms=alone.p50_ms, unloaded_p99_ms=alone.p99_ms, unloaded_errors=alone.errors or None)
     if half is not None:
         row.update(
             half_rate=half.offered,
@@ -507,143 +556,165 @@ def _row(model: str, steps: Sequence[Step], half: Step | None = None, **extra: A
             half_sent=half.sent,
             half_errors=half.errors or None,
         )
-    row.update(extra)
+    row["load_average"] = round(os.getloadavg()[0], 1)  # the machine is shared: how busy it was
     return row
+
+
+@dataclass
+class Figures:
+    """What the gates read."""
+
+    saturation: dict[str, float] = field(default_factory=dict)  # Serve, per endpoint
+    recommend_p99_ms: float | None = None
+    bare_saturation: float = 0.0
+    kill_share: float = 0.0
+    kill_max_wait_s: float = 0.0
+
+
+def _saturate(
+    label: str, url: str, bodies: Sequence[dict], headers: dict[str, str], plan: Plan, say: Callable[[str], None]
+) -> tuple[list[Step], Step, Step]:
+    """Warm up; the latency one at a time; saturation; then a run at half of it."""
+    say(f"{label}: stepping the offered rate")
+    unloaded(url, bodies, headers, 10, plan.timeout_s)  # warm-up: the first answers load models and open stores
+    alone = unloaded(url, bodies, headers, plan.unloaded_requests, plan.timeout_s)
+    steps = find_saturation(url, bodies, headers, plan)
+    settle(url, bodies, headers, plan)
+    half_rate = saturation(steps) / 2
+    half = open_loop(url, bodies, half_rate, plan.half_seconds, headers, plan) if half_rate > 0 else Step(0, 0, 0, 0.0)
+    say(f"{label}: saturation {saturation(steps):.1f} req/s; at half, p99 {_fmt_ms(half.p99_ms)}")
+    return steps, half, alone
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "none answered" if value is None else f"{value:.1f} ms"
+
+
+def measure(s: Settings, plan: Plan, workdir: Path, say: Callable[[str], None]) -> tuple[list[dict], Figures]:
+    """Every measurement on a platform that is up (Serve deployed with its champions); rows and gate figures."""
+    headers = {"X-API-Key": s.secret("api_key")}
+    bodies = request_bodies(s, plan.pool)
+    rows: list[dict[str, Any]] = []
+    fig = Figures()
+    trivial_port, bare_port = free_port(), free_port()
+    settings_file = workdir / "settings.pkl"
+    settings_file.write_bytes(pickle.dumps(s))
+    # the bare server loads its champions while Serve is measured; it idles until its turn
+    bare = start_subprocess(["uvicorn", str(settings_file), str(bare_port)], workdir / "uvicorn.log")
+    trivial = start_subprocess(["trivial", str(trivial_port)], workdir / "trivial.log")
+    try:
+        wait_http(f"{s.serve_url}/health", 120)
+        rss_before = replica_rss_mb()
+        for endpoint in ENDPOINTS:
+            url = f"{s.serve_url}{endpoint}"
+            steps, half, alone = _saturate(f"Serve {endpoint}", url, bodies[endpoint], headers, plan, say)
+            fig.saturation[endpoint] = saturation(steps)
+            if endpoint == "/recommend":
+                fig.recommend_p99_ms = half.p99_ms
+            rows.append(_row(f"serve {endpoint}", steps, half, alone))
+        rss_after = replica_rss_mb()
+
+        wait_http(f"http://127.0.0.1:{bare_port}/health", 300, bare)
+        url = f"http://127.0.0.1:{bare_port}/recommend"
+        steps, half, alone = _saturate("uvicorn /recommend", url, bodies["/recommend"], headers, plan, say)
+        fig.bare_saturation = saturation(steps)
+        rows.append(_row("uvicorn /recommend (same handler, no Serve)", steps, half, alone))
+        stop(bare)
+
+        wait_http(f"http://127.0.0.1:{trivial_port}/", 30, trivial)
+        say("load client ceiling against a trivial server")
+        steps = find_saturation(f"http://127.0.0.1:{trivial_port}/", [], {}, plan, rates=plan.ceiling_rates)
+        ceiling = saturation(steps)
+        rows.append(_row("load client ceiling (trivial server)", steps))
+        stop(trivial)
+    finally:
+        for process in (bare, trivial):
+            if process.poll() is None:
+                stop(process)
+    for row in rows:  # an endpoint within half the client's own ceiling is measured, not the client
+        if not row["model"].startswith("load client"):
+            row["client_bound"] = row["saturation_rps"] >= 0.5 * ceiling
+
+    say("Feast online reads")
+    customers = [b["customer_id"] for b in bodies["/recommend"]]
+    feast = feast_reads(s, customers, plan.feast_reads)
+    rows.append(
+        {"model": "feast online read (sqlite, in-process)", **feast, "p99_target_ms_redis": FEAST_P99_TARGET_MS}
+    )
+    rows.append(
+        {
+            "model": "serve replica RSS",
+            "replicas": len(rss_before),
+            "rss_before_mb": round(sum(rss_before.values()), 1),
+            "rss_after_mb": round(sum(rss_after.values()), 1),
+        }
+    )
+
+    say(f"kill test: {plan.kill_clients} clients on /recommend, one of {len(replica_actors())} replicas killed")
+    killed: list[str] = []
+    outcomes = asyncio.run(
+        _closed_loop(
+            f"{s.serve_url}/recommend",
+            bodies["/recommend"],
+            headers,
+            plan.kill_clients,
+            plan.kill_seconds,
+            plan.kill_seconds,  # a request's own limit: long enough to see how long it really waits
+            plan.kill_seconds / 3,
+            lambda: killed.append(kill_one_replica()),
+        )
+    )
+    kill = summarise(0.0, outcomes)
+    fig.kill_share = kill.ok / kill.sent if kill.sent else 0.0
+    fig.kill_max_wait_s = max((o.latency for o in outcomes), default=0.0)
+    rows.append(
+        {
+            "model": "kill test /recommend",
+            "replicas": len(rss_before),
+            "killed": killed[0] if killed else None,
+            "sent": kill.sent,
+            "success_share": fig.kill_share,
+            "max_wait_s": fig.kill_max_wait_s,
+            "errors": kill.errors or None,
+        }
+    )
+    return rows, fig
+
+
+def gates(fig: Figures, plan: Plan) -> list[dict[str, Any]]:
+    """The PROTOCOLS gates. Absolute targets put the target in the baseline column (ratio = value / target)."""
+    p99 = fig.recommend_p99_ms if fig.recommend_p99_ms is not None else plan.timeout_s * 1000  # nothing answered
+    return [
+        gate("/recommend p99 ms at half saturation", p99, P99_TARGET_MS, 1.0, higher_is_better=False),
+        *(gate(f"{e} saturation req/s", fig.saturation.get(e, 0.0), SATURATION_TARGET, 1.0) for e in ENDPOINTS),
+        gate(
+            "/recommend throughput Serve / uvicorn",
+            fig.saturation.get("/recommend", 0.0),
+            fig.bare_saturation,
+            SERVE_VS_UVICORN_TARGET,
+        ),
+        gate("kill test success share", fig.kill_share, 1.0, KILL_SUCCESS_TARGET),
+        gate("kill test max wait s", fig.kill_max_wait_s, KILL_MAX_WAIT_S, 1.0, higher_is_better=False),
+    ]
 
 
 def run(settings: Settings, options: BenchOptions) -> BenchResult:
     if options.dataset or options.input:
         raise NotAvailable("serving runs on a simulated shop of its own: no --dataset/--input")
-    plan = QUICK if options.quick else FULL
-    console = Console(stderr=True)
-    say = console.log
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="omnicart-bench-serving-") as tmp:
-        home = Path(tmp)
-        s = bench_settings(settings, home / "home", plan)
-        from omnicart import raycluster
+    from omnicart import raycluster
 
-        processes: list[subprocess.Popen] = []
+    plan = QUICK if options.quick else FULL
+    say = Console(stderr=True).log
+    with tempfile.TemporaryDirectory(prefix="omnicart-bench-serving-") as tmp:
+        s = bench_settings(settings, Path(tmp) / "home", plan)
         try:
             stages = build_platform(s, say)
-            headers = {"X-API-Key": s.secret("api_key")}
-            bodies = request_bodies(s, plan.pool)
-            rows.append({"model": "setup", **{f"{k}_s": v for k, v in stages.items()}})
-
-            trivial_port, bare_port = free_port(), free_port()
-            trivial = start_subprocess(["trivial", str(trivial_port)], home / "trivial.log")
-            processes.append(trivial)
-            settings_file = home / "settings.pkl"
-            settings_file.write_bytes(pickle.dumps(s))
-            bare = start_subprocess(["uvicorn", str(settings_file), str(bare_port)], home / "uvicorn.log")
-            processes.append(bare)
-            wait_http(f"{s.serve_url}/health", 120)
-
-            rss_before = replica_rss_mb()
-            serve_sat: dict[str, float] = {}
-            for endpoint in ENDPOINTS:
-                url = f"{s.serve_url}{endpoint}"
-                say(f"Serve {endpoint}: stepping the offered rate")
-                open_loop(url, bodies[endpoint], 5, 1.0, headers, plan)  # warm-up: first answers load lazily
-                steps = find_saturation(url, bodies[endpoint], headers, plan)
-                serve_sat[endpoint] = saturation(steps)
-                half = open_loop(
-                    url, bodies[endpoint], max(serve_sat[endpoint] / 2, 1.0), plan.half_seconds, headers, plan
-                )
-                rows.append(_row(f"serve {endpoint}", steps, half))
-            rss_after = replica_rss_mb()
-
-            wait_http(f"http://127.0.0.1:{bare_port}/health", 300, bare)
-            say("bare uvicorn /recommend: stepping the offered rate")
-            url = f"http://127.0.0.1:{bare_port}/recommend"
-            open_loop(url, bodies["/recommend"], 5, 1.0, headers, plan)
-            steps = find_saturation(url, bodies["/recommend"], headers, plan)
-            bare_sat = saturation(steps)
-            half = open_loop(url, bodies["/recommend"], max(bare_sat / 2, 1.0), plan.half_seconds, headers, plan)
-            rows.append(_row("uvicorn /recommend (same handler, no Serve)", steps, half))
-            stop(bare)
-
-            wait_http(f"http://127.0.0.1:{trivial_port}/", 30, trivial)
-            say("load client ceiling against a trivial server")
-            steps = find_saturation(f"http://127.0.0.1:{trivial_port}/", [], {}, plan, rates=plan.ceiling_rates)
-            ceiling = saturation(steps)
-            rows.append(_row("load client ceiling (trivial server)", steps))
-            stop(trivial)
-            for row in rows:
-                if "saturation_rps" in row and not row["model"].startswith("load client"):
-                    row["client_bound"] = row["saturation_rps"] >= 0.5 * ceiling
-
-            say("Feast online reads")
-            customers = [b["customer_id"] for b in bodies["/recommend"]]
-            rows.append(
-                {"model": "feast online read (sqlite, in-process)", **feast_reads(s, customers, plan.feast_reads)}
-            )
-
-            rows.append(
-                {
-                    "model": "serve replica RSS",
-                    "replicas": len(rss_before),
-                    "rss_before_mb": round(sum(rss_before.values()), 1),
-                    "rss_after_mb": round(sum(rss_after.values()), 1),
-                }
-            )
-
-            say(f"kill test: {plan.kill_clients} clients on /recommend, one replica killed")
-            killed: list[str] = []
-            outcomes = asyncio.run(
-                _closed_loop(
-                    f"{s.serve_url}/recommend",
-                    bodies["/recommend"],
-                    headers,
-                    plan.kill_clients,
-                    plan.kill_seconds,
-                    plan.kill_seconds,  # a request's own limit: long enough to see how long it really waits
-                    plan.kill_seconds / 3,
-                    lambda: killed.append(kill_one_replica()),
-                )
-            )
-            kill = summarise(0.0, outcomes)
-            kill_share = kill.ok / kill.sent if kill.sent else 0.0
-            kill_wait = max((o.latency for o in outcomes), default=0.0)
-            rows.append(
-                {
-                    "model": "kill test /recommend",
-                    "replicas": len(rss_before),
-                    "killed": killed[0] if killed else None,
-                    "sent": kill.sent,
-                    "success_share": kill_share,
-                    "max_wait_s": kill_wait,
-                    "errors": kill.errors or None,
-                }
-            )
+            rows, fig = measure(s, plan, Path(tmp), say)
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    stop(process)
             raycluster.shutdown()
-
-    feast = next(r for r in rows if r["model"].startswith("feast"))
-    serve_rec = next(r for r in rows if r["model"] == "serve /recommend")
-    gates = [
-        # Absolute targets: the baseline column holds the target, so the ratio is value / target.
-        gate(
-            "/recommend p99 ms at half saturation",
-            serve_rec["p99_ms"] or plan.timeout_s * 1000,
-            P99_TARGET_MS,
-            1.0,
-            higher_is_better=False,
-        ),
-        gate("/recommend saturation req/s", serve_sat["/recommend"], SATURATION_TARGET, 1.0),
-        gate("/price saturation req/s", serve_sat["/price"], SATURATION_TARGET, 1.0),
-        gate("/support/answer saturation req/s", serve_sat["/support/answer"], SATURATION_TARGET, 1.0),
-        gate("/recommend throughput Serve / uvicorn", serve_sat["/recommend"], bare_sat, SERVE_VS_UVICORN_TARGET),
-        gate("kill test success share", kill_share, 1.0, KILL_SUCCESS_TARGET),
-        gate("kill test max wait s", kill_wait, KILL_MAX_WAIT_S, 1.0, higher_is_better=False),
-    ]
-    feast["p99_target_ms (redis profile, not gated on sqlite)"] = FEAST_P99_TARGET_MS
+    rows.insert(0, {"model": "setup", **{f"{k}_s": v for k, v in stages.items()}})
     name = f"simulated shop (customers={plan.customers}, items={plan.items}, days={plan.days})"
-    name += " quick" if options.quick else ""
-    return name, PROTOCOL, rows, gates
+    return name + (" quick" if options.quick else ""), PROTOCOL, rows, gates(fig, plan)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -5,7 +5,8 @@ for recommend, pricing and support → Ray Serve on a free loopback port). Then:
 
 - Saturation per endpoint with an open-loop client (asyncio + aiohttp): the offered rate steps up (10, 20, 40, ...
   req/s, a few seconds each, every request scheduled at a fixed time) until the achieved rate falls below 90 % of
-  the offered one or a request fails; saturation is the highest achieved rate of successful answers. At half of it,
+  the offered one or a request fails (then halving or bisecting); saturation is the highest rate a step kept up
+  with. First the latency of requests sent one at a time; at half saturation,
   p50/p95/p99 latency counted from each request's *scheduled* send time, so a queue in front of the server shows up
   as latency instead of slowing the client down (coordinated omission), and the errors by status.
 - The same handler (``create_api`` over the ``Ingress`` class, instantiated without Serve) under bare uvicorn in a

@@ -27,6 +27,7 @@ class BenchOptions:
     split: str | None = None  # the temporal cut for --input
     protocol: str | None = None  # a protocol variant (reqa / intent, out-of-time / simulator)
     seed: int = 0  # simulator and training seed
+    quick: bool = False  # a short smoke run, where the family has one (serving)
 
 
 class NotAvailable(RuntimeError):

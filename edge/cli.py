@@ -203,6 +203,7 @@ def bench(
     protocol: Annotated[str | None, typer.Option(help="Protocol variant, e.g. reqa or intent.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulator and of model training.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the PROTOCOLS.md JSON here.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (serving).")] = False,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
     from benchmarks import runner
@@ -211,7 +212,7 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        options = runner.BenchOptions(dataset, input, items, split, protocol, seed)
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick)
         result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")

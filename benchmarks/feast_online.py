@@ -35,9 +35,10 @@ SIM = {"sim_customers": 400, "sim_items": 60, "sim_days": 4}
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
+def redis_server(workdir: Path, password: str | None = None) -> Iterator[str]:
     """A ``redis-server`` (Debian package ``redis-server``) on a free 127.0.0.1 port, data in ``workdir``, no
-    persistence; yields its URL and stops it after. NotAvailable when the binary is not installed."""
+    persistence, ``password`` required when given; yields its URL and stops it after. NotAvailable when the binary
+    is not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise NotAvailable(
@@ -60,18 +61,22 @@ def redis_server(workdir: Path) -> Iterator[str]:
         "--appendonly",
         "no",
     ]
+    auth = b""
+    if password:
+        argv += ["--requirepass", password]
+        auth = f"AUTH {password}\r\n".encode()
     proc = subprocess.Popen(argv, stdout=(workdir / "redis.log").open("wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
+                conn.sendall(auth + b"PING\r\n")
+                if conn.recv(64).endswith(b"+PONG\r\n"):
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: {(workdir / 'redis.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         try:

@@ -51,6 +51,8 @@ def metadata_db_env(settings: Settings) -> dict[str, str]:
         return {}
     return {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_store_url("airflow"),
+        # Airflow's API server also opens an asyncio engine; psycopg 3 serves both (Airflow would pick asyncpg)
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": settings.postgres_store_url("airflow", driver="psycopg"),
         "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
     }
 

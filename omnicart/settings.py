@@ -223,8 +223,11 @@ class Settings(BaseSettings):
         """The MLflow server's artifact root: ``mlflow_artifact_root``, else home/mlartifacts."""
         return self.mlflow_artifact_root or self.mlflow_artifacts.as_uri()
 
-    def postgres_store_url(self, store: Literal["airflow", "mlflow", "feast"]) -> str:
-        """A SQLAlchemy URL for one store on ``postgres_url``: the psycopg2 driver, with ``store`` as the schema
+    def postgres_store_url(
+        self, store: Literal["airflow", "mlflow", "feast"], driver: Literal["psycopg2", "psycopg"] = "psycopg2"
+    ) -> str:
+        """A SQLAlchemy URL for one store on ``postgres_url``: psycopg2 (or psycopg 3, which also speaks asyncio),
+        with ``store`` as the schema
         searched first, so Airflow, MLflow and Feast share one database without sharing a table (each keeps its own
         ``alembic_version``)."""
         from sqlalchemy.engine import make_url
@@ -233,7 +236,7 @@ class Settings(BaseSettings):
             raise RuntimeError("OMNICART_POSTGRES_URL is not set: the embedded profile has no PostgreSQL")
         url = make_url(self.postgres_url)
         return url.set(
-            drivername="postgresql+psycopg2", query={**url.query, "options": f"-csearch_path={store}"}
+            drivername=f"postgresql+{driver}", query={**url.query, "options": f"-csearch_path={store}"}
         ).render_as_string(hide_password=False)
 
     @property

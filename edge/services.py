@@ -361,6 +361,11 @@ def _live_pid(settings: Settings, name: str) -> int | None:
 def _child_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **omnicart_env(settings), **extra}
     env["PATH"] = os.pathsep.join([str(bin_dir()), env.get("PATH", "")])
+    # DAG tasks, Ray workers and Serve replicas import this checkout's code, whichever one the venv has installed
+    from edge import orchestration
+
+    project = str(orchestration.project_dir())
+    env["PYTHONPATH"] = os.pathsep.join([project, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # keeps every Ray process on the loopback address it is given (Ray 2.60 otherwise swaps in the LAN address)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install demo test test-unit up down bench lint format clean
+.PHONY: install demo test test-unit servers up down bench lint format clean
 
 install: $(STAMP)   ## create .venv and install omnicart with its dev tools
 
@@ -24,13 +24,16 @@ $(STAMP): pyproject.toml
 demo: install       ## set up, then run the main job end to end on the embedded default
 	OMNICART_CONFIG=infra/config/demo.yaml $(BIN)/omnicart demo
 
-test: install       ## set up, then run every test (unit and integration with real services)
+test: install servers  ## set up, then run every test (unit and integration with real services)
 	# Airflow and Ray read their configuration once per process, and each integration module runs its own
 	# platform home: the unit tier and every integration module get a fresh interpreter.
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 	status=0; for module in tests/integration/test_*.py; do \
 	  $(BIN)/python -m pytest -p no:cacheprovider "$$module" || status=1; \
 	done; exit $$status
+
+servers:            ## PostgreSQL and Redis for the production-profile test (Debian packages; installed when missing)
+	@.ci/install-servers || echo "make servers: without PostgreSQL and Redis, test_production_profile.py skips" >&2
 
 test-unit: install
 	$(BIN)/python -m pytest -p no:cacheprovider -m "not integration"

@@ -190,7 +190,7 @@ def erase(
         console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
-BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving")
+BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
 
 
 @app.command()

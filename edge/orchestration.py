@@ -1,4 +1,5 @@
-"""Run the platform's DAGs with Airflow itself (``dag.test()``: the real task runner and metadata DB, no scheduler).
+"""Run the platform's DAGs with Airflow itself (``dag.test()``: the real task runner and metadata DB, no scheduler),
+and the Airflow environment of the profile (the production profile's scheduler runs them instead: ``omnicart up``).
 
 Airflow reads its configuration from the environment when first imported, so ``prepare`` must run before any
 ``airflow`` import in the process; the CLI and the tests call it at their edge.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omnicart import stores
 from omnicart.settings import Settings
 
 
@@ -26,8 +28,11 @@ def dags_folder() -> Path:
 
 
 def airflow_env(settings: Settings, dags: Path | None = None) -> dict[str, str]:
-    """Environment for every Airflow process of this home: its own SQLite DB, our DAGs, no examples, loopback."""
+    """Environment for every Airflow process of this home: our DAGs, no examples, loopback, and the metadata DB of the
+    profile: SQLite under home (embedded) or schema ``airflow`` on ``postgres_url`` with the configured executor
+    (production)."""
     return {
+        **metadata_db_env(settings),
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags or dags_folder()),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -39,11 +44,26 @@ def airflow_env(settings: Settings, dags: Path | None = None) -> dict[str, str]:
     }
 
 
+def metadata_db_env(settings: Settings) -> dict[str, str]:
+    """The production profile's Airflow metadata DB and executor; nothing in the embedded profile (Airflow's SQLite
+    under ``AIRFLOW_HOME``)."""
+    if settings.profile != "production":
+        return {}
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_store_url("airflow"),
+        # Airflow's API server also opens an asyncio engine; psycopg 3 serves both (Airflow would pick asyncpg)
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": settings.postgres_store_url("airflow", driver="psycopg"),
+        "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
+    }
+
+
 def prepare(settings: Settings, dags: Path | None = None) -> None:
     """Point this process's Airflow at the settings' home and create or upgrade its metadata DB."""
     env = airflow_env(settings, dags)
     os.environ.update(env)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    if settings.profile == "production":
+        stores.ensure_postgres_schemas(settings)
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
 

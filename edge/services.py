@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnicart import stores
 from omnicart.raycluster import JOIN_ENV
 from omnicart.settings import Settings
 
@@ -85,7 +86,7 @@ def airflow_env(settings: Settings, dags_folder: Path) -> dict[str, str]:
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
         "AIRFLOW__API__HOST": settings.host,
@@ -197,7 +198,10 @@ def _smtp_banner(host: str, port: int) -> Callable[[], bool]:
 def _specs(settings: Settings, dags_folder: Path | None = None) -> dict[str, _Spec]:
     b = bin_dir()
     h = settings.host
-    artifacts = settings.mlflow_artifacts.as_uri()
+    artifacts = settings.mlflow_artifact_uri
+    # embedded: clients write artifacts straight into home; production: through the server (mlflow-artifacts:/),
+    # so no client needs the artifact store's credentials or mount
+    artifact_root = ["--default-artifact-root", artifacts] if settings.profile != "production" else []
     airflow_url = f"http://{h}:{settings.airflow_port}"
     mlflow_url = f"http://{h}:{settings.mlflow_port}"
     evidently_url = f"http://{h}:{settings.evidently_port}"
@@ -235,9 +239,8 @@ def _specs(settings: Settings, dags_folder: Path | None = None) -> dict[str, _Sp
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                settings.mlflow_uri,
-                "--default-artifact-root",
-                artifacts,
+                settings.mlflow_backend_store_uri,
+                *artifact_root,
                 "--artifacts-destination",
                 artifacts,
             ],
@@ -358,6 +361,11 @@ def _live_pid(settings: Settings, name: str) -> int | None:
 def _child_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **omnicart_env(settings), **extra}
     env["PATH"] = os.pathsep.join([str(bin_dir()), env.get("PATH", "")])
+    # DAG tasks, Ray workers and Serve replicas import this checkout's code, whichever one the venv has installed
+    from edge import orchestration
+
+    project = str(orchestration.project_dir())
+    env["PYTHONPATH"] = os.pathsep.join([project, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -498,6 +506,8 @@ def up(settings: Settings, dags_folder: Path, only: Sequence[str] | None = None)
                     f"{name}: {spec.host}:{port} is already taken by a process omnicart did not start; "
                     "stop it, or choose another port in the settings (OMNICART_*_PORT)"
                 )
+    if settings.profile == "production" and {"mlflow", "airflow"} & set(to_start):
+        stores.ensure_postgres_schemas(settings)  # fails here, naming the server, if PostgreSQL is unreachable
     if "ray" in to_start:
         _ensure_ray_token()
     # Start everything first, then wait, so that the slow starters overlap.

@@ -1,6 +1,10 @@
-"""The Feast store of a home directory: SQLite online store, Parquet offline store, file registry.
+"""The Feast store of the settings' profile.
 
-The embedded default; a Redis online store or a SQL registry is a change of this config, not of the callers.
+Embedded (the default): SQLite online store, file registry, both under home. Production: Redis online store
+(``redis_url``) and a SQL registry in PostgreSQL (``postgres_url``, schema ``feast``). Both keep the file offline store
+over the lake's Parquet partitions (in production the home on shared storage): the feature views' sources are the
+lake's files, and Feast's PostgreSQL offline store reads only PostgreSQL tables, so it would need a second copy of
+the lake in the database for the same point-in-time joins. The callers never see which profile runs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omnicart import lake, schemas, text
+from omnicart import lake, schemas, stores, text
 from omnicart.schemas import C, F
 from omnicart.settings import Settings
 
@@ -22,19 +26,38 @@ log = logging.getLogger(__name__)
 PROJECT = "omnicart"
 
 
+def store_config(settings: Settings) -> dict[str, Any]:
+    """The registry and online store of the settings' profile, as ``RepoConfig`` takes them."""
+    if settings.profile == "production":
+        return {
+            "registry": {
+                "registry_type": "sql",
+                "path": settings.postgres_store_url("feast"),
+                "cache_ttl_seconds": 60,
+            },
+            "online_store": {"type": "redis", "connection_string": stores.redis_connection_string(settings.redis_url)},
+        }
+    return {
+        "registry": str(settings.feast_dir / "registry.db"),
+        "online_store": {"type": "sqlite", "path": str(settings.feast_dir / "online.db")},
+    }
+
+
 def feature_store(settings: Settings) -> Any:
-    """A FeatureStore over ``<home>/feast`` (creates the folder; Feast writes the registry there)."""
+    """A FeatureStore of the settings' profile over ``<home>/feast`` (creates the folder, and in production the
+    PostgreSQL schemas, if missing)."""
     from feast import FeatureStore, RepoConfig
 
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    if settings.profile == "production":
+        stores.ensure_postgres_schemas(settings)
     config = RepoConfig(
         project=PROJECT,
         provider="local",
-        registry=str(settings.feast_dir / "registry.db"),
-        online_store={"type": "sqlite", "path": str(settings.feast_dir / "online.db")},
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
         repo_path=settings.feast_dir,
+        **store_config(settings),
     )
     return FeatureStore(config=config)
 

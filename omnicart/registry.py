@@ -58,6 +58,9 @@ def _experiment_id(settings: Settings, family: str) -> str:
     experiment = mlc.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if settings.mlflow_uri.startswith(("http://", "https://")):
+        # a tracking server: its artifact root (``mlflow server --artifacts-destination``) holds the artifacts
+        return mlc.create_experiment(name)
     location = (settings.mlflow_artifacts / family).resolve()
     location.mkdir(parents=True, exist_ok=True)
     return mlc.create_experiment(name, artifact_location=location.as_uri())

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,7 +26,7 @@ from pydantic_settings import (
 class Settings(BaseSettings):
     """Everything configurable, in one place; passed down explicitly, never read from env elsewhere."""
 
-    model_config = SettingsConfigDict(env_prefix="OMNICART_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="OMNICART_", frozen=True, extra="forbid", hide_input_in_errors=True)
 
     # --- where state lives, and how strict we are ---
     home: Path = Field(
@@ -34,6 +34,28 @@ class Settings(BaseSettings):
     )
     mode: Literal["demo", "prod"] = Field(
         "demo", description="demo generates missing secrets; prod refuses to run without them."
+    )
+
+    # --- stores: the embedded default, or the production profile's servers (infra/config/production.yaml) ---
+    profile: Literal["embedded", "production"] = Field(
+        "embedded",
+        description="embedded: SQLite, Parquet and in-process Ray under home (make demo); production: every store "
+        "a server named by a URL below, secrets from the environment, startup refused while one is missing.",
+    )
+    postgres_url: str | None = Field(
+        None,
+        repr=False,  # may hold a password
+        description="PostgreSQL database (postgresql://user:password@host:port/db) holding Airflow's metadata, "
+        "MLflow's backend store and Feast's registry, each in its own schema (airflow, mlflow, feast).",
+    )
+    redis_url: str | None = Field(
+        None, repr=False, description="Redis for Feast's online store (redis://[:password@]host:port[/db])."
+    )
+    mlflow_artifact_root: str | None = Field(
+        None, description="Where the MLflow server keeps artifacts (a shared path or object-store URI); None: home."
+    )
+    airflow_executor: Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"] = Field(
+        "LocalExecutor", description="Airflow executor of the production profile's scheduler."
     )
 
     # --- shop simulator ---
@@ -119,6 +141,18 @@ class Settings(BaseSettings):
         """Resolved once, so processes with another working directory (Ray workers, Airflow tasks) agree."""
         return value.expanduser().resolve()
 
+    @model_validator(mode="after")
+    def _production_has_its_servers(self) -> Settings:
+        """The production profile runs on servers and secrets the environment gives; name every one missing."""
+        if self.profile != "production":
+            return self
+        missing = [
+            f"OMNICART_{name.upper()} ({why})" for name, why in PRODUCTION_REQUIRED.items() if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError("the production profile needs " + "; ".join(missing))
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -170,11 +204,40 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_uri(self) -> str:
+        """Where clients track and register: the tracking server in production, SQLite under home by default."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        """The database behind the MLflow server that ``omnicart up`` starts: PostgreSQL in production."""
+        if self.profile == "production":
+            return self.postgres_store_url("mlflow")
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:
         return self.home_dir / "mlartifacts"
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        """The MLflow server's artifact root: ``mlflow_artifact_root``, else home/mlartifacts."""
+        return self.mlflow_artifact_root or self.mlflow_artifacts.as_uri()
+
+    def postgres_store_url(
+        self, store: Literal["airflow", "mlflow", "feast"], driver: Literal["psycopg2", "psycopg"] = "psycopg2"
+    ) -> str:
+        """A SQLAlchemy URL for one store on ``postgres_url``: psycopg2 (or psycopg 3, which also speaks asyncio),
+        with ``store`` as the schema
+        searched first, so Airflow, MLflow and Feast share one database without sharing a table (each keeps its own
+        ``alembic_version``)."""
+        from sqlalchemy.engine import make_url
+
+        if not self.postgres_url:
+            raise RuntimeError("OMNICART_POSTGRES_URL is not set: the embedded profile has no PostgreSQL")
+        url = make_url(self.postgres_url)
+        return url.set(
+            drivername=f"postgresql+{driver}", query={**url.query, "options": f"-csearch_path={store}"}
+        ).render_as_string(hide_password=False)
 
     @property
     def ray_storage(self) -> Path:
@@ -193,14 +256,28 @@ class Settings(BaseSettings):
         value: SecretStr | None = getattr(self, name)
         if value is not None:
             return value.get_secret_value()
-        if self.mode != "demo":
-            raise RuntimeError(f"OMNICART_{name.upper()} is required outside demo mode; set it from your secret store.")
+        if self.mode != "demo" or self.profile == "production":
+            raise RuntimeError(
+                f"OMNICART_{name.upper()} is required outside demo mode and in the production profile; "
+                "set it from your secret store."
+            )
         path = self.home_dir / "secrets" / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)
             path.write_text(secrets.token_urlsafe(24))
         return path.read_text().strip()
+
+
+PRODUCTION_REQUIRED: dict[str, str] = {
+    "postgres_url": "Airflow metadata, MLflow backend store, Feast registry",
+    "redis_url": "Feast online store",
+    "mlflow_tracking_uri": "the MLflow tracking server, http://host:port",
+    "ray_address": "the Ray cluster to join, host:port",
+    "api_key": "secret: serving's X-API-Key",
+    "pseudonym_key": "secret: the key that pseudonymises PII",
+}
+"""What the production profile refuses to start without (settings field → what it is for)."""
 
 
 @lru_cache(maxsize=1)

@@ -58,3 +58,64 @@ def test_prod_mode_refuses_to_run_without_secrets(tmp_path):
 def test_home_is_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Settings(home=Path("rel")).home_dir == tmp_path / "rel"
+
+
+PRODUCTION = {
+    "postgres_url": "postgresql://omnicart:pw@db.internal:5432/omnicart",
+    "redis_url": "redis://:pw@cache.internal:6379/2",
+    "mlflow_tracking_uri": "http://mlflow.internal:5000",
+    "ray_address": "ray-head:6379",
+    "api_key": "a" * 30,
+    "pseudonym_key": "p" * 30,
+}
+
+
+def test_the_default_profile_is_embedded(tmp_path):
+    s = Settings(home=tmp_path)
+    assert s.profile == "embedded"
+    assert s.mlflow_backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert s.mlflow_artifact_uri == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_production_names_every_missing_url_and_secret_and_hides_given_values(tmp_path):
+    with pytest.raises(ValidationError) as caught:
+        Settings(home=tmp_path, profile="production", redis_url=PRODUCTION["redis_url"], api_key="s3cr3t-value")
+    message = str(caught.value)
+    for name in (
+        "OMNICART_POSTGRES_URL",
+        "OMNICART_MLFLOW_TRACKING_URI",
+        "OMNICART_RAY_ADDRESS",
+        "OMNICART_PSEUDONYM_KEY",
+    ):
+        assert name in message
+    assert "OMNICART_REDIS_URL" not in message and "OMNICART_API_KEY" not in message
+    assert "s3cr3t-value" not in message and ":pw@" not in message
+
+
+def test_production_profile_is_chosen_by_env_or_the_config_file(tmp_path, monkeypatch):
+    for key, value in PRODUCTION.items():
+        monkeypatch.setenv(f"OMNICART_{key.upper()}", value)
+    monkeypatch.setenv("OMNICART_HOME", str(tmp_path))
+    monkeypatch.setenv("OMNICART_PROFILE", "production")
+    assert Settings().profile == "production"
+
+    monkeypatch.delenv("OMNICART_PROFILE")
+    monkeypatch.setenv("OMNICART_CONFIG", str(Path(__file__).parents[3] / "infra" / "config" / "production.yaml"))
+    s = Settings()
+    assert (s.profile, s.mode, s.home_dir) == ("production", "prod", tmp_path)  # env wins over the file's home
+
+
+def test_production_stores_share_one_database_in_their_own_schemas(tmp_path):
+    s = Settings(home=tmp_path, profile="production", **PRODUCTION)
+    assert s.mlflow_uri == "http://mlflow.internal:5000"
+    urls = {store: s.postgres_store_url(store) for store in ("airflow", "mlflow", "feast")}
+    for store, url in urls.items():
+        assert url == f"postgresql+psycopg2://omnicart:pw@db.internal:5432/omnicart?options=-csearch_path%3D{store}"
+    assert s.mlflow_backend_store_uri == urls["mlflow"]
+    assert "pw" not in repr(s)
+
+
+def test_production_never_generates_a_secret(tmp_path):
+    s = Settings(home=tmp_path, profile="production", **PRODUCTION)
+    assert s.secret("api_key") == "a" * 30
+    assert not (tmp_path / "secrets").exists()

@@ -284,6 +284,14 @@ class Ingress:
             self.predictions.close()
 
 
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve's application builder for a cluster that runs the app from its config (KubeRay's RayService,
+    ``serve run serving.app:build_app``): the Ingress over the settings of the environment (``args`` is unused)."""
+    from omnicart.settings import get_settings
+
+    return Ingress.bind(get_settings())
+
+
 def deploy(settings: Settings) -> str:
     """Start Serve's HTTP proxy on settings.host:serve_port (if not yet) and (re)deploy the app; returns its URL."""
     from omnicart.raycluster import ensure_ray

@@ -402,11 +402,6 @@ def test_every_container_is_sized() -> None:
         assert {"cpu", "memory"} <= set(airflow_values()[component]["resources"]["requests"]), component
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving/app.py has no Serve application builder yet; the RayService names serving.app:build_app "
-    "(build_app(args) -> Ingress.bind(get_settings())). Remove this mark when it lands.",
-)
 def test_serve_import_path_is_an_application_builder() -> None:
     """KubeRay hands serveConfigV2 to Serve, which imports import_path: a built app or a one-argument builder."""
     config = yaml.safe_load(one("RayService")["spec"]["serveConfigV2"])

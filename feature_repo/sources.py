@@ -9,11 +9,12 @@ from omnicart import schemas
 from omnicart.schemas import C, F
 
 
-def _lake(table: str, description: str) -> FileSource:
+def _lake(table: str, description: str, field_mapping: dict[str, str] | None = None) -> FileSource:
     return FileSource(
         name=f"{table}_source",
         path=f"../lake/{table}",
         timestamp_field=C.event_timestamp,
+        field_mapping=field_mapping,
         description=description,
         owner=OWNER,
     )
@@ -43,9 +44,11 @@ item_text_source = _lake(
     schemas.ITEM_TEXT_EMBEDDINGS,
     "MiniLM embeddings of the item text (omnicart.text.item_text), written on the day a catalog row lands.",
 )
+# The lake's column ``live_items`` is served as ``recent_items``: the name /recommend reads (serving/recommend.py).
 customer_last_event_source = _lake(
     schemas.CUSTOMER_LAST_EVENT,
     "Each customer's last event and live items at the end of each day: the history of the pushed features.",
+    field_mapping={F.live_items: F.recent_items},
 )
 customer_events_push = PushSource(
     name=F.customer_events_push,

@@ -183,9 +183,11 @@ customer_realtime = FeatureView(
         Field(name=F.last_channel, dtype=String, description="Channel of the latest event."),
         Field(name=F.last_price, dtype=Float64, description="Item price at the latest event."),
         Field(
-            name=F.live_items,
+            name=F.recent_items,
             dtype=Array(String),
-            description="Latest distinct items viewed, carted or bought, newest first, updated by every push.",
+            description="Latest distinct items viewed, carted or bought (any channel, 90 days), newest first, at "
+            "most recent_items_n; updated by every push, read by /recommend for its candidates (lake column "
+            "live_items).",
         ),
     ],
     source=sources.customer_events_push,

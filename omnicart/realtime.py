@@ -21,10 +21,10 @@ price up to ``MAX_PRICE``, a known customer (the lake's customers or identity ma
 Concurrent events: the read-modify-write of a customer's list is serialised per customer among the threads of a
 process and the processes of a host (``customer_lock``), so parallel requests and replicas sharing the embedded
 online store lose no event. Known limits: replicas on several hosts writing one networked online store are not
-serialised (two events of a customer within the same few milliseconds can lose one online, until the next daily
-materialisation rebuilds the list from the lake); events are applied in arrival order (a late event's item goes
-first); and the daily materialisation rewrites the view with the end-of-day snapshot (events pushed between
-midnight and that run are replaced by the previous day's values until the next day's run loads them).
+serialised (two events of a customer within one read and write, tens of milliseconds, can lose one online until
+the next daily materialisation rebuilds the list from the lake); events are applied in arrival order (a late
+event's item goes first); and the daily materialisation rewrites the view with the end-of-day snapshot (events
+pushed between midnight and that run are replaced by the previous day's values until the next day's run loads them).
 """
 
 from __future__ import annotations

@@ -9,12 +9,11 @@ from omnicart import schemas
 from omnicart.schemas import C, F
 
 
-def _lake(table: str, description: str, field_mapping: dict[str, str] | None = None) -> FileSource:
+def _lake(table: str, description: str) -> FileSource:
     return FileSource(
         name=f"{table}_source",
         path=f"../lake/{table}",
         timestamp_field=C.event_timestamp,
-        field_mapping=field_mapping,
         description=description,
         owner=OWNER,
     )
@@ -44,16 +43,21 @@ item_text_source = _lake(
     schemas.ITEM_TEXT_EMBEDDINGS,
     "MiniLM embeddings of the item text (omnicart.text.item_text), written on the day a catalog row lands.",
 )
-# The lake's column ``live_items`` is served as ``recent_items``: the name /recommend reads (serving/recommend.py).
 customer_last_event_source = _lake(
     schemas.CUSTOMER_LAST_EVENT,
     "Each customer's last event and live items at the end of each day: the history of the pushed features.",
-    field_mapping={F.live_items: F.recent_items},
 )
 customer_events_push = PushSource(
     name=F.customer_events_push,
     batch_source=customer_last_event_source,
     description="Real-time customer features pushed by POST /events (omnicart.realtime.push_event).",
+    owner=OWNER,
+)
+customer_recent_push = PushSource(
+    name=F.customer_recent_push,
+    batch_source=customer_stats_source,
+    description="Each customer's recent items pushed by POST /events (omnicart.realtime.push_event); its history is "
+    "the daily customer aggregates' recent_items.",
     owner=OWNER,
 )
 price_request = RequestSource(
@@ -71,5 +75,6 @@ ALL = [
     item_text_source,
     customer_last_event_source,
     customer_events_push,
+    customer_recent_push,
     price_request,
 ]

@@ -1,15 +1,17 @@
 """Real-time customer features: one shop event (``POST /events``) pushed into Feast's online store as it happens.
 
-What an event changes: view ``customer_realtime`` of its customer, whose ``recent_items`` (the latest distinct items
-viewed, carted or bought, newest first, ``recent_items_n`` long) is what ``/recommend`` reads on every request and
-adds to the customer's history, so the next answer already draws candidates from the event's item (its co-bought
+What an event changes: its customer's ``recent_items`` in view ``customer_recent`` (the latest distinct items viewed,
+carted or bought, newest first, ``recent_items_n`` long), which ``/recommend`` reads on every request and adds to the
+customer's history, so the next answer already draws candidates from the event's item (its co-bought
 and similar items) and says so in its reasons. A view, an add to cart and a purchase put the item first; a return
 leaves the list as it was (it shows no interest). A purchased item is not dropped from the list: it is history, and
-a request that wants only never-bought items asks ``exclude_bought``. The rule is the daily batch snapshot's
-(``features.customer_last_event``), so training (offline, from the lake) and serving (online) see the same list.
+a request that wants only never-bought items asks ``exclude_bought``. The same rule keeps
+the ``live_items`` and last event of view ``customer_realtime`` (the ranker's live activity). It is the daily batch
+snapshots' rule (``features.customer_stats``, ``features.customer_last_event``), so training (offline, from the
+lake) and serving (online) see the same lists.
 
 Online only (``PushMode.ONLINE``): every event also reaches the lake through the channels' daily ingest, and the
-end-of-day snapshot built from it is the view's offline history; Feast's file offline store would append the pushed
+end-of-day snapshots built from it are the views' offline history; Feast's file offline store would append the pushed
 rows to one parquet file at the source's path, which here is the lake's partitioned table.
 
 Privacy at the boundary: the raw channel identifier is tokenised before it is used, and is never stored, returned
@@ -231,20 +233,24 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     from feast.data_source import PushMode
 
     store = store if store is not None else feature_store(settings)
-    ref = f"{F.customer_realtime_view}:{F.recent_items}"
+    refs = [f"{F.customer_realtime_view}:{F.live_items}", f"{F.customer_recent_view}:{F.recent_items}"]
     when = ev.event_timestamp or dt.datetime.now(dt.UTC)
-    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    when = pd.Timestamp(when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC))
+    n = settings.recent_items_n
     with customer_lock(settings, customer):
-        current = online_features(store, [ref], C.customer_id, [customer])[0].get(F.recent_items)
+        online = online_features(store, refs, C.customer_id, [customer])[0]
         values = {
             F.last_item_id: ev.item_id,
             F.last_event_type: ev.event_type,
             F.last_channel: ev.channel,
             F.last_price: float(ev.price) if ev.price is not None else math.nan,
-            F.recent_items: recent_items(current, ev.event_type, ev.item_id, settings.recent_items_n),
+            F.live_items: recent_items(online.get(F.live_items), ev.event_type, ev.item_id, n),
         }
-        row = pd.DataFrame([{C.customer_id: customer, C.event_timestamp: pd.Timestamp(when), **values}])
-        store.push(F.customer_events_push, row, to=PushMode.ONLINE)
+        recent = recent_items(online.get(F.recent_items), ev.event_type, ev.item_id, n)
+        key = {C.customer_id: customer, C.event_timestamp: when}
+        store.push(F.customer_events_push, pd.DataFrame([{**key, **values}]), to=PushMode.ONLINE)
+        store.push(F.customer_recent_push, pd.DataFrame([{**key, F.recent_items: recent}]), to=PushMode.ONLINE)
+    values[F.recent_items] = recent
     if ev.price is None:
         values[F.last_price] = None
     return PushResult(pushed=True, customer_id=customer, features=values)

@@ -100,7 +100,7 @@ def test_historical_features_are_point_in_time(shop):
         f"{F.customer_channel_view}:{AVG30}",
         f"{F.customer_view}:{F.spend_30d}",
         f"{F.item_window_view}:{F.current_price}",
-        f"{F.customer_realtime_view}:{F.recent_items}",
+        f"{F.customer_realtime_view}:{F.live_items}",
         f"{F.price_fit_view}:{F.price_fit}",
     ]
     got = _historical(s, customer, item, times, refs)
@@ -115,12 +115,13 @@ def test_historical_features_are_point_in_time(shop):
         assert row[F.current_price] == _lake_value(
             s, schemas.ITEM_WINDOW_FEATURES, day, {C.item_id: item}, F.current_price
         )
-        assert row[F.spend_30d] != PLANTED and row[F.current_price] != PLANTED
-        assert "FUTURE" not in list(row[F.recent_items])
+        assert (
+            row[F.spend_30d] != PLANTED and row[F.current_price] != PLANTED and "FUTURE" not in list(row[F.live_items])
+        )
         assert row[F.price_fit] == pytest.approx(min(20.0 / row[AVG30], row[AVG30] / 20.0))  # on demand, same row
     planted = got.loc[planted_at]  # the planted row is visible from its own time on
     assert planted[M30] == planted[F.spend_30d] == planted[F.current_price] == PLANTED
-    assert list(planted[F.recent_items]) == ["FUTURE"]
+    assert list(planted[F.live_items]) == ["FUTURE"]
     assert planted[F.price_fit] == pytest.approx(20.0 / PLANTED)
 
 
@@ -214,7 +215,7 @@ def test_materialize_then_push_an_event(shop):
     store = feature_store(s)
     crm = lake.read_table(s.landing_dir, schemas.CUSTOMERS)
     other = crm[(crm[C.customer_id] != customer) & crm[C.email].notna()].iloc[0]
-    refs = [f"{F.customer_realtime_view}:{F.recent_items}", f"{F.customer_realtime_view}:{F.last_channel}"]
+    refs = [f"{F.customer_realtime_view}:{F.live_items}", f"{F.customer_realtime_view}:{F.last_channel}"]
     result = push_event(
         s,
         {"channel": "service", "event_type": "view", "item_id": "I00003", "identifier": other[C.email], "price": 5.0},
@@ -222,7 +223,7 @@ def test_materialize_then_push_an_event(shop):
     )
     assert result.pushed and result.customer_id == other[C.customer_id]
     row = online_features(store, refs, C.customer_id, [other[C.customer_id]])[0]
-    assert row[F.recent_items][0] == "I00003" and row[F.last_channel] == "service"
+    assert row[F.live_items][0] == "I00003" and row[F.last_channel] == "service"
     online = (s.feast_dir / "online.db").read_bytes()
     assert other[C.email].encode() not in online and other[C.email].lower().encode() not in online
     fit = store.get_online_features(

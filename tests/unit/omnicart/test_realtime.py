@@ -32,17 +32,18 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.pushed: list[tuple[str, pd.DataFrame]] = []
-        self.online: dict[str, list[str]] = {}
+        self.online: dict[str, dict] = {}
 
     def get_online_features(self, features, entity_rows):
         ids = [row[C.customer_id] for row in entity_rows]
-        return _Response({C.customer_id: ids, F.recent_items: [self.online.get(i) for i in ids]})
+        names = [ref.split(":", 1)[1] for ref in features]
+        return _Response({C.customer_id: ids, **{n: [self.online.get(i, {}).get(n) for i in ids] for n in names}})
 
     def push(self, source, df, to=None):
         assert to == PushMode.ONLINE  # the lake is the offline history (see omnicart.realtime)
         self.pushed.append((source, df))
         for row in df.to_dict("records"):
-            self.online[row[C.customer_id]] = row[F.recent_items]
+            self.online.setdefault(row[C.customer_id], {}).update(row)
 
 
 class _Response:
@@ -91,10 +92,12 @@ def test_push_by_customer_id_keeps_recent_items_newest_first(settings):
         )
     assert result.pushed and result.customer_id == "C9"
     assert result.features[F.recent_items] == ["I4", "I3", "I1"]  # distinct, newest first, recent_items_n long
-    source, frame = store.pushed[-1]
-    assert source == F.customer_events_push
+    assert result.features[F.live_items] == ["I4", "I3", "I1"]  # the ranker's live activity, by the same rule
+    (realtime, frame), (recent, listed) = store.pushed[-2:]
+    assert (realtime, recent) == (F.customer_events_push, F.customer_recent_push)
     assert set(frame.columns) == {C.customer_id, C.event_timestamp, F.last_item_id, F.last_event_type,
-                                  F.last_channel, F.last_price, F.recent_items}  # fmt: skip
+                                  F.last_channel, F.last_price, F.live_items}  # fmt: skip
+    assert set(listed.columns) == {C.customer_id, C.event_timestamp, F.recent_items}
     returned = push_event(
         settings, {"channel": "store", "event_type": "return", "item_id": "I9", "customer_id": "C9"}, store
     )
@@ -173,7 +176,7 @@ def test_events_at_the_edges_of_the_window_are_pushed(settings) -> None:
     for when in (now - dt.timedelta(days=364), now + dt.timedelta(hours=23)):
         result = push_event(settings, {**EVENT, "event_timestamp": when.isoformat(), "price": 0.0}, store)
         assert result.pushed and result.features[F.last_price] == 0.0
-    assert len(store.pushed) == 2
+    assert len(store.pushed) == 2 * 2  # two events, each to both push sources
 
 
 def test_unknown_customer_ids_and_items_are_not_pushed_and_named(settings) -> None:
@@ -186,7 +189,7 @@ def test_unknown_customer_ids_and_items_are_not_pushed_and_named(settings) -> No
     resolved = push_event(settings, by_email, store)
     assert resolved.reason == "unknown_item" and resolved.field == "item_id"
     assert push_event(settings, {**EVENT, "item_id": "I9"}, store).pushed  # from the second day's partition
-    assert len(store.pushed) == 1
+    assert len(store.pushed) == 2  # one event, to both push sources
 
 
 def test_known_ids_are_read_once_and_a_new_partition_is_seen(settings, monkeypatch) -> None:
@@ -215,7 +218,7 @@ def test_a_platform_without_an_identity_map_knows_its_crm_customers(tmp_path) ->
     assert push_event(s, {**EVENT, "customer_id": "C7"}, store).pushed
     stranger = push_event(s, {**EVENT, "customer_id": "C8"}, store)
     assert stranger == PushResult(pushed=False, reason="unknown_customer", field="customer_id")
-    assert len(store.pushed) == 1
+    assert len(store.pushed) == 2
 
 
 @pytest.mark.parametrize(
@@ -277,7 +280,8 @@ def test_concurrent_events_of_one_customer_lose_nothing(settings) -> None:
     with ThreadPoolExecutor(max_workers=len(items)) as pool:
         results = list(pool.map(view, items))
     assert all(r.pushed for r in results)
-    assert sorted(store.online["C000042"]) == sorted(items)  # every event is in the list
+    assert sorted(store.online["C000042"][F.recent_items]) == sorted(items)  # every event is in the list
+    assert sorted(store.online["C000042"][F.live_items]) == sorted(items)
 
 
 def _hold_and_append(home: str, path: str, customer: str, item: str) -> None:
@@ -343,10 +347,10 @@ def test_pushed_events_reach_the_list_recommend_reads(feast_home) -> None:
     row = online_features(store, FEATURE_REFS, C.customer_id, ["C000042"])[0]
     assert row[F.recent_items] == ["I3", "I1", "I2"]  # newest first, the return changed nothing, n = 3
     realtime_row = online_features(
-        store, [f"{F.customer_realtime_view}:{n}" for n in (F.last_item_id, F.last_event_type)], C.customer_id,
+        store, [f"{F.customer_realtime_view}:{n}" for n in (F.last_item_id, F.live_items)], C.customer_id,
         ["C000042"],
     )[0]  # fmt: skip
-    assert realtime_row == {C.customer_id: "C000042", F.last_item_id: "I3", F.last_event_type: "view"}
+    assert realtime_row == {C.customer_id: "C000042", F.last_item_id: "I3", F.live_items: ["I3", "I1", "I2"]}
     other = online_features(store, FEATURE_REFS, C.customer_id, ["C9"])[0]
     assert other[F.recent_items] is None  # another customer's list is untouched
 
@@ -362,3 +366,32 @@ def test_concurrent_events_reach_the_real_store_without_loss(feast_home) -> None
         list(pool.map(lambda i: push_event(settings, {**EVENT, "event_type": "view", "item_id": i}, store), items))
     row = online_features(store, FEATURE_REFS, C.customer_id, ["C000042"])[0]
     assert sorted(row[F.recent_items]) == sorted(items)
+
+
+def test_an_event_goes_on_top_of_the_materialised_daily_list(settings) -> None:
+    """The daily run loads the lake's 30-day recent items; an event then puts its item in front of them."""
+    from feature_repo.apply import apply_and_materialize
+    from omnicart.features import end_of_day
+    from omnicart.featurestore import feature_store, online_features
+    from serving.recommend import FEATURE_REFS
+
+    day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date()
+    daily = pd.DataFrame(
+        {
+            C.customer_id: ["C000042"],
+            C.segment: ["family"],
+            F.n_purchases_30d: [2],
+            F.n_views_30d: [5],
+            F.spend_30d: [30.0],
+            F.recent_items: [["I5", "I6", "I7"]],
+            C.event_timestamp: [end_of_day(day)],
+        }
+    )
+    lake.write_partition(settings.lake_dir, schemas.CUSTOMER_FEATURES, day, daily)
+    loaded = apply_and_materialize(settings, day, day)
+    assert F.customer_recent_view in loaded
+    store = feature_store(settings)
+    assert online_features(store, FEATURE_REFS, C.customer_id, ["C000042"])[0][F.recent_items] == ["I5", "I6", "I7"]
+    assert push_event(settings, {**EVENT, "event_type": "view", "item_id": "I6"}, store).pushed
+    row = online_features(store, FEATURE_REFS, C.customer_id, ["C000042"])[0]
+    assert row[F.recent_items] == ["I6", "I5", "I7"] and row[C.segment] == "family"

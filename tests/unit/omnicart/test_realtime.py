@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pydantic
 import pytest
-from feast.data_source import PushMode
 
 from omnicart import lake, schemas
 from omnicart.privacy.pseudonymise import token
@@ -39,9 +38,8 @@ class FakeStore:
         names = [ref.split(":", 1)[1] for ref in features]
         return _Response({C.customer_id: ids, **{n: [self.online.get(i, {}).get(n) for i in ids] for n in names}})
 
-    def push(self, source, df, to=None):
-        assert to == PushMode.ONLINE  # the lake is the offline history (see omnicart.realtime)
-        self.pushed.append((source, df))
+    def write_to_online_store(self, view, df):
+        self.pushed.append((view, df))
         for row in df.to_dict("records"):
             self.online.setdefault(row[C.customer_id], {}).update(row)
 
@@ -94,7 +92,7 @@ def test_push_by_customer_id_keeps_recent_items_newest_first(settings):
     assert result.features[F.recent_items] == ["I4", "I3", "I1"]  # distinct, newest first, recent_items_n long
     assert result.features[F.live_items] == ["I4", "I3", "I1"]  # the ranker's live activity, by the same rule
     (realtime, frame), (recent, listed) = store.pushed[-2:]
-    assert (realtime, recent) == (F.customer_events_push, F.customer_recent_push)
+    assert (realtime, recent) == (F.customer_realtime_view, F.customer_recent_view)
     assert set(frame.columns) == {C.customer_id, C.event_timestamp, F.last_item_id, F.last_event_type,
                                   F.last_channel, F.last_price, F.live_items}  # fmt: skip
     assert set(listed.columns) == {C.customer_id, C.event_timestamp, F.recent_items}
@@ -176,7 +174,7 @@ def test_events_at_the_edges_of_the_window_are_pushed(settings) -> None:
     for when in (now - dt.timedelta(days=364), now + dt.timedelta(hours=23)):
         result = push_event(settings, {**EVENT, "event_timestamp": when.isoformat(), "price": 0.0}, store)
         assert result.pushed and result.features[F.last_price] == 0.0
-    assert len(store.pushed) == 2 * 2  # two events, each to both push sources
+    assert len(store.pushed) == 2 * 2  # two events, each to both views
 
 
 def test_unknown_customer_ids_and_items_are_not_pushed_and_named(settings) -> None:
@@ -189,7 +187,7 @@ def test_unknown_customer_ids_and_items_are_not_pushed_and_named(settings) -> No
     resolved = push_event(settings, by_email, store)
     assert resolved.reason == "unknown_item" and resolved.field == "item_id"
     assert push_event(settings, {**EVENT, "item_id": "I9"}, store).pushed  # from the second day's partition
-    assert len(store.pushed) == 2  # one event, to both push sources
+    assert len(store.pushed) == 2  # one event, to both views
 
 
 def test_known_ids_are_read_once_and_a_new_partition_is_seen(settings, monkeypatch) -> None:

@@ -16,6 +16,7 @@ VIEW_TABLES: dict[str, str] = {
     F.customer_channel_view: schemas.CUSTOMER_CHANNEL_FEATURES,
     F.item_window_view: schemas.ITEM_WINDOW_FEATURES,
     F.customer_realtime_view: schemas.CUSTOMER_LAST_EVENT,
+    F.customer_recent_view: schemas.CUSTOMER_FEATURES,
     F.item_text_view: schemas.ITEM_TEXT_EMBEDDINGS,
 }
 # Views whose rows never expire: materialised from their first partition, so a vector written long ago is served.

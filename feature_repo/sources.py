@@ -53,6 +53,13 @@ customer_events_push = PushSource(
     description="Real-time customer features pushed by POST /events (omnicart.realtime.push_event).",
     owner=OWNER,
 )
+customer_recent_push = PushSource(
+    name=F.customer_recent_push,
+    batch_source=customer_stats_source,
+    description="Each customer's recent items pushed by POST /events (omnicart.realtime.push_event); its history is "
+    "the daily customer aggregates' recent_items.",
+    owner=OWNER,
+)
 price_request = RequestSource(
     name="price_request",
     schema=[Field(name=F.candidate_price, dtype=Float64, description="A price to judge, given with the request.")],
@@ -68,5 +75,6 @@ ALL = [
     item_text_source,
     customer_last_event_source,
     customer_events_push,
+    customer_recent_push,
     price_request,
 ]

@@ -1,8 +1,9 @@
 """Feature views: what the models read, offline point-in-time and online.
 
-Batch views read the lake's daily snapshots (``omnicart/features.py``); ``customer_realtime`` is also fed by pushes
-from ``POST /events``; ``price_fit`` is computed on demand from a request value. Daily snapshots get a TTL of two
-days: a row older than that is stale (a missed day is tolerated, a customer gone quiet drops out).
+Batch views read the lake's daily snapshots (``omnicart/features.py``); ``customer_realtime`` and ``customer_recent``
+are also fed by pushes from ``POST /events``; ``price_fit`` is computed on demand from a request value. Daily
+snapshots get a TTL of two days: a row older than that is stale (a missed day is tolerated, a customer gone quiet
+drops out).
 """
 
 from datetime import timedelta
@@ -196,6 +197,28 @@ customer_realtime = FeatureView(
     tags=view_tags(family="recommend", kind="stream", pseudonymised=True),
 )
 
+# Its own view, not customer_realtime's live_items under another name: Feast 0.67 materialises a push-fed view with
+# the push source's field mapping (which a PushSource cannot carry), so a renamed lake column would not load.
+customer_recent = FeatureView(
+    name=F.customer_recent_view,
+    entities=[entities.customer],
+    ttl=timedelta(days=90),
+    schema=[
+        Field(
+            name=F.recent_items,
+            dtype=Array(String),
+            description="Last items viewed, carted or bought, newest first, at most recent_items_n: the daily "
+            "snapshot's, updated by every push.",
+        ),
+    ],
+    source=sources.customer_recent_push,
+    online=True,
+    owner=OWNER,
+    description="The items /recommend adds to the customer's history: loaded daily from the 30-day customer "
+    "aggregates and pushed by POST /events as they happen.",
+    tags=view_tags(family="recommend", kind="stream", pseudonymised=True),
+)
+
 
 class _DescribedOnDemandFeatureView(OnDemandFeatureView):
     """Feast 0.67 checks declared fields against the inferred ones including their descriptions, which inference
@@ -242,4 +265,13 @@ def price_fit(inputs: pd.DataFrame) -> pd.DataFrame:
 
 price_fit.__class__ = _DescribedOnDemandFeatureView
 
-ALL = [customer_stats, item_stats, customer_channel, item_window, item_text, customer_realtime, price_fit]
+ALL = [
+    customer_stats,
+    item_stats,
+    customer_channel,
+    item_window,
+    item_text,
+    customer_realtime,
+    customer_recent,
+    price_fit,
+]

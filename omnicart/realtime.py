@@ -1,25 +1,47 @@
 """Real-time customer features: one shop event (``POST /events``) pushed into Feast's online store as it happens.
 
+What an event changes: its customer's ``recent_items`` in view ``customer_recent`` (the latest distinct items viewed,
+carted or bought, newest first, ``recent_items_n`` long), which ``/recommend`` reads on every request and adds to the
+customer's history, so the next answer already draws candidates from the event's item (its co-bought
+and similar items) and says so in its reasons. A view, an add to cart and a purchase put the item first; a return
+leaves the list as it was (it shows no interest). A purchased item is not dropped from the list: it is history, and
+a request that wants only never-bought items asks ``exclude_bought``. The same rule keeps
+the ``live_items`` and last event of view ``customer_realtime`` (the ranker's live activity). It is the daily batch
+snapshots' rule (``features.customer_stats``, ``features.customer_last_event``), so training (offline, from the
+lake) and serving (online) see the same lists.
+
+Online only (``write_to_online_store``, what the views' push sources do with ``PushMode.ONLINE`` at half the cost):
+every event also reaches the lake through the channels' daily ingest, and the end-of-day snapshots built from it are
+the views' offline history; Feast's file offline store (``PushMode.ONLINE_AND_OFFLINE``) would append the pushed rows
+to one parquet file at the source's path, which here is the lake's partitioned table.
+
 Privacy at the boundary: the raw channel identifier is tokenised before it is used, and is never stored, returned
-or logged; an erased customer's events are dropped. The pushed values are the same as the daily batch snapshot
-``features.customer_last_event`` computes from the lake, so training (offline history) and serving (online) agree.
+or logged; an erased customer's events are dropped.
 
 Validated at the door: a timestamp within ``MAX_EVENT_AGE`` before now and ``MAX_EVENT_LEAD`` after it, a finite
 price up to ``MAX_PRICE``, a known customer (the lake's customers or identity map), a known item (the catalog).
 
-Known limits: events are applied in arrival order (a late event overwrites a newer one), and the daily
-materialisation rewrites the view with the end-of-day snapshot (events pushed between midnight and that run are
-replaced by the previous day's values until they are pushed again or the next day's run loads them).
+Concurrent events: the read-modify-write of a customer's list is serialised per customer among the threads of a
+process and the processes of a host (``customer_lock``), so parallel requests and replicas sharing the embedded
+online store lose no event. Known limits: replicas on several hosts writing one networked online store are not
+serialised (two events of a customer within one read and write, tens of milliseconds, can lose one online until
+the next daily materialisation rebuilds the list from the lake); events are applied in arrival order (a late
+event's item goes first); and the daily materialisation rewrites the view with the end-of-day snapshot (events
+pushed between midnight and that run are replaced by the previous day's values until the next day's run loads them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -41,6 +63,9 @@ MAX_EVENT_LEAD = dt.timedelta(days=1)
 # How long the known customers and items are trusted before the lake is looked at again (a new partition is picked
 # up within this time; each check lists the table's partitions).
 KNOWN_TTL_S = 30.0
+# Customers are serialised by stripe: a customer waits only for events of customers hashed to the same stripe.
+LOCK_STRIPES = 1024
+LOCK_FILE = "push.lock"  # beside the online store, in the store's folder
 
 
 class ShopEvent(BaseModel):
@@ -208,21 +233,65 @@ def push_event(settings: Settings, event: dict[str, Any] | ShopEvent, store: Any
     import pandas as pd
 
     store = store if store is not None else feature_store(settings)
-    ref = f"{F.customer_realtime_view}:{F.live_items}"
-    live = list(online_features(store, [ref], C.customer_id, [customer])[0].get(F.live_items) or [])
-    if ev.event_type != "return":  # as in the batch snapshot: returns show no interest
-        live = [ev.item_id, *(i for i in live if i != ev.item_id)][: settings.recent_items_n]
+    refs = [f"{F.customer_realtime_view}:{F.live_items}", f"{F.customer_recent_view}:{F.recent_items}"]
     when = ev.event_timestamp or dt.datetime.now(dt.UTC)
-    when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
-    values = {
-        F.last_item_id: ev.item_id,
-        F.last_event_type: ev.event_type,
-        F.last_channel: ev.channel,
-        F.last_price: float(ev.price) if ev.price is not None else math.nan,
-        F.live_items: live,
-    }
-    row = pd.DataFrame([{C.customer_id: customer, C.event_timestamp: pd.Timestamp(when), **values}])
-    store.push(F.customer_events_push, row)  # Feast's default: the online store only (the lake is the history)
+    when = pd.Timestamp(when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC))
+    n = settings.recent_items_n
+    with customer_lock(settings, customer):
+        online = online_features(store, refs, C.customer_id, [customer])[0]
+        values = {
+            F.last_item_id: ev.item_id,
+            F.last_event_type: ev.event_type,
+            F.last_channel: ev.channel,
+            F.last_price: float(ev.price) if ev.price is not None else math.nan,
+            F.live_items: recent_items(online.get(F.live_items), ev.event_type, ev.item_id, n),
+        }
+        recent = recent_items(online.get(F.recent_items), ev.event_type, ev.item_id, n)
+        key = {C.customer_id: customer, C.event_timestamp: when}
+        # what the push sources' online push does, without Feast listing every view and service on each event
+        store.write_to_online_store(F.customer_realtime_view, pd.DataFrame([{**key, **values}]))
+        store.write_to_online_store(F.customer_recent_view, pd.DataFrame([{**key, F.recent_items: recent}]))
+    values[F.recent_items] = recent
     if ev.price is None:
         values[F.last_price] = None
     return PushResult(pushed=True, customer_id=customer, features=values)
+
+
+def recent_items(current: Iterable[str] | None, event_type: str, item_id: str, n: int) -> list[str]:
+    """A customer's recent items after one event: a view, add to cart or purchase puts ``item_id`` first (once, at
+    most ``n`` items, newest first); a return leaves them as they were (the batch snapshot's rule)."""
+    items = [str(i) for i in current or ()]
+    if event_type == "return":
+        return items[:n]
+    return [item_id, *(i for i in items if i != item_id)][:n]
+
+
+_stripe_locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+_lock_files: dict[str, int] = {}
+_lock_files_lock = threading.Lock()
+
+
+def _lock_file(settings: Settings) -> int:
+    """This process's descriptor of the lock file, opened once and never closed: closing any descriptor of a file
+    drops every POSIX record lock the process holds on it."""
+    path = settings.feast_dir / LOCK_FILE
+    with _lock_files_lock:
+        fd = _lock_files.get(str(path))
+        if fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _lock_files[str(path)] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+
+@contextlib.contextmanager
+def customer_lock(settings: Settings, customer_id: str) -> Iterator[None]:
+    """Hold the customer's stripe: a thread lock (POSIX record locks do not exclude threads of one process), then
+    an exclusive record lock on the stripe's byte of the store's lock file (processes of this host)."""
+    stripe = zlib.crc32(customer_id.encode()) % LOCK_STRIPES  # the same in every process, unlike hash()
+    with _stripe_locks[stripe]:
+        fd = _lock_file(settings)
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, stripe)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)

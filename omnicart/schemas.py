@@ -181,6 +181,8 @@ class F:
     item_text_view: Final = "item_text"
     price_fit_view: Final = "price_fit"
     customer_events_push: Final = "customer_events_push"  # the push source POST /events feeds
+    customer_recent_view: Final = "customer_recent"  # the recent items /recommend reads, kept current by POST /events
+    customer_recent_push: Final = "customer_recent_push"  # its push source
     # customer x channel (windowed unless noted)
     recency_days: Final = "recency_days"  # not windowed: days since the last purchase within the longest window
     frequency: Final = "frequency"

@@ -26,7 +26,7 @@ from omnicart.schemas import CHANNELS, C, F
 
 log = logging.getLogger("omnicart.serving.recommend")
 
-FEATURE_REFS = [f"{F.customer_view}:{C.segment}", f"{F.customer_view}:{F.recent_items}"]
+FEATURE_REFS = [f"{F.customer_view}:{C.segment}", f"{F.customer_recent_view}:{F.recent_items}"]
 OVERFETCH = 4  # candidates asked of the model per returned item, so the rules can still fill k
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
 # The outside feature sources that failed while answering the current request. A context variable, not a counter

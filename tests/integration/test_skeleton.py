@@ -216,6 +216,60 @@ def test_events_push_real_time_features_or_name_the_unknown_customer(platform, c
     assert bad.status_code == 422 and [f["field"] for f in bad.json()["fields"]] == ["channel"]
 
 
+def _event(settings, customer, item, event_type="view"):
+    body = {"customer_id": customer, "channel": "web", "event_type": event_type, "item_id": item}
+    response = httpx.post(
+        f"{settings.serve_url}/events", json=body, headers={"X-API-Key": settings.secret("api_key")}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_event_changes_the_next_recommendation(platform, clean_run):
+    """/events writes the list /recommend reads: the next answer draws on the viewed item and says so."""
+    s = platform.settings
+    day, _ = clean_run
+    titles = lake.read_table(s.lake_dir, schemas.ITEMS).drop_duplicates(C.item_id, keep="last")
+    titles = titles.set_index(C.item_id)[C.title].to_dict()
+    # A CRM customer the model never saw buy and with no activity online: answered from popularity ...
+    active = set(lake.read_table(s.lake_dir, schemas.EVENTS)[C.customer_id].dropna())
+    quiet = sorted(set(lake.read_table(s.lake_dir, schemas.CUSTOMERS)[C.customer_id].dropna()) - active)
+    stranger = before = None
+    for candidate in quiet[:20]:
+        answer = _post(s, {"customer_id": candidate, "k": 10}).json()
+        if answer["source"] == "popular":
+            stranger, before = candidate, answer
+            break
+    assert stranger is not None, "the simulated shop has CRM customers without activity"
+    assert before["fallback"] == "unknown_customer"
+    viewed = before["items"][-1]["item_id"]  # an item the model knows (it sold), not the most popular
+    pushed = _event(s, stranger, viewed)
+    assert pushed["pushed"] is True and pushed["features"][F.recent_items] == [viewed]
+    # ... and right after one view, a personal answer built on the viewed item, which the reasons name.
+    after = _post(s, {"customer_id": stranger, "k": 10}).json()
+    assert after["source"] == "personal" and after["fallback"] is None
+    assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
+    named = [i for i in after["items"] if titles[viewed] in i["reason"]]
+    assert named, [i["reason"] for i in after["items"]]  # "often bought with <it>" / "similar to <it>"
+
+    # A known customer: a view of an item they never touched changes the ranking, and the view is remembered.
+    customer = lake.read_table(s.lake_dir, schemas.EVENTS, day, day)[C.customer_id].dropna().iloc[0]
+    first = _post(s, {"customer_id": customer, "k": 10}).json()
+    events = lake.read_table(s.lake_dir, schemas.EVENTS)
+    touched = set(events.loc[events[C.customer_id] == customer, C.item_id])
+    sold = events.loc[events[C.event_type] == "purchase", C.item_id].value_counts().index
+    fresh = next(i for i in sold if i not in touched)  # sold often (the model knows it), never touched by them
+    pushed = _event(s, customer, fresh, "add_to_cart")
+    assert pushed["features"][F.recent_items][0] == fresh
+    second = _post(s, {"customer_id": customer, "k": 10}).json()
+    assert second["source"] == "personal" and second["fallback"] is None
+    ranked = lambda answer: [(i["item_id"], i["score"]) for i in answer["items"]]  # noqa: E731
+    assert ranked(second) != ranked(first)
+    # a return shows no interest: the list, and so the answer's candidates, stay as they were
+    returned = _event(s, customer, fresh, "return")
+    assert returned["features"][F.recent_items] == pushed["features"][F.recent_items]
+
+
 def test_price_without_a_pricing_champion_is_a_clear_503(platform, clean_run):
     s = platform.settings
     response = httpx.post(

@@ -90,6 +90,21 @@ def test_the_real_time_view_is_fed_by_the_push_source(repo):
     }  # exactly what omnicart.realtime.push_event pushes
 
 
+def test_recommend_reads_the_recent_items_events_push(repo):
+    from feast import PushSource
+
+    from serving.recommend import FEATURE_REFS
+
+    by_name = {o.name: o for o in repo}
+    view = by_name[F.customer_recent_view]
+    assert f"{F.customer_recent_view}:{F.recent_items}" in FEATURE_REFS
+    assert isinstance(view.stream_source, PushSource) and view.stream_source.name == F.customer_recent_push
+    assert view.batch_source.path.endswith(schemas.CUSTOMER_FEATURES)  # daily: the 30-day aggregates' recent items
+    # a column of that table by its own name: Feast 0.67 materialises a push-fed view without field mappings
+    assert [f.name for f in view.features] == [F.recent_items]
+    assert F.recent_items in {f.name for f in by_name[F.customer_view].features}
+
+
 def test_view_fields_match_the_lake_tables(repo):
     from omnicart.features import table_schemas
 
@@ -116,5 +131,6 @@ def test_materialize_windows_reach_the_newest_partition(tmp_path):
     windows = materialize_windows(s, dt.date(2026, 1, 3), dt.date(2026, 1, 3))
     assert windows == {
         F.customer_view: (dt.date(2026, 1, 3), dt.date(2026, 1, 5)),  # never roll the online store back
+        F.customer_recent_view: (dt.date(2026, 1, 3), dt.date(2026, 1, 5)),  # its recent items, from the same table
         F.item_text_view: (dt.date(2026, 1, 1), dt.date(2026, 1, 3)),  # vectors never expire: from the first day
     }

@@ -385,3 +385,20 @@ def shop_state(settings: Any, days: int = 30) -> tuple[set[str], list[dict[str, 
     events = lake.read_table(root, schemas.EVENTS, event_days[0], event_days[-1])
     buys = events[(events[C.event_type] == "purchase") & ~events[C.item_id].isin(unavailable)]
     return unavailable, popular_items(buys, catalog)
+
+
+def time_requests(service: RecommendService, requests: Sequence[RecommendRequest]) -> dict[str, float]:
+    """In-process latency of ``service.recommend`` over ``requests``, one at a time: p50, p99 and mean in ms (the
+    handler's own cost, without HTTP; a benchmark calls it with a warm service)."""
+    spent = []
+    for request in requests:
+        started = time.perf_counter()
+        service.recommend(request)
+        spent.append(time.perf_counter() - started)
+    ms = np.array(spent) * 1000.0
+    return {
+        "n": float(len(ms)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }

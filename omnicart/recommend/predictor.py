@@ -64,6 +64,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
 
     def _load(self, directory: Path) -> None:
         self.model_dir_ = directory
+        self.fast_: fastpath.FastPath | None = None  # ``prepare`` makes it
         self.model_ = recsys.RecSys.load(directory / "recsys")
         self.histories_ = pd.read_parquet(directory / "histories.parquet")
         self.rows_ = self.histories_.groupby(C.customer_id).indices
@@ -75,10 +76,12 @@ class Recommender(mlflow.pyfunc.PythonModel):
     def use_item_features(self, source: recsys.ItemFeatures | None) -> None:
         """Where the ranker's Feast item features are read: the offline store in evaluation, online in serving."""
         self.model_.use_item_features(source)
+        self.fast_ = None  # ranked with other features
 
     def use_customer_features(self, source: recsys.CustomerFeatures | None) -> None:
         """Where the ranker's Feast customer × channel features are read (offline in evaluation, online serving)."""
         self.model_.use_customer_features(source)
+        self.fast_ = None
 
     def knows(self, customer_id: str) -> bool:
         """Whether the customer bought anything before the training cut."""
@@ -104,6 +107,8 @@ class Recommender(mlflow.pyfunc.PythonModel):
         """Precompute every known customer's ranking (``omnicart.recommend.fastpath``) with the feature sources now
         in use: serving calls it once at start, after ``use_item_features`` and ``use_customer_features``. When the
         item features cannot be read, requests keep the live path."""
+        if self.fast_ is not None:  # already made with the sources in use (``use_*`` drop it)
+            return
         started = time.perf_counter()
         model = self.model_
         items = model.pin_item_features()
@@ -157,7 +162,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         live path would compute: no context item, no new recent item, no ``discover``, no new-item slots, their
         usual channel, and the same online customer features as when it was made; else the live path ranks."""
         exclude = set(map(str, exclude))
-        fast = getattr(self, "fast_", None)
+        fast = self.fast_
         hit = fast.lookup(customer_id, channel) if fast is not None else None
         touched = self._touched(customer_id, recent_items, hit.ranked.owned if hit is not None else None)
         if context_item is not None:

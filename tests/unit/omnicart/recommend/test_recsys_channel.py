@@ -173,7 +173,8 @@ def test_a_store_failure_is_the_fallback_of_its_own_request_only(with_customer_f
         return source(customers, channels, at)
 
     reader = CustomerFeatureReader(read)
-    service = RecommendService(lambda: predictor, lambda _cid: {}, "1", customer_features=reader)
+    # the live path (no precomputed rankings): every request reads the store, as this test needs
+    service = RecommendService(lambda: predictor, lambda _cid: {}, "1", customer_features=reader, precompute=False)
     answers = {}
 
     def ask(customer: str) -> None:

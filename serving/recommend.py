@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from cachetools import TTLCache
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from omnicart.schemas import CHANNELS, C, F
 
@@ -60,6 +60,24 @@ class RecommendRequest(BaseModel):
     max_per_category: int | None = Field(None, ge=1, le=100, description="Diversity: at most this many per category.")
     boost: list[str] = Field(default_factory=list, max_length=100, description="Put these first when they qualify.")
     bury: list[str] = Field(default_factory=list, max_length=1000, description="Put these last when they qualify.")
+    new_items: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description=(
+            "How many of the k slots go to catalog items that have not sold yet, chosen by the content model (at "
+            "most k; they come last, with a reason saying they are new). 0 by default: a slot given to an unsold "
+            "item is taken from the ranked items the customer is likeliest to buy, so each placement opts in."
+        ),
+    )
+
+    @field_validator("new_items")
+    @classmethod
+    def _new_items_fit_in_k(cls, value: int, info: ValidationInfo) -> int:
+        k = info.data.get("k")
+        if k is not None and value > k:
+            raise ValueError(f"new_items ({value}) cannot exceed k ({k})")
+        return value
 
 
 class RecommendedItem(BaseModel):
@@ -154,7 +172,8 @@ class RecommendService:
 
     ``load_model`` returns a ``omnicart.recommend.predictor.Recommender`` (or raises: the service then answers with
     ``popular``, see ``popular_items``); ``read_features`` returns the customer's online features; ``unavailable``
-    the item ids that cannot be sold now."""
+    the item ids that cannot be sold now. With ``precompute`` (the default) the model precomputes every known
+    customer's ranking once here (``Recommender.prepare``), after the feature sources are wired."""
 
     def __init__(
         self,
@@ -166,6 +185,7 @@ class RecommendService:
         popular: list[dict[str, Any]] | None = None,
         item_features: ItemFeatureCache | None = None,
         customer_features: CustomerFeatureReader | None = None,
+        precompute: bool = True,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
         # each outside feature source with the fallback reason its failure during a request is counted under
@@ -186,6 +206,11 @@ class RecommendService:
             self.model.use_item_features(item_features)
         if self.model is not None and customer_features is not None:
             self.model.use_customer_features(customer_features)
+        if self.model is not None and precompute and hasattr(self.model, "prepare"):
+            try:
+                self.model.prepare()
+            except Exception:  # the live path still answers every request, only slower
+                log.exception("could not precompute the recommend rankings; every request takes the live path")
 
     def _fallback(self, reason: str, customer_id: str) -> str:
         self.fallbacks[reason] += 1
@@ -216,41 +241,61 @@ class RecommendService:
             log.exception("online features unavailable for %s", cid)
             fallback = self._fallback("features_error", cid)
             features = {}
-        recent = [*([context_item] if context_item else []), *(features.get(F.recent_items) or [])]
-        known = self.model.knows(cid) or bool(features.get(F.recent_items))
+        recent = list(features.get(F.recent_items) or [])
+        known = self.model.knows(cid) or bool(recent)
         source = "personal" if known else ("context" if context_item else "popular")
         if source == "popular":
             fallback = fallback or self._fallback("unknown_customer", cid)
         fetch = request.k * OVERFETCH + len(request.boost) + len(request.bury)
         failed: list[object] = []
         token = _FAILED_SOURCES.set(failed)
+        rules_applied = False
         try:
             if source == "popular":
                 items = self.model.popular(fetch, exclude=blocked)
             else:
+                n_new = request.new_items
+
+                def select(ranked: list[dict[str, Any]], new: int) -> list[dict[str, Any]]:
+                    # the rules pick from the ranked items; only those picked are explained
+                    return select_items(ranked, request.k - new, request.boost, request.bury, request.max_per_category)
+
                 items = self.model.recommend(
                     cid,
                     fetch,
                     recent_items=recent,
+                    context_item=context_item,
                     exclude=blocked,
                     discover=request.exclude_bought,
                     channel=request.context.channel,
+                    new_items=n_new,
+                    select=select,
                 )
+                rules_applied = True
         except Exception:
             log.exception("recommend model failed for %s", cid)
             fallback, source = self._fallback("model_error", cid), "popular"
             items = self.model.popular(fetch, exclude=blocked)
+            rules_applied = False
         finally:
             _FAILED_SOURCES.reset(token)
         for reason, feature_source in self.sources.items():
             if feature_source is not None and any(f is feature_source for f in failed):
                 fallback = fallback or self._fallback(reason, cid)
-        return self._respond(request, items, source, fallback)
+        return self._respond(request, items, source, fallback, rules_applied)
 
     def _respond(
-        self, request: RecommendRequest, items: list[dict[str, Any]], source: str, fallback: str | None
+        self,
+        request: RecommendRequest,
+        items: list[dict[str, Any]],
+        source: str,
+        fallback: str | None,
+        rules_applied: bool = False,
     ) -> RecommendResponse:
-        picked = apply_rules(items, request.k, request.boost, request.bury, request.max_per_category)
+        if rules_applied:  # the model picked with ``select_items``: only the featured mark is left to add
+            picked = _mark_boosted(items[: request.k], request.boost)
+        else:
+            picked = apply_rules(items, request.k, request.boost, request.bury, request.max_per_category)
         return RecommendResponse(
             customer_id=request.customer_id,
             items=[
@@ -267,6 +312,13 @@ def apply_rules(
 ) -> list[dict[str, Any]]:
     """The top ``k`` of the model's ranked ``items`` after the business rules: boosted items first and buried ones
     last (each keeping the model's order among themselves), then at most ``max_per_category`` per category."""
+    return _mark_boosted(select_items(items, k, boost, bury, max_per_category), boost)
+
+
+def select_items(
+    items: list[dict[str, Any]], k: int, boost: list[str], bury: list[str], max_per_category: int | None
+) -> list[dict[str, Any]]:
+    """The items ``apply_rules`` keeps, in its order, as they are (without the featured mark)."""
     boosted, buried = set(boost), set(bury) - set(boost)
 
     def tier(item: dict[str, Any]) -> int:
@@ -282,10 +334,16 @@ def apply_rules(
         if max_per_category is not None and category and per_category[category] >= max_per_category:
             continue
         per_category[category] += 1
-        if item[C.item_id] in boosted:
-            item = {**item, "reason": f"{item['reason']} (featured by the shop)"}
         out.append(item)
     return out
+
+
+def _mark_boosted(items: list[dict[str, Any]], boost: list[str]) -> list[dict[str, Any]]:
+    boosted = set(boost)
+    return [
+        {**item, "reason": f"{item['reason']} (featured by the shop)"} if item[C.item_id] in boosted else item
+        for item in items
+    ]
 
 
 def popular_items(purchases: pd.DataFrame, catalog: pd.DataFrame, limit: int = 200) -> list[dict[str, Any]]:
@@ -327,3 +385,20 @@ def shop_state(settings: Any, days: int = 30) -> tuple[set[str], list[dict[str, 
     events = lake.read_table(root, schemas.EVENTS, event_days[0], event_days[-1])
     buys = events[(events[C.event_type] == "purchase") & ~events[C.item_id].isin(unavailable)]
     return unavailable, popular_items(buys, catalog)
+
+
+def time_requests(service: RecommendService, requests: Sequence[RecommendRequest]) -> dict[str, float]:
+    """In-process latency of ``service.recommend`` over ``requests``, one at a time: p50, p99 and mean in ms (the
+    handler's own cost, without HTTP; a benchmark calls it with a warm service)."""
+    spent = []
+    for request in requests:
+        started = time.perf_counter()
+        service.recommend(request)
+        spent.append(time.perf_counter() - started)
+    ms = np.array(spent) * 1000.0
+    return {
+        "n": float(len(ms)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }

@@ -502,7 +502,8 @@ def source_scores(batch: Batch, state: ItemState, two_tower_scores: np.ndarray |
     out = {
         "ease": item2item.scores(batch.binary, state.ease),
         "cooc": item2item.scores(batch.decay, state.cooc),
-        "text_sim": (text_profile @ state.text.T).astype(np.float32),
+        # float64, rounded once: the same for a customer alone or in a batch (see TwoTowerIndex.user_vectors)
+        "text_sim": (text_profile.astype(np.float64) @ state.text.T.astype(np.float64)).astype(np.float32),
     }
     if two_tower_scores is not None:
         out["tt"] = two_tower_scores.astype(np.float32)

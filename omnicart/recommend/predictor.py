@@ -3,6 +3,8 @@ so a request needs only the customer id. Serving loads it from the registry (an 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -11,12 +13,13 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from omnicart.recommend import candidates, recsys
+from omnicart.recommend import candidates, fastpath, ranker, recsys
 from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 
 HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id, C.channel)
 # the customer in the request's channel (view customer_channel, in recommend_v2); its "all" row without a channel
 CUSTOMER_FEATURES = (F.recency_days, windowed(F.frequency, 30), windowed(F.frequency, 90), windowed(F.monetary, 90))
+log = logging.getLogger(__name__)
 CUSTOMER_REFS = tuple(f"{F.customer_channel_view}:{name}" for name in CUSTOMER_FEATURES)
 
 
@@ -61,6 +64,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
 
     def _load(self, directory: Path) -> None:
         self.model_dir_ = directory
+        self.fast_: fastpath.FastPath | None = None  # ``prepare`` makes it
         self.model_ = recsys.RecSys.load(directory / "recsys")
         self.histories_ = pd.read_parquet(directory / "histories.parquet")
         self.rows_ = self.histories_.groupby(C.customer_id).indices
@@ -72,10 +76,12 @@ class Recommender(mlflow.pyfunc.PythonModel):
     def use_item_features(self, source: recsys.ItemFeatures | None) -> None:
         """Where the ranker's Feast item features are read: the offline store in evaluation, online in serving."""
         self.model_.use_item_features(source)
+        self.fast_ = None  # ranked with other features
 
     def use_customer_features(self, source: recsys.CustomerFeatures | None) -> None:
         """Where the ranker's Feast customer × channel features are read (offline in evaluation, online serving)."""
         self.model_.use_customer_features(source)
+        self.fast_ = None
 
     def knows(self, customer_id: str) -> bool:
         """Whether the customer bought anything before the training cut."""
@@ -86,7 +92,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         return item_id in self.model_.state_.index or item_id in self.model_.cold_items_
 
     def history(self, customer_id: str, recent_items: Iterable[str] = ()) -> pd.DataFrame:
-        """The customer's purchases at the training cut, plus items touched since (one event each, at the cut)."""
+        """The customer's purchases at the training cut, plus ``recent_items`` (one event each, at the cut)."""
         rows = self.rows_.get(customer_id)
         own = self.histories_.iloc[rows] if rows is not None else self.histories_.iloc[:0]
         recent = [i for i in dict.fromkeys(map(str, recent_items)) if i in self.model_.state_.index]
@@ -97,21 +103,82 @@ class Recommender(mlflow.pyfunc.PythonModel):
         )
         return pd.concat([own, extra], ignore_index=True)
 
+    def prepare(self, top: int = fastpath.TOP, chunk: int | None = None) -> None:
+        """Precompute every known customer's ranking (``omnicart.recommend.fastpath``) with the feature sources now
+        in use: serving calls it once at start, after ``use_item_features`` and ``use_customer_features``. When the
+        item features cannot be read, requests keep the live path."""
+        if self.fast_ is not None:  # already made with the sources in use (``use_*`` drop it)
+            return
+        started = time.perf_counter()
+        model = self.model_
+        items = model.pin_item_features()
+        if model.extra_features_ and items is None:
+            log.warning("item features unavailable: no precomputed rankings, every request takes the live path")
+            return
+        self.fast_ = fastpath.build(model, self.histories_, self.rows_, top=top, chunk=chunk, item_values=items)
+        for booster in (b for name in ranker.BOOSTERS for b in model.boosters_[name]):
+            booster.set_param({"nthread": 1})  # a request scores a few hundred rows at most: threads only contend
+        log.info(
+            "precomputed the rankings of %d customers in %.1f s: %.1f MB",
+            len(self.fast_.customers),
+            time.perf_counter() - started,
+            self.fast_.nbytes / 2**20,
+        )
+
+    def _touched(self, customer_id: str, recent_items: Iterable[str], owned: np.ndarray | None) -> list[str]:
+        """The recent items that add to the customer's history: known to the model and not bought before the cut
+        (``owned``: the codes of what they bought; None: look it up). Those they already bought are in it."""
+        index = self.model_.state_.index
+        codes = [index[i] for i in dict.fromkeys(map(str, recent_items)) if i in index]
+        if not codes:
+            return []
+        if owned is None:
+            rows = self.rows_.get(customer_id)
+            bought = set(self.histories_[C.item_id].to_numpy()[rows].tolist()) if rows is not None else set()
+            owned = np.array([index[i] for i in bought if i in index], dtype=np.int64)
+        return [self.model_.state_.item_ids[c] for c in codes if c not in set(owned.tolist())]
+
     def recommend(
         self,
         customer_id: str,
         k: int = 10,
         *,
         recent_items: Iterable[str] = (),
+        context_item: str | None = None,
         exclude: Iterable[str] = (),
         discover: bool = False,
         channel: str | None = None,
+        new_items: int = 0,
+        select: recsys.Select | None = None,
     ) -> list[dict[str, Any]]:
-        """Ranked, explained items for a customer (known by id, or by the items they touched), in ``channel``
-        (default: the channel of their latest order)."""
-        history = self.history(customer_id, recent_items)
-        context = {"now": self.cut, "discover": discover, "channel": channel}
-        return self.model_.recommend(history, k=k, exclude=exclude, context=context)
+        """``k`` ranked, explained items for a customer (known by id, or by the items they touched), in ``channel``
+        (default: the channel of their latest order), then up to ``new_items`` new ones.
+
+        ``recent_items``: items the customer touched lately; those they had not bought before the cut join their
+        history. ``context_item``: the item they look at now, always joined to it. ``new_items``: slots for
+        catalog items without sales. ``select``: the caller's rules (see ``RecSys.answer``).
+
+        A known customer's ranking comes from the precomputed fast path (``prepare``) whenever it is the one the
+        live path would compute: no context item, no new recent item, no ``discover``, no new-item slots, their
+        usual channel, and the same online customer features as when it was made; else the live path ranks."""
+        exclude = set(map(str, exclude))
+        fast = self.fast_
+        hit = fast.lookup(customer_id, channel) if fast is not None else None
+        touched = self._touched(customer_id, recent_items, hit.ranked.owned if hit is not None else None)
+        if context_item is not None:
+            touched = list(dict.fromkeys([str(context_item), *touched]))
+        table = None
+        if hit is not None and not (touched or discover or new_items):
+            table = self.model_.customer_table(np.array([customer_id]), [hit.ranked.channel], self.cut)
+            same = table is None or np.array_equal(table[0], hit.customer_values, equal_nan=True)
+            if same and (hit.complete or _covers(self.model_, hit.ranked, k, exclude)):
+                return self.model_.answer(hit.ranked, k, exclude, select)
+        history = self.history(customer_id, touched)
+        context = {"now": self.cut, "discover": discover, "channel": channel, "new_items": new_items}
+        # a table read above is this history's in this channel: the live path need not read it again
+        return self.model_.recommend(
+            history, k=k + new_items, exclude=exclude, context=context, select=select, customer_table=table
+        )
 
     def popular(self, k: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
         return self.model_.popular(k, exclude)
@@ -135,3 +202,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
         """pyfunc entry point: one list of recommended items (dicts) per ``customer_id`` row."""
         k = int((params or {}).get("k", 10))
         return [self.recommend(str(c), k) for c in model_input[C.customer_id]]
+
+
+def _covers(model: recsys.RecSys, ranked: recsys.Ranked, k: int, exclude: set[str]) -> bool:
+    """Whether a stored (partial) ranking still holds ``k`` items outside ``exclude``: then its answer is the live
+    path's."""
+    ids = model.state_.item_ids[ranked.codes]
+    return sum(1 for i in ids.tolist() if i not in exclude) >= k

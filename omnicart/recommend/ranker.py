@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -189,18 +190,27 @@ def reason_group(feature: str) -> str:
     return CHANNEL_GROUP if feature.startswith(CUSTOMER_PREFIX) else EXTRA_GROUP
 
 
-def contributions(boosters: Sequence[Any], x: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+def contributions(boosters: Sequence[Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and TreeSHAP contributions of each row (columns in the boosters' feature order), summed per feature
-    group (``REASON_GROUPS``). The ensemble's contributions are its boosters' mean: SHAP values are linear in the
-    model, so they still add up to the (mean) score."""
+    group: rows × ``REASON_GROUPS``. The ensemble's contributions are its boosters' mean: SHAP values are linear in
+    the model, so they still add up to the (mean) score."""
     import xgboost as xgb
 
-    names = list(boosters[0].feature_names)
-    d = xgb.DMatrix(x, feature_names=names)
+    names = tuple(boosters[0].feature_names)
+    d = xgb.DMatrix(x, feature_names=list(names), nthread=1)  # a handful of rows: threads cost more than they save
     contrib = np.mean([b.predict(d, pred_contribs=True) for b in boosters], axis=0)  # last column: bias
-    per_feature = pd.DataFrame(contrib[:, :-1], columns=names)
-    groups = per_feature.T.groupby(pd.Series({f: reason_group(f) for f in names})).sum().T
-    return contrib.sum(axis=1), groups.reindex(columns=list(REASON_GROUPS), fill_value=0.0)
+    # per-row sums (not a matrix product): a row's values do not depend on how many rows are explained together
+    groups = np.zeros((len(x), len(REASON_GROUPS)), np.float32)
+    for n, columns in enumerate(_group_columns(names)):
+        if len(columns):
+            groups[:, n] = contrib[:, columns].sum(axis=1)
+    return contrib.sum(axis=1), groups
+
+
+@lru_cache(maxsize=8)
+def _group_columns(names: tuple[str, ...]) -> list[np.ndarray]:
+    """For each of ``REASON_GROUPS``, the positions of the features that count for it."""
+    return [np.array([n for n, f in enumerate(names) if reason_group(f) == g], dtype=np.int64) for g in REASON_GROUPS]
 
 
 def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) -> str | None:
@@ -242,21 +252,23 @@ def describe_reason(group: str, row: dict[str, float], names: dict[str, str]) ->
 
 
 def explain(
-    groups: pd.Series, row: dict[str, float], names: dict[str, str], max_reasons: int = 2
+    groups: np.ndarray, row: dict[str, float], names: dict[str, str], max_reasons: int = 2
 ) -> tuple[str, dict[str, float]]:
-    """The reason (the top positive contributions in plain words) and the contributions of every group."""
-    sentences = []
-    for group, value in groups.sort_values(ascending=False).items():
-        if value <= 0 or len(sentences) >= max_reasons:
+    """The reason (the top positive contributions in plain words) and the contributions of every group
+    (``groups``: one value per ``REASON_GROUPS``, as ``contributions`` returns them)."""
+    values = np.asarray(groups, dtype=np.float64)
+    sentences: list[str] = []
+    for n in np.argsort(-values, kind="stable"):
+        if values[n] <= 0 or len(sentences) >= max_reasons:
             break
-        sentence = describe_reason(str(group), row, names)
+        sentence = describe_reason(REASON_GROUPS[n], row, names)
         if sentence and sentence not in sentences:
             sentences.append(sentence)
     if not sentences:
-        top = str(groups.idxmax())
+        top = REASON_GROUPS[int(np.argmax(values))]
         sentences.append(describe_reason(top, row, names) or "a good match for what you usually buy")
     reason = "; ".join(sentences)
-    return reason[0].upper() + reason[1:], {str(k): round(float(v), 4) for k, v in groups.items()}
+    return reason[0].upper() + reason[1:], {g: round(float(v), 4) for g, v in zip(REASON_GROUPS, values, strict=True)}
 
 
 def params_dict(params: RankerParams) -> dict[str, Any]:

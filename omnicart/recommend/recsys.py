@@ -54,6 +54,58 @@ CustomerFeatures = Callable[[np.ndarray, list[str | None], pd.Timestamp], pd.Dat
 # which ``fit`` encodes itself).
 ItemText = Callable[[np.ndarray], np.ndarray]
 
+# The caller's rules over one customer's ranked items (item_id, title, category, score, position) and the number of
+# new items that will follow them -> the items to keep, in order (only those are explained).
+Select = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
+
+
+@dataclass
+class Scored:
+    """A batch of customers' candidates, scored: the frame (one row per candidate), its ranker features (float32, in
+    ``RecSys.features`` order), the batch's histories, two-tower inputs, each customer's context channel and the
+    customer features read for it."""
+
+    frame: pd.DataFrame
+    x: np.ndarray
+    batch: cand.Batch
+    weights: Any
+    vectors: np.ndarray
+    channels: list[str | None]
+    customer_table: np.ndarray | None
+    discover: bool = False
+
+
+@dataclass
+class Ranked:
+    """One customer's candidates best first (catalog codes, scores, ranker feature rows) and what explaining them
+    needs: the codes of the items they own, their context channel, and which booster ranked them."""
+
+    codes: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    owned: np.ndarray
+    channel: str | None
+    discover: bool
+    # the TreeSHAP scores and group contributions of the first rows, when already computed (the fast path)
+    shap_scores: np.ndarray | None = None
+    shap_groups: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, scored: Scored) -> Ranked:
+        """The ranking of the first (only) customer of ``scored``."""
+        score = scored.frame["score"].to_numpy()
+        order = np.argsort(-score, kind="stable")
+        binary = scored.batch.binary
+        return cls(
+            codes=scored.frame[cand.ITEM].to_numpy()[order],
+            scores=score[order],
+            rows=scored.x[order],
+            owned=binary.indices[binary.indptr[0] : binary.indptr[1]],
+            channel=scored.channels[0] if scored.channels else None,
+            discover=scored.discover,
+        )
+
+
 FORMAT_VERSION = 2  # 2: the text vectors of the cold items (cold_text.npz) for the cold-item blend
 
 
@@ -262,7 +314,9 @@ class RecSys:
                 batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut), channels=context
             )
             frame = self._with_item_features(frame, state, cut, strict=True)
-            frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), cut, strict=True)
+            frame, _ = self._with_customer_features(
+                frame, users, cand.context_channels(batch, context), cut, strict=True
+            )
             frame["label"] = [
                 (u, i) in labels
                 for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
@@ -358,6 +412,27 @@ class RecSys:
         """Where serving reads the customer features (e.g. the Feast online store); None: rank without them."""
         self.customer_features = source
 
+    def customer_table(
+        self, users: np.ndarray, channels: list[str | None], at: pd.Timestamp, strict: bool = False
+    ) -> np.ndarray | None:
+        """users × ``customer_features_`` as the ranker reads them (float32, NaN where the source has no value or
+        failed and not ``strict``); None when the model has no customer features. In ``fit`` the first read names
+        them, as for the item features."""
+        if self.customer_features_ == []:
+            return None
+        values = _read_source(self.customer_features, "customer", at, strict, users, channels, at)
+        if self.customer_features_ is None:
+            names = [str(c) for c in values.columns] if values is not None else []
+            self.customer_features_ = [cand.CUSTOMER_PREFIX + n for n in names]
+            if not names:
+                return None
+        table = np.full((len(users), len(self.customer_features_)), np.nan, dtype=np.float32)
+        if values is not None:
+            wanted = [n.removeprefix(cand.CUSTOMER_PREFIX) for n in self.customer_features_]
+            found = values.reset_index(drop=True).reindex(index=range(len(users)), columns=wanted)
+            table[:] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        return table
+
     def _with_customer_features(
         self,
         frame: pd.DataFrame,
@@ -365,43 +440,67 @@ class RecSys:
         channels: list[str | None],
         at: pd.Timestamp,
         strict: bool = False,
-    ) -> pd.DataFrame:
-        """``frame`` with a column per customer feature of each row's user in their channel (NaN where the source
-        has no value, or failed and not ``strict``); in ``fit`` the first read names them, as for the item features."""
-        if self.customer_features_ == []:
-            return frame
-        values = _read_source(self.customer_features, "customer", at, strict, users, channels, at)
-        if self.customer_features_ is None:
-            names = [str(c) for c in values.columns] if values is not None else []
-            self.customer_features_ = [cand.CUSTOMER_PREFIX + n for n in names]
-            if not names:
-                return frame
-        table = np.full((len(users), len(self.customer_features_)), np.nan, dtype=np.float32)
-        if values is not None:
-            wanted = [n.removeprefix(cand.CUSTOMER_PREFIX) for n in self.customer_features_]
-            found = values.reset_index(drop=True).reindex(index=range(len(users)), columns=wanted)
-            table[:] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        table: np.ndarray | None = None,
+    ) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """``frame`` with a column per customer feature of each row's user in their channel, and the users ×
+        features table they came from (``table``: already read, e.g. by the fast path's check)."""
+        if table is None:
+            table = self.customer_table(users, channels, at, strict)
+        if table is None:
+            return frame, None
         codes = frame[USER].to_numpy()
-        return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.customer_features_)})
+        return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.customer_features_)}), table
+
+    def item_table(self, codes: np.ndarray, at: pd.Timestamp, strict: bool = False) -> np.ndarray | None:
+        """catalog items × ``extra_features_`` (float32), filled for ``codes`` (NaN where the source has no value,
+        or failed and not ``strict``); None when the model has no extra item features. In ``fit`` the first read (at
+        the first cut) names the features."""
+        if self.extra_features_ == []:
+            return None
+        return self._item_table(self.state_, codes, at, strict)
+
+    def pin_item_features(self) -> np.ndarray | None:
+        """Read the extra item features of every catalog item once and rank with those values from now on (the
+        fast path's precomputed rankings were made with them; the item windows change once a day, and a redeploy
+        reads them again). Returns the items × features table, or None when the model has no extra item features
+        or the read failed (nothing is pinned then)."""
+        if not self.extra_features_:
+            return None
+        state = self.state_
+        values = _read_source(self.item_features, "item", self.now_, False, state.item_ids, self.now_)
+        if values is None:
+            return None
+        table = self._item_table(state, np.arange(len(state.item_ids)), self.now_, False, values)
+        self.item_features = _PinnedItems(state.item_ids, table, list(self.extra_features_))
+        return table
+
+    def _item_table(
+        self, state: ItemState, codes: np.ndarray, at: pd.Timestamp, strict: bool, values: Any = None
+    ) -> np.ndarray | None:
+        wanted = np.unique(codes)
+        if values is None:
+            values = _read_source(self.item_features, "item", at, strict, state.item_ids[wanted], at)
+        if self.extra_features_ is None:
+            self.extra_features_ = [str(c) for c in values.columns] if values is not None else []
+            if not self.extra_features_:
+                return None
+        table = np.full((len(state.item_ids), len(self.extra_features_)), np.nan, dtype=np.float32)
+        if values is not None:
+            found = values.reindex(index=state.item_ids[wanted], columns=self.extra_features_)
+            table[wanted] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        return table
 
     def _with_item_features(
         self, frame: pd.DataFrame, state: ItemState, at: pd.Timestamp, strict: bool = False
     ) -> pd.DataFrame:
         """``frame`` with a column per extra item feature (NaN where the source has no value, or failed and not
-        ``strict``). In ``fit`` the first read (at the first cut) names the features."""
+        ``strict``)."""
         if self.extra_features_ == []:
             return frame
         codes = frame[cand.ITEM].to_numpy()
-        wanted = np.unique(codes)
-        values = _read_source(self.item_features, "item", at, strict, state.item_ids[wanted], at)
-        if self.extra_features_ is None:
-            self.extra_features_ = [str(c) for c in values.columns] if values is not None else []
-            if not self.extra_features_:
-                return frame
-        table = np.full((len(state.item_ids), len(self.extra_features_)), np.nan, dtype=np.float32)
-        if values is not None:
-            found = values.reindex(index=state.item_ids[wanted], columns=self.extra_features_)
-            table[wanted] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        table = self._item_table(state, codes, at, strict)
+        if table is None:
+            return frame
         return frame.assign(**{name: table[codes, n] for n, name in enumerate(self.extra_features_)})
 
     # --- ranking ----------------------------------------------------------------------------------------------
@@ -417,7 +516,8 @@ class RecSys:
         discover: bool,
         exclude: dict[Any, Iterable[str]] | set[str] | None,
         channels: dict[Any, str] | None = None,
-    ) -> tuple[pd.DataFrame, cand.Batch]:
+        customer_table: np.ndarray | None = None,
+    ) -> Scored:
         state, tt = self.state_, self.two_tower_
         batch = cand.describe(events, state, now, users)
         mask = np.zeros(batch.binary.shape, dtype=bool)
@@ -432,16 +532,17 @@ class RecSys:
                 mask[:, [state.index[i] for i in exclude if i in state.index]] = True
         weights = two_tower.user_weights(events, users, state.index, now, tt.params)
         vectors = tt.user_vectors(weights)
-        self._user_weights, self._user_vectors = weights, vectors
         context = [channels.get(u) for u in users.tolist()] if channels else None
         frame = cand.candidates(
             batch, state, self.params.candidates, tt.scores(vectors)[:, : tt.n_warm], mask, channels=context
         )
         frame = self._with_item_features(frame, state, now)
-        frame = self._with_customer_features(frame, users, cand.context_channels(batch, context), now)
+        in_channel = cand.context_channels(batch, context)
+        frame, table = self._with_customer_features(frame, users, in_channel, now, table=customer_table)
         boosters = self.boosters_["discover" if discover else "main"]
-        frame["score"] = ranker.predict(boosters, frame[self.features].to_numpy(np.float32), self.features)
-        return frame, batch
+        x = frame[self.features].to_numpy(np.float32)
+        frame["score"] = ranker.predict(boosters, x, self.features)
+        return Scored(frame, x, batch, weights, vectors, in_channel, table, discover)
 
     def rank_users(
         self,
@@ -468,7 +569,8 @@ class RecSys:
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
             chunk_events = events[events[C.customer_id].isin(set(chunk.tolist()))]
-            frame, batch = self._frame(chunk_events, chunk, now, discover, exclude, channels)
+            scored = self._frame(chunk_events, chunk, now, discover, exclude, channels)
+            frame, batch = scored.frame, scored.batch
             frame = frame.sort_values([USER, "score"], ascending=[True, False], kind="stable")
             top = frame[frame.groupby(USER).cumcount() < k]
             picked = top.groupby(USER)[cand.ITEM].agg(list).to_dict()
@@ -487,16 +589,23 @@ class RecSys:
         self,
         user_history: pd.DataFrame | Sequence[str] | Sequence[dict[str, Any]],
         k: int = 10,
+        *,
         exclude: Iterable[str] = (),
         context: dict[str, Any] | None = None,
+        select: Select | None = None,
+        customer_table: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
         """Top ``k`` items for one customer, each with a score, a plain-words reason and its TreeSHAP contributions.
 
         ``user_history``: the customer's purchase events (item_id, event_timestamp, optional quantity, price,
-        order_id), or just item ids. ``exclude``: items never to propose (in the basket, out of stock, …).
+        order_id), or just item ids. ``exclude``: items never to propose (in the basket, out of stock, …); they are
+        dropped from the ranking after scoring, so they never change how the other items rank.
         ``context``: ``now`` (default: the training cut), ``discover`` (only never-bought items),
         ``new_items`` (slots for catalog items without interactions, chosen by the two-tower content model),
-        ``channel`` (where the customer is now; default: the channel of their latest order)."""
+        ``channel`` (where the customer is now; default: the channel of their latest order).
+        ``select``: the caller's rules, given the ranked items (item_id, title, category, score) and how many new
+        items follow them, returning the ones to keep; only those are explained. ``customer_table``: the
+        customer's features, already read (``customer_table``)."""
         self._check_fitted()
         context = context or {}
         now = pd.Timestamp(context.get("now", self.now_))
@@ -505,45 +614,85 @@ class RecSys:
         history = cand.normalize_events(_history_frame(user_history, now))
         user = history[C.customer_id].iloc[0] if len(history) else "_"
         exclude = set(map(str, exclude))
-        channel = context.get("channel")
-        frame, batch = self._frame(
+        discover = bool(context.get("discover", False))
+        scored = self._frame(
             history,
             np.array([user]),
             now,
-            bool(context.get("discover", False)),
-            exclude,
-            {user: channel} if channel else None,
+            discover,
+            None,
+            {user: context["channel"]} if context.get("channel") else None,
+            customer_table,
         )
-        if not channel and batch.last_channel is not None and len(batch.last_channel):
-            channel = str(batch.last_channel.iloc[0])
-        frame = frame.sort_values("score", ascending=False, kind="stable")
+        ranked = Ranked.of(scored)
         n_new = min(int(context.get("new_items", 0)), k)
-        top = frame.head(k - n_new)
-        boosters = self.boosters_["discover" if context.get("discover") else "main"]
-        scores, groups = ranker.contributions(boosters, top[self.features].to_numpy(np.float32))
-        owned = batch.binary.indices
+        new = self._new_items(n_new, exclude, ranked.owned, scored.weights, scored.vectors) if n_new else []
+        return self.answer(ranked, k - n_new, exclude, select, new)
+
+    def answer(
+        self,
+        ranked: Ranked,
+        k: int,
+        exclude: set[str],
+        select: Select | None = None,
+        new: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The first ``k`` of ``ranked`` outside ``exclude``, those ``select`` keeps explained, then ``new``."""
+        state, new = self.state_, new or []
+        keep = [p for p, i in enumerate(ranked.codes.tolist()) if state.item_ids[i] not in exclude][:k]
+        items = [
+            {
+                C.item_id: state.item_ids[ranked.codes[p]],
+                C.title: state.titles[ranked.codes[p]],
+                C.category: state.category_names[state.categories[ranked.codes[p]]],
+                "score": float(ranked.scores[p]),
+                "position": p,
+            }
+            for p in keep
+        ]
+        if select is not None:
+            items = select(items, len(new))
+        return self.explain(ranked, [i["position"] for i in items]) + new
+
+    def explain(self, ranked: Ranked, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """The items at ``positions`` of ``ranked``, each with its TreeSHAP score, contributions and reason."""
+        if not len(positions):
+            return []
+        state = self.state_
+        positions = list(positions)
+        rows = ranked.rows[positions]
+        done = len(ranked.shap_scores) if ranked.shap_scores is not None else 0
+        todo = [n for n, p in enumerate(positions) if p >= done]
+        scores = np.zeros(len(positions), np.float32)
+        groups = np.zeros((len(positions), len(cand.REASON_GROUPS)), np.float32)
+        if len(todo) < len(positions):
+            stored = [p for p in positions if p < done]
+            at = [n for n, p in enumerate(positions) if p < done]
+            scores[at], groups[at] = ranked.shap_scores[stored], ranked.shap_groups[stored]
+        if todo:
+            boosters = self.boosters_["discover" if ranked.discover else "main"]
+            scores[todo], groups[todo] = ranker.contributions(boosters, rows[todo])
+        names_of = self.features
         out = []
-        for (_, row), score, (_, contrib) in zip(top.iterrows(), scores, groups.iterrows(), strict=True):
-            i = int(row[cand.ITEM])
-            names = self._anchor_names(i, owned, batch)
-            if channel:
-                names["channel"] = channel
-            reason, contributions = ranker.explain(contrib, row.to_dict(), names)
+        for p, row, score, contrib in zip(positions, rows, scores, groups, strict=True):
+            i = int(ranked.codes[p])
+            names = self._anchor_names(i, ranked.owned)
+            if ranked.channel:
+                names["channel"] = ranked.channel
+            reason, contributions = ranker.explain(contrib, dict(zip(names_of, row.tolist(), strict=True)), names)
             out.append(
                 {
-                    C.item_id: self.state_.item_ids[i],
-                    C.title: self.state_.titles[i],
+                    C.item_id: state.item_ids[i],
+                    C.title: state.titles[i],
                     C.category: names["category"],
                     "score": round(float(score), 6),
                     "reason": reason,
                     "contributions": contributions,
                 }
             )
-        if n_new:
-            out += self._new_items(n_new, exclude, owned)
         return out
 
-    def _anchor_names(self, i: int, owned: np.ndarray, batch: cand.Batch) -> dict[str, str]:
+    def _anchor_names(self, i: int, owned: np.ndarray) -> dict[str, str]:
         """The history item behind "often bought with" / "similar to", and the item's category name."""
         state = self.state_
         names = {"category": state.category_names[state.categories[i]]}
@@ -557,12 +706,15 @@ class RecSys:
             names["similar"] = state.titles[similar] or str(state.item_ids[similar])
         return names
 
-    def _new_items(self, n: int, exclude: set[str], owned: np.ndarray) -> list[dict[str, Any]]:
-        """Catalog items without interactions that the content model finds closest to the customer."""
+    def _new_items(
+        self, n: int, exclude: set[str], owned: np.ndarray, weights: Any, vectors: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """Catalog items without interactions that the content model finds closest to the customer (``weights``,
+        ``vectors``: their two-tower history weights and user vector)."""
         tt = self.two_tower_
         if len(tt.item_ids) <= tt.n_warm:
             return []
-        cold, blended = self._cold(self._user_weights, self._user_vectors)
+        cold, blended = self._cold(weights, vectors)
         scores = blended[0]
         order = [c for c in cold[np.argsort(-scores, kind="stable")] if tt.item_ids[c] not in exclude][:n]
         best = {c: float(s) for c, s in zip(cold, scores, strict=True)}
@@ -692,6 +844,20 @@ class RecSys:
         model.extra_features_ = list(meta["extra_features"])
         model.item_features = None
         return model
+
+
+class _PinnedItems:
+    """An item features source that answers from values read once (``RecSys.pin_item_features``)."""
+
+    def __init__(self, item_ids: np.ndarray, table: np.ndarray, names: list[str]) -> None:
+        self.index = {i: n for n, i in enumerate(item_ids.tolist())}
+        self.table, self.names = table, names
+
+    def __call__(self, item_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
+        ids = [str(i) for i in item_ids]
+        found = np.array([self.index.get(i, -1) for i in ids], dtype=np.int64)
+        values = np.where(found[:, None] >= 0, self.table[np.maximum(found, 0)], np.nan)
+        return pd.DataFrame(values.astype(np.float32), index=ids, columns=self.names)
 
 
 class FeatureSourceError(RuntimeError):

@@ -327,14 +327,16 @@ class TwoTowerIndex:
     def user_vectors(self, weights: sp.csr_matrix) -> np.ndarray:
         """Users' vectors from their history weights over the warm items."""
         h = np.asarray(weights @ self.item_vectors[: self.n_warm])
-        u = h @ self.user_weight.T + self.user_bias
-        return u / np.linalg.norm(u, axis=1, keepdims=True).clip(min=1e-9)
+        # in float64, rounded once: a float32 product's last bit depends on how many users are in the batch (BLAS
+        # blocking), and the precomputed rankings (many users) must match a single request's exactly
+        u = h.astype(np.float64) @ self.user_weight.T.astype(np.float64) + self.user_bias
+        return (u / np.linalg.norm(u, axis=1, keepdims=True).clip(min=1e-9)).astype(np.float32)
 
     def scores(self, user_vectors: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """users × items scores; ``columns`` picks item positions (default: all)."""
         v = self.item_vectors if columns is None else self.item_vectors[columns]
         b = self.item_bias if columns is None else self.item_bias[columns]
-        return self.scale * user_vectors @ v.T + b
+        return (self.scale * user_vectors.astype(np.float64) @ v.T.astype(np.float64) + b).astype(np.float32)
 
     def save(self, directory: Path, prefix: str = "two_tower") -> None:
         directory.mkdir(parents=True, exist_ok=True)

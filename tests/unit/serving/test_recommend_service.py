@@ -30,13 +30,14 @@ def shop(tmp_path_factory):
     return predictor, purchases, catalog, repeats
 
 
-def _service(predictor, features=None, unavailable=frozenset(), popular=None):
+def _service(predictor, features=None, unavailable=frozenset(), popular=None, precompute=True):
     return RecommendService(
         lambda: predictor,
         features or (lambda _cid: {C.segment: "family", F.recent_items: []}),
         "3",
         unavailable=lambda: set(unavailable),
         popular=popular,
+        precompute=precompute,
     )
 
 
@@ -202,3 +203,73 @@ def test_the_registry_model_answers_through_pyfunc(shop):
     assert len(out) == 2 and all(len(items) == 3 for items in out)
     signature = recommend.signature(predictor)
     assert signature.inputs.input_names() == [C.customer_id] and signature.params is not None
+
+
+def test_the_precomputed_rankings_answer_as_the_live_path(shop):
+    """The fast path (rankings precomputed at start) returns the same items, order, scores, reasons and
+    contributions as the live path for every kind of request it answers, and the live path answers the rest."""
+    predictor, purchases, _, _ = shop
+    fast = _service(predictor)
+    assert predictor.fast_ is not None and len(predictor.fast_.customers) == purchases[C.customer_id].nunique()
+    live_model = Recommender.from_directory(predictor.model_dir_)  # the same saved model, never precomputed
+    live = _service(live_model, precompute=False)
+    assert getattr(live_model, "fast_", None) is None
+    customers = purchases[C.customer_id].value_counts().index[:12].tolist()
+    for c in customers:
+        top = _ids(live.recommend(RecommendRequest(customer_id=c, k=10)))
+        owned = sorted(set(purchases.loc[purchases[C.customer_id] == c, C.item_id]))
+        for request in (
+            RecommendRequest(customer_id=c, k=10),
+            RecommendRequest(customer_id=c, k=5, exclude_items=top[:3]),
+            RecommendRequest(customer_id=c, k=10, max_per_category=2, boost=top[5:6], bury=top[:1]),
+            RecommendRequest(customer_id=c, k=30),
+            RecommendRequest(customer_id=c, k=10, exclude_bought=True),
+            RecommendRequest(customer_id=c, k=10, context={"item_id": owned[0]}),
+            RecommendRequest(customer_id=c, k=10, context={"channel": "social"}),
+        ):
+            a, b = fast.recommend(request), live.recommend(request)
+            assert a.model_dump() == b.model_dump(), (c, request)
+    # recent items the customer had bought before the cut change nothing; a new one joins the history (live path)
+    c = customers[0]
+    owned = sorted(set(purchases.loc[purchases[C.customer_id] == c, C.item_id]))
+    fresh = next(i for i in predictor.model_.state_.item_ids if i not in owned)
+    plain = fast.recommend(RecommendRequest(customer_id=c, k=10))
+    for recent in ([owned[0]], [fresh]):
+        features = {C.segment: "family", F.recent_items: recent}
+        a = _service(predictor, features=lambda _cid, f=features: f).recommend(RecommendRequest(customer_id=c, k=10))
+        b = _service(live_model, features=lambda _cid, f=features: f, precompute=False).recommend(
+            RecommendRequest(customer_id=c, k=10)
+        )
+        assert a.model_dump() == b.model_dump()
+        assert (a.model_dump() == plain.model_dump()) == (recent == [owned[0]])
+
+
+def test_new_items_take_their_slots_with_a_reason(shop):
+    predictor, purchases, catalog, _ = shop
+    model = predictor.model_
+    cold = set(model.cold_items_)
+    assert cold, "the simulated catalog has items without sales"
+    customer = purchases[C.customer_id].value_counts().index[0]
+    service = _service(predictor)
+    answer = service.recommend(RecommendRequest(customer_id=customer, k=10, new_items=3))
+    assert len(answer.items) == 10
+    new = [i for i in answer.items if i.item_id in cold]
+    assert [i.item_id for i in answer.items[-3:]] == [i.item_id for i in new] and len(new) == 3
+    assert all(i.reason.startswith("New in the catalog") for i in new)
+    assert not cold & set(_ids(service.recommend(RecommendRequest(customer_id=customer, k=10))))
+    # excluded new items are not proposed, and new_items never exceeds k
+    gone = [i.item_id for i in new]
+    again = service.recommend(RecommendRequest(customer_id=customer, k=10, new_items=3, exclude_items=gone))
+    assert not set(gone) & set(_ids(again))
+    with pytest.raises(ValidationError) as err:
+        RecommendRequest(customer_id=customer, k=2, new_items=3)
+    assert err.value.errors()[0]["loc"] == ("new_items",)
+
+
+def test_time_requests_reports_latency(shop):
+    from serving.recommend import time_requests
+
+    predictor, purchases, _, _ = shop
+    service = _service(predictor)
+    stats = time_requests(service, [RecommendRequest(customer_id=c) for c in purchases[C.customer_id].unique()[:20]])
+    assert stats["n"] == 20 and 0 < stats["p50_ms"] <= stats["p99_ms"]

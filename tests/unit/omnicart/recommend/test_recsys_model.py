@@ -175,9 +175,9 @@ def test_the_ranker_is_an_average_of_boosters_each_stopped_on_another_fold(shop)
         assert len(dumps) == len(boosters)  # other held-out customers and seeds: other trees
     customer = purchases[C.customer_id].value_counts().index[0]
     recs = model.recommend(_history(purchases, customer), k=5)
-    frame, _ = model._frame(
+    frame = model._frame(
         cand.normalize_events(_history(purchases, customer)), np.array([customer]), model.now_, False, None
-    )
+    ).frame
     top = frame.sort_values("score", ascending=False, kind="stable").head(5)
     x = top[model.features].to_numpy(np.float32)
     d = xgb.DMatrix(x, feature_names=model.features)
@@ -186,7 +186,7 @@ def test_the_ranker_is_an_average_of_boosters_each_stopped_on_another_fold(shop)
     scores, groups = ranker.contributions(model.boosters_["main"], x)
     assert np.allclose(scores, mean, atol=1e-4)
     bias = np.mean([b.predict(d, pred_contribs=True)[:, -1] for b in model.boosters_["main"]], axis=0)
-    assert np.allclose(groups.sum(axis=1).to_numpy() + bias, mean, atol=1e-4)
+    assert np.allclose(groups.sum(axis=1) + bias, mean, atol=1e-4)
 
 
 def test_recent_cuts_have_label_windows_cut_short_by_now():

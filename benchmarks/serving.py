@@ -168,6 +168,19 @@ def saturation(steps: Sequence[Step]) -> float:
 
 
 # --- load generation ---------------------------------------------------------------------------------------------
+async def _send(session: Any, url: str, body: Any | None, timeout_s: float) -> int:
+    """One request (POST ``body``, or GET without one) within ``timeout_s``: its status, 0 when it got none."""
+    import aiohttp
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, json=body) if body is not None else session.get(url) as response:
+                await response.read()
+                return response.status
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0
+
+
 async def _open_loop(
     url: str,
     bodies: Sequence[dict],
@@ -188,15 +201,7 @@ async def _open_loop(
         async def one(n: int, at: float) -> Outcome:
             await asyncio.sleep(max(0.0, start + at - loop.time()))
             remaining = max(0.001, start + at + timeout_s - loop.time())
-            status = 0
-            try:
-                async with asyncio.timeout(remaining):
-                    method = session.post(url, json=bodies[n % len(bodies)]) if bodies else session.get(url)
-                    async with method as response:
-                        await response.read()
-                        status = response.status
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                status = 0
+            status = await _send(session, url, bodies[n % len(bodies)] if bodies else None, remaining)
             return Outcome(float(at), loop.time() - start, status)
 
         return list(await asyncio.gather(*(one(n, float(at)) for n, at in enumerate(times))))
@@ -282,15 +287,7 @@ async def _closed_loop(
             n = c
             while loop.time() - start < seconds and (max_requests is None or n < max_requests):
                 sent = loop.time() - start
-                status = 0
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        method = session.post(url, json=bodies[n % len(bodies)]) if bodies else session.get(url)
-                        async with method as response:
-                            await response.read()
-                            status = response.status
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    status = 0
+                status = await _send(session, url, bodies[n % len(bodies)] if bodies else None, timeout_s)
                 outcomes.append(Outcome(sent, loop.time() - start, status))
                 n += clients
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
@@ -91,6 +92,16 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own errors in this API's shape. Its only 400 is a body it cannot decode (bytes that are no
+        UTF-8 JSON): a 422 naming the body, like any other body that is not JSON."""
+        if exc.status_code == 400:
+            error = {"field": "body", "message": "the body is not UTF-8 JSON", "type": "json_invalid"}
+            return JSONResponse(status_code=422, content={"error": "invalid request", "fields": [error]})
+        body = ErrorBody(error=str(exc.detail), field=None).model_dump()
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
     @api.exception_handler(PricingRequestError)
     async def _unpriceable(request: Request, exc: PricingRequestError) -> JSONResponse:

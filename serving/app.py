@@ -315,12 +315,14 @@ def deployment_options(settings: Settings, cluster_cpus: float) -> dict[str, Any
 
     Serve may give a replica twice what ``LoadShedder`` lets it run and hold, so an overflow reaches LoadShedder
     (503 + Retry-After, JSON) at once instead of waiting in Serve's proxy; Serve's own queue (``max_queued_requests``,
-    503 + Retry-After, plain text) is only a backstop for a burst beyond that."""
+    503 + Retry-After, plain text) is only a backstop for a burst beyond that. A rolling update starts each
+    replacement before it stops an old replica (``max_surge_percent``: one extra replica of two, or of one)."""
     capacity = settings.serve_max_ongoing_requests + settings.serve_max_queued_requests
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": settings.serve_replica_cpus},
         "max_ongoing_requests": 2 * capacity,
         "backpressure_config": {"status_code": 503, "retry_after_s": settings.serve_retry_after_s},
+        "max_surge_percent": 50,
     }
     if settings.serve_autoscaling:
         options["autoscaling_config"] = dict(settings.serve_autoscaling)
@@ -334,8 +336,8 @@ def deployment_options(settings: Settings, cluster_cpus: float) -> dict[str, Any
 def deploy(settings: Settings) -> str:
     """Start Serve's HTTP proxy on settings.host:serve_port (if not yet) and (re)deploy the app; returns its URL.
 
-    A redeploy is Serve's rolling update: replicas are replaced one at a time, each finishing its requests first,
-    so with two or more replicas no request is dropped. The proxy's request timeout applies from its first start."""
+    A redeploy is Serve's rolling update: each replacement replica starts before an old one stops, and an old one
+    finishes its requests first, so no request is dropped. The proxy's request timeout applies from its first start."""
     import ray
 
     from omnicart.raycluster import ensure_ray

@@ -113,6 +113,7 @@ def test_serve_gives_a_replica_more_than_the_shedder_holds_and_backs_it_with_its
     assert options["max_queued_requests"] == 4 * 10 * 2
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert options["ray_actor_options"] == {"num_cpus": 0.5}
+    assert options["max_surge_percent"] == 50  # a redeploy starts a replacement before it stops an old replica
 
 
 def test_autoscaling_replaces_the_fixed_replica_count(tmp_path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase
+from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as fuzz_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -163,11 +163,14 @@ def test_killing_a_replica_under_load_drops_almost_nothing(live) -> None:
         time.sleep(5)
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
-        time.sleep(20)
+        # at least 15 s after the kill, and until there are enough requests for 1 % to mean something (a slow,
+        # shared machine answers fewer per second), but at most 90 s in all
+        while time.monotonic() - killed_at < 15 or (len(load.results) < 300 and time.monotonic() - killed_at < 85):
+            time.sleep(0.5)
     summary = load.summary()
     ok = sum(status == 200 for _, status, _ in load.results)
     after = [r for r in load.results if r[0] >= killed_at]
-    assert len(load.results) >= 200 and len(after) >= 100, summary  # enough traffic for 1 % to mean something
+    assert len(load.results) >= 200 and len(after) >= 100, summary
     assert ok >= 0.99 * len(load.results), summary
     assert max(seconds for *_, seconds in load.results) <= 2.0, summary
     survivors = _wait_for_replicas(2)  # Serve replaced the killed one
@@ -235,24 +238,36 @@ def test_rollback_through_the_cli_redeploys_the_previous_version_without_droppin
     assert _health(live)["models"]["recommend"] == champion
 
 
-@pytest.fixture(scope="module")
-def api_schema(live):
-    return schemathesis.openapi.from_url(f"{live.settings.serve_url}/openapi.json")
+def test_every_operation_answers_by_its_schema_and_never_5xx(live) -> None:
+    """Schemathesis over the live app's OpenAPI document, with the key: no 5xx, and every answer's status, content
+    type and body as documented. One hypothesis run per operation, every operation's failures reported together."""
+    schema = schemathesis.openapi.from_url(f"{live.settings.serve_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 8, [o.label for o in operations]
+    failures: dict[str, BaseException] = {}
+    for operation in operations:
 
+        @given(case=operation.as_strategy())
+        @fuzz_settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def fuzz(case) -> None:
+            case.call_and_validate(
+                headers=live.key,
+                checks=[
+                    not_a_server_error,
+                    status_code_conformance,
+                    content_type_conformance,
+                    response_schema_conformance,
+                ],
+            )
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@fuzz_settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found
-    suppress_health_check=list(HealthCheck),
-)
-@pytest.mark.timeout(300)
-def test_every_operation_answers_by_its_schema_and_never_5xx(case, live) -> None:
-    case.call_and_validate(
-        headers=live.key,
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
-    )
+        try:
+            fuzz()
+        except (Exception, BaseExceptionGroup) as failure:  # schemathesis groups an operation's failures
+            failures[operation.label] = failure
+    assert not failures, "\n\n".join(f"{label}: {failure}" for label, failure in failures.items())

@@ -168,6 +168,7 @@ def test_killing_a_replica_under_load_drops_almost_nothing(live) -> None:
         while time.monotonic() - killed_at < 15 or (len(load.results) < 300 and time.monotonic() - killed_at < 85):
             time.sleep(0.5)
     summary = load.summary()
+    print(f"replica killed under load: {summary}")  # shown with -rP
     ok = sum(status == 200 for _, status, _ in load.results)
     after = [r for r in load.results if r[0] >= killed_at]
     assert len(load.results) >= 200 and len(after) >= 100, summary
@@ -230,6 +231,7 @@ def test_rollback_through_the_cli_redeploys_the_previous_version_without_droppin
         assert f"champion is now version {previous}" in result.output and "redeployed" in result.output
         _wait_for_replicas(2)
         time.sleep(2)
+    print(f"rollback under load: {load.summary()}")  # shown with -rP
     assert _health(live)["models"]["recommend"] == previous  # every replica now serves the previous version
     assert all(status == 200 for _, status, _ in load.results), load.summary()
     # and back: the rollback of a rollback restores the champion

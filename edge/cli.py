@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -115,9 +116,36 @@ def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "reco
     console.print(table)
 
 
+def _serving(settings: Settings) -> Settings | None:
+    """The settings to redeploy with after a promotion or rollback, or None when nothing serves on serve_url.
+
+    A process already in a Ray cluster (the in-process platform) deploys there; otherwise it joins the configured
+    cluster or the head that `omnicart up` started, where the Serve app runs."""
+    from edge import services
+
+    if not services.port_open(settings.host, settings.serve_port):
+        return None
+    ray = sys.modules.get("ray")
+    if (ray is not None and ray.is_initialized()) or settings.ray_address:
+        return settings
+    from omnicart.raycluster import JOIN_ENV
+
+    os.environ.update(JOIN_ENV)  # before Ray is imported: its client reads them at import
+    return settings.model_copy(update={"ray_address": services.ray_address(settings)})
+
+
+def _redeploy(settings: Settings) -> None:
+    """Serve's rolling update to the champions the registry names now: replicas are replaced one at a time."""
+    from serving.app import deploy
+
+    deploy(settings)  # no status spinner of its own: train's is still showing
+    console.print(f"redeployed {settings.serve_url} with the current champions")
+
+
 @models_app.command("rollback")
 def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) -> None:
-    """Point `champion` back at the previous champion (a running Serve app picks it up on its next deploy)."""
+    """Point `champion` back at the previous champion and, when the platform serves, redeploy the Serve app
+    (a rolling update: replicas are replaced one at a time, so requests keep being answered)."""
     from omnicart import registry
 
     _check_family(family)
@@ -128,6 +156,9 @@ def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) ->
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     console.print(f"{family}: champion is now version {version}")
+    serving = _serving(settings)
+    if serving is not None:
+        _redeploy(serving)
 
 
 @app.command()
@@ -137,14 +168,16 @@ def train(
         str | None, typer.Option(help="Train on data before this day (YYYY-MM-DD); default: the last day.")
     ] = None,
 ) -> None:
-    """Train one family as a Ray Train job, evaluate it against the champion and promote it if it wins."""
+    """Train one family as a Ray Train job, evaluate it against the champion and promote it if it wins; a promoted
+    champion is deployed at once when the platform serves (on the platform's Ray cluster, where it trains too)."""
     from training.run import train_family
 
     _check_family(family)
     settings = _settings()
     day = dt.date.fromisoformat(as_of) if as_of else settings.sim_end
+    serving = _serving(settings)
     with console.status(f"training {family} as of {day}…"):
-        outcome = train_family(settings, family, day)
+        outcome = train_family(serving or settings, family, day, deploy=_redeploy if serving else None)
     console.print_json(data=outcome.to_dict())
 
 

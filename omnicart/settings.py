@@ -12,7 +12,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -87,6 +87,25 @@ class Settings(BaseSettings):
     # --- training and serving ---
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body serving accepts (bytes); larger ones get 413 unread."
+    )
+    serve_replicas: int | None = Field(
+        None, ge=1, description="Replicas of the Serve app; None: two when the cluster has the CPUs, else one."
+    )
+    serve_replica_cpus: float = Field(0.5, gt=0, description="CPUs Ray reserves for each Serve replica.")
+    serve_autoscaling: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); "
+        "when set it replaces serve_replicas.",
+    )
+    serve_max_ongoing_requests: int = Field(
+        8, ge=1, description="Requests one replica works on at once; more wait in its queue ..."
+    )
+    serve_max_queued_requests: int = Field(
+        32, ge=0, description="... of at most this many; beyond, 503 with Retry-After (load shedding)."
+    )
+    serve_retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) of a shed request's 503.")
+    serve_request_timeout_s: float = Field(
+        30.0, gt=0, description="End-to-end limit of one HTTP request at Serve's proxy (408 after it)."
     )
     top_k: int = Field(10, ge=1, le=100)
     recent_items_n: int = Field(10, ge=1)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
@@ -29,7 +30,7 @@ from serving.recommend import (
     RecommendService,
     shop_state,
 )
-from serving.security import KEY_VALID, EdgeGuard, ErrorBody, api_key_scheme, error_responses
+from serving.security import KEY_VALID, EdgeGuard, ErrorBody, LoadShedder, api_key_scheme, error_responses
 from serving.support import (
     FeedbackRequest,
     FeedbackResponse,
@@ -64,6 +65,11 @@ class ServiceUnavailable(Exception):
         super().__init__(f"no {family} champion deployed yet")
 
 
+def load_limits(settings: Settings) -> tuple[int, int, int]:
+    """What ``LoadShedder`` enforces in each replica: requests at once, requests waiting, Retry-After seconds."""
+    return settings.serve_max_ongoing_requests, settings.serve_max_queued_requests, settings.serve_retry_after_s
+
+
 def create_api(backend: Callable[[], Backend]) -> FastAPI:
     """The FastAPI app over ``backend()`` (called per request): EdgeGuard in front, the key scheme on every
     protected operation, and each error status documented with its body."""
@@ -72,6 +78,8 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
         description="Recommendations, support answers and prices for every shop channel.",
         version="0.1.0",
     )
+    # the last added runs first: the key and size checks, then the load limits (a rejected request takes no slot)
+    api.add_middleware(LoadShedder, limits=lambda: load_limits(backend().settings))
     api.add_middleware(
         EdgeGuard, api_key=lambda: backend().api_key, max_body_bytes=lambda: backend().settings.max_body_bytes
     )
@@ -84,6 +92,16 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"error": "invalid request", "fields": errors})
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own errors in this API's shape. Its only 400 is a body it cannot decode (bytes that are no
+        UTF-8 JSON): a 422 naming the body, like any other body that is not JSON."""
+        if exc.status_code == 400:
+            error = {"field": "body", "message": "the body is not UTF-8 JSON", "type": "json_invalid"}
+            return JSONResponse(status_code=422, content={"error": "invalid request", "fields": [error]})
+        body = ErrorBody(error=str(exc.detail), field=None).model_dump()
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
     @api.exception_handler(PricingRequestError)
     async def _unpriceable(request: Request, exc: PricingRequestError) -> JSONResponse:
@@ -104,7 +122,7 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
         return backend().support
 
     # EdgeGuard enforces the key before any body is read; the dependency only marks the operations in OpenAPI
-    protected = APIRouter(dependencies=[Security(api_key_scheme)], responses=error_responses(401, 413, 422))
+    protected = APIRouter(dependencies=[Security(api_key_scheme)], responses=error_responses(401, 413, 422, 503))
 
     @api.get(
         "/health",
@@ -211,7 +229,7 @@ def _bind_internal_grpc_to(host: str) -> None:
     replica.add_port_to_grpc_server = add_port
 
 
-@serve.deployment(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5})  # deploy() sets replicas and limits
 @serve.ingress(api)
 class Ingress:
     """Loads the champions from the registry; the ``Backend`` of the HTTP endpoints (``create_api``)."""
@@ -284,6 +302,37 @@ class Ingress:
             self.predictions.close()
 
 
+def replica_count(settings: Settings, cluster_cpus: float) -> int:
+    """``serve_replicas``, or two when the cluster has their CPUs and one more for the rest of the platform (training,
+    the proxy, Feast), so one replica's death or restart leaves another answering; else one."""
+    if settings.serve_replicas is not None:
+        return settings.serve_replicas
+    return 2 if cluster_cpus >= 2 * settings.serve_replica_cpus + 1 else 1
+
+
+def deployment_options(settings: Settings, cluster_cpus: float) -> dict[str, Any]:
+    """The Ingress deployment's options: replicas (fixed or autoscaled), CPUs and the request limits.
+
+    Serve may give a replica twice what ``LoadShedder`` lets it run and hold, so an overflow reaches LoadShedder
+    (503 + Retry-After, JSON) at once instead of waiting in Serve's proxy; Serve's own queue (``max_queued_requests``,
+    503 + Retry-After, plain text) is only a backstop for a burst beyond that. A rolling update starts each
+    replacement before it stops an old replica (``max_surge_percent``: one extra replica of two, or of one)."""
+    capacity = settings.serve_max_ongoing_requests + settings.serve_max_queued_requests
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.serve_replica_cpus},
+        "max_ongoing_requests": 2 * capacity,
+        "backpressure_config": {"status_code": 503, "retry_after_s": settings.serve_retry_after_s},
+        "max_surge_percent": 50,
+    }
+    if settings.serve_autoscaling:
+        options["autoscaling_config"] = dict(settings.serve_autoscaling)
+        most = int(settings.serve_autoscaling.get("max_replicas", 1))
+    else:
+        most = options["num_replicas"] = replica_count(settings, cluster_cpus)
+    options["max_queued_requests"] = 4 * capacity * most
+    return options
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """Serve's application builder for a cluster that runs the app from its config (KubeRay's RayService,
     ``serve run serving.app:build_app``): the Ingress over the settings of the environment (``args`` is unused)."""
@@ -293,10 +342,22 @@ def build_app(args: dict[str, Any]) -> Any:
 
 
 def deploy(settings: Settings) -> str:
-    """Start Serve's HTTP proxy on settings.host:serve_port (if not yet) and (re)deploy the app; returns its URL."""
+    """Start Serve's HTTP proxy on settings.host:serve_port (if not yet) and (re)deploy the app; returns its URL.
+
+    A redeploy is Serve's rolling update: each replacement replica starts before an old one stops, and an old one
+    finishes its requests first, so no request is dropped. The proxy's request timeout applies from its first start."""
+    import ray
+
     from omnicart.raycluster import ensure_ray
 
     ensure_ray(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
-    serve.run(Ingress.bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.start(
+        http_options={
+            "host": settings.host,
+            "port": settings.serve_port,
+            "request_timeout_s": settings.serve_request_timeout_s,
+        }
+    )
+    options = deployment_options(settings, ray.cluster_resources().get("CPU", 1.0))
+    serve.run(Ingress.options(**options).bind(settings), name=APP_NAME, route_prefix="/", blocking=False)
     return settings.serve_url

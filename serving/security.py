@@ -3,11 +3,13 @@
 FastAPI resolves a route's dependencies and validates its body together, so a key checked in a dependency comes
 too late (a 6 MB body without a key would get field errors). ``EdgeGuard`` is a pure ASGI middleware in front of
 every route: it answers 401 for a missing or wrong key and 413 for a body over the limit, before the app reads it.
-``api_key_scheme`` only declares the same key as the ``apiKey`` security scheme in OpenAPI.
+``api_key_scheme`` only declares the same key as the ``apiKey`` security scheme in OpenAPI. ``LoadShedder``, behind
+it, bounds the requests a replica runs and holds, and answers the rest 503 with ``Retry-After`` at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable
@@ -52,13 +54,14 @@ class InvalidRequestBody(BaseModel):
 
 UNAUTHORISED = ErrorBody(error="missing or invalid API key", field=API_KEY_HEADER)
 TOO_LARGE = ErrorBody(error="request body too large", field=None)
+OVERLOADED = ErrorBody(error="overloaded: too many requests in progress; retry after the Retry-After delay", field=None)
 _DESCRIPTIONS = {
     401: "Missing or invalid API key (checked before the body is read).",
     404: "Unknown item, product, store or customer; the body names the field.",
     410: "The customer asked to be erased; nothing is stored.",
     413: "Request body over the size limit (setting max_body_bytes).",
     422: "Invalid body; each offending field is named.",
-    503: "No champion of this family is deployed yet.",
+    503: "No champion of this family is deployed yet, or the service is overloaded (then with Retry-After).",
 }
 
 
@@ -157,11 +160,54 @@ class EdgeGuard:
             await _reply(send, 413, TOO_LARGE)
 
 
-async def _reply(send: Send, status: int, body: BaseModel) -> None:
+class LoadShedder:
+    """Pure ASGI middleware: a replica runs at most ``max_ongoing`` requests at once and holds at most ``max_queued``
+    more waiting; any further one is answered 503 at once, with ``Retry-After`` and a JSON ``ErrorBody``.
+
+    Serve's own ``max_queued_requests`` answers back-pressure in its proxy with a plain-text body, which no setting
+    changes; shedding here, in the replica, gives the one error shape of this API. ``limits`` returns
+    ``(max_ongoing, max_queued, retry_after_s)`` and is read per request, like EdgeGuard's settings; the first request
+    fixes ``max_ongoing`` for the replica's life (a new setting comes with a redeploy). ``exempt`` paths (liveness,
+    docs) are never queued or shed.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limits: Callable[[], tuple[int, int, int]], exempt: frozenset[str] = OPEN_PATHS
+    ) -> None:
+        self.app, self.limits, self.exempt = app, limits, exempt
+        self._slots: asyncio.Semaphore | None = None
+        self.waiting = 0
+        self.shed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        max_ongoing, max_queued, retry_after_s = self.limits()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max_ongoing)
+        if self._slots.locked() and self.waiting >= max_queued:
+            self.shed += 1
+            await _reply(send, 503, OVERLOADED, retry_after_s=retry_after_s)
+            return
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
+
+
+async def _reply(send: Send, status: int, body: BaseModel, retry_after_s: int | None = None) -> None:
     """A JSON answer sent straight from the middleware; the request body stays unread."""
     content = json.dumps(body.model_dump()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
     if status == 413:
         headers.append((b"connection", b"close"))  # the rest of the body is never read
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})

@@ -29,7 +29,6 @@ import pandas as pd
 from omnicart.recommend import candidates as cand
 from omnicart.recommend import ranker
 from omnicart.recommend.recsys import Ranked, RecSys
-from omnicart.schemas import C
 
 log = logging.getLogger(__name__)
 

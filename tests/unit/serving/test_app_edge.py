@@ -203,10 +203,10 @@ def test_openapi_declares_the_key_scheme_and_every_error_status(client) -> None:
     schemas = spec["components"]["schemas"]
     assert set(schemas["ErrorBody"]["properties"]) == {"error", "field"}
     expected = {
-        "/recommend": {401, 404, 413, 422},
+        "/recommend": {401, 404, 413, 422, 503},  # 503: every protected endpoint sheds load
         "/price": {401, 404, 413, 422, 503},
         "/price/batch": {401, 404, 413, 422, 503},
-        "/events": {401, 404, 410, 413, 422},
+        "/events": {401, 404, 410, 413, 422, 503},
         "/support/answer": {401, 413, 422, 503},
         "/support/answer/batch": {401, 413, 422, 503},
         "/support/feedback": {401, 413, 422, 503},
@@ -225,3 +225,21 @@ def test_openapi_declares_the_key_scheme_and_every_error_status(client) -> None:
     health = spec["paths"]["/health"]["get"]
     assert {} in health["security"] and {"apiKey": []} in health["security"]  # optional: more with a key
     assert "HTTPValidationError" not in schemas  # FastAPI's default 422 body is not what we answer
+
+
+def test_a_body_that_is_no_utf8_json_is_a_422_naming_the_body(client) -> None:
+    """FastAPI answers bytes it cannot decode with its own 400 {"detail": ...}; this API names the body (found by
+    schemathesis)."""
+    for body in (b"\xf0\x07\xca\xae#\xff", b"\x80"):
+        response = client.post("/recommend", content=body, headers={**OK, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["fields"] == [
+            {"field": "body", "message": "the body is not UTF-8 JSON", "type": "json_invalid"}
+        ]
+
+
+def test_an_unknown_route_or_method_answers_in_the_error_shape(client) -> None:
+    missing = client.get("/nowhere", headers=OK)
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found", "field": None}
+    wrong = client.get("/recommend", headers=OK)
+    assert wrong.status_code == 405 and wrong.json()["field"] is None and "POST" in wrong.headers["allow"]

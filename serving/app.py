@@ -253,6 +253,7 @@ class Ingress:
         self.recommender = RecommendService(
             load_model=lambda: registry.load(settings, "recommend"),
             read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
+            read_features_many=lambda ids: online_features(store, FEATURE_REFS, C.customer_id, ids),
             model_version=version,
             unavailable=lambda: unavailable,
             popular=popular,

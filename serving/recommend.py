@@ -173,7 +173,8 @@ class RecommendService:
     ``load_model`` returns a ``omnicart.recommend.predictor.Recommender`` (or raises: the service then answers with
     ``popular``, see ``popular_items``); ``read_features`` returns the customer's online features; ``unavailable``
     the item ids that cannot be sold now. With ``precompute`` (the default) the model precomputes every known
-    customer's ranking once here (``Recommender.prepare``), after the feature sources are wired."""
+    customer's ranking once here (``Recommender.prepare``), after the feature sources are wired, with the recent
+    items the online store holds now (``read_features_many``: the online features of many customers in one read)."""
 
     def __init__(
         self,
@@ -186,6 +187,7 @@ class RecommendService:
         item_features: ItemFeatureCache | None = None,
         customer_features: CustomerFeatureReader | None = None,
         precompute: bool = True,
+        read_features_many: Callable[[list[str]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
         # each outside feature source with the fallback reason its failure during a request is counted under
@@ -208,9 +210,25 @@ class RecommendService:
             self.model.use_customer_features(customer_features)
         if self.model is not None and precompute and hasattr(self.model, "prepare"):
             try:
-                self.model.prepare()
+                self.model.prepare(recent_of=self._recent_of(read_features_many))
             except Exception:  # the live path still answers every request, only slower
                 log.exception("could not precompute the recommend rankings; every request takes the live path")
+
+    def _recent_of(
+        self, read_many: Callable[[list[str]], list[dict[str, Any]]] | None
+    ) -> Callable[[list[str]], list[list[str]]]:
+        """Each customer's online ``recent_items`` now (one online read per block with ``read_many``), for the
+        precomputed rankings; a customer whose read fails gets none there, and the live path answers them."""
+
+        def recent_of(ids: list[str]) -> list[list[str]]:
+            try:
+                rows = read_many(ids) if read_many is not None else [self.read_features(i) for i in ids]
+            except Exception:
+                log.exception("online recent items unreadable at start; those customers take the live path")
+                return [[] for _ in ids]
+            return [list(row.get(F.recent_items) or []) for row in rows]
+
+        return recent_of
 
     def _fallback(self, reason: str, customer_id: str) -> str:
         self.fallbacks[reason] += 1

@@ -9,11 +9,12 @@ with the customers: ``top`` × (4 + 4 + 4 × per-row features) + 4 × customer f
 the default 48 candidates). It is built in chunks of customers,
 never holding more than one chunk's candidate frame.
 
-The precomputed ranking depends on: the model, the customer's purchases at the cut, their context channel (the
+The precomputed ranking depends on: the model, the customer's purchases at the cut, the items they touched lately
+(online ``recent_items``, read when it is built) that they had not bought, their context channel (the
 channel of their latest order), the item features read when it is built (the model then ranks with those pinned,
 see ``RecSys.pin_item_features``), the customer's online features read when it is built, and nothing being
 excluded before scoring (exclusions drop items after scoring in both paths). A request that differs in any of
-these (another channel, ``discover``, items touched since the cut that the customer had not bought, a context item,
+these (another channel, ``discover``, other recent items than when it was built, a context item,
 new-item slots, customer features that changed) is answered by the live path; ``Recommender.recommend`` decides.
 """
 
@@ -29,6 +30,7 @@ import pandas as pd
 from omnicart.recommend import candidates as cand
 from omnicart.recommend import ranker
 from omnicart.recommend.recsys import Ranked, RecSys
+from omnicart.schemas import C
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Lookup:
     ranked: Ranked
     complete: bool
     customer_values: np.ndarray
+    touched: list[str]  # the recent items (not bought before the cut) it was ranked with, in the order used
 
 
 @dataclass
@@ -68,6 +71,9 @@ class FastPath:
     n_online: int  # the last n_online user columns are the online customer features
     shap_scores: np.ndarray  # customers × explained, float32: the TreeSHAP score of the first candidates
     shap_groups: np.ndarray  # customers × explained × reason groups, float32
+    touched_ptr: np.ndarray  # CSR of the catalog codes of the recent items each customer was ranked with
+    touched: np.ndarray
+    item_ids: np.ndarray  # catalog code -> item id
 
     @property
     def nbytes(self) -> int:
@@ -85,6 +91,8 @@ class FastPath:
                 self.owned,
                 self.shap_scores,
                 self.shap_groups,
+                self.touched_ptr,
+                self.touched,
             )
         )
 
@@ -114,7 +122,8 @@ class FastPath:
             shap_groups=self.shap_groups[n, : min(m, self.shap_scores.shape[1])],
         )
         online = self.user_values[n, len(self.user_columns) - self.n_online :]
-        return Lookup(ranked, bool(self.complete[n]), online)
+        touched = self.item_ids[self.touched[self.touched_ptr[n] : self.touched_ptr[n + 1]]].tolist()
+        return Lookup(ranked, bool(self.complete[n]), online, touched)
 
 
 def build(
@@ -126,10 +135,13 @@ def build(
     explained: int = EXPLAINED,
     chunk: int | None = None,
     item_values: np.ndarray | None = None,
+    touched: dict[str, list[str]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FastPath:
     """The fast path of every customer in ``rows_of`` (customer id -> their rows of ``histories``), ranked by
-    ``model`` at its cut. ``item_values``: the extra item features the model ranks with (all catalog items)."""
+    ``model`` at its cut. ``item_values``: the extra item features the model ranks with (all catalog items).
+    ``touched``: per customer, the recent items they had not bought (catalog ids), which join their history as
+    ``Recommender.history`` adds them (one event each, a second before the cut)."""
     state, features = model.state_, model.features
     now = model.now_
     customers = np.array(list(rows_of), dtype=object)
@@ -157,6 +169,10 @@ def build(
     channels = np.full(n, -1, np.int16)
     owned_parts: list[np.ndarray] = []
     owned_sizes = np.zeros(n + 1, np.int64)
+    touched = touched or {}
+    touched_parts: list[np.ndarray] = []
+    touched_sizes = np.zeros(n + 1, np.int64)
+    before_cut = now - pd.Timedelta(seconds=1)
     row_idx = np.array([position[f] for f in row_names], dtype=np.int64)
     user_idx = np.array([position[f] for f in user_names], dtype=np.int64)
     item_idx = np.array([position[f] for f in item_names], dtype=np.int64)
@@ -164,7 +180,13 @@ def build(
     for start in range(0, n, size):
         chunk_users = customers[start : start + size]
         take = np.concatenate([rows_of[c] for c in chunk_users.tolist()])
-        events = cand.normalize_events(histories.iloc[take])
+        own = histories.iloc[take]
+        extra = [(c, i) for c in chunk_users.tolist() for i in touched.get(c, ())]
+        if extra:
+            ids, items_ = zip(*extra, strict=True)
+            recent = pd.DataFrame({C.customer_id: ids, C.item_id: items_, C.event_timestamp: before_cut})
+            own = pd.concat([own, recent], ignore_index=True)
+        events = cand.normalize_events(own)
         scored = model._frame(events, chunk_users, now, False, None, None)
         u = scored.frame[cand.USER].to_numpy()
         score = scored.frame["score"].to_numpy()
@@ -207,6 +229,9 @@ def build(
             owned = binary.indices[binary.indptr[k] : binary.indptr[k + 1]].astype(np.int32)
             owned_parts.append(owned)
             owned_sizes[start + k + 1] = len(owned)
+            mine = np.array([state.index[i] for i in touched.get(chunk_users[k], ())], dtype=np.int32)
+            touched_parts.append(mine)
+            touched_sizes[start + k + 1] = len(mine)
         if progress is not None:
             progress(min(start + size, n), n)
     return FastPath(
@@ -227,4 +252,7 @@ def build(
         n_online=len(online),
         shap_scores=shap_scores,
         shap_groups=shap_groups,
+        touched_ptr=np.cumsum(touched_sizes),
+        touched=np.concatenate(touched_parts) if touched_parts else np.zeros(0, np.int32),
+        item_ids=np.asarray(state.item_ids, dtype=object),
     )

@@ -103,10 +103,17 @@ class Recommender(mlflow.pyfunc.PythonModel):
         )
         return pd.concat([own, extra], ignore_index=True)
 
-    def prepare(self, top: int = fastpath.TOP, chunk: int | None = None) -> None:
+    def prepare(
+        self,
+        top: int = fastpath.TOP,
+        chunk: int | None = None,
+        recent_of: Callable[[list[str]], list[list[str]]] | None = None,
+    ) -> None:
         """Precompute every known customer's ranking (``omnicart.recommend.fastpath``) with the feature sources now
-        in use: serving calls it once at start, after ``use_item_features`` and ``use_customer_features``. When the
-        item features cannot be read, requests keep the live path."""
+        in use: serving calls it once at start, after ``use_item_features`` and ``use_customer_features``.
+        ``recent_of``: each customer's online ``recent_items`` now (a list per id), so a customer whose recent items
+        are unchanged at request time gets the fast path too. When the item features cannot be read, requests keep
+        the live path."""
         if self.fast_ is not None:  # already made with the sources in use (``use_*`` drop it)
             return
         started = time.perf_counter()
@@ -115,7 +122,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
         if model.extra_features_ and items is None:
             log.warning("item features unavailable: no precomputed rankings, every request takes the live path")
             return
-        self.fast_ = fastpath.build(model, self.histories_, self.rows_, top=top, chunk=chunk, item_values=items)
+        touched = self._touched_now(recent_of) if recent_of is not None else None
+        self.fast_ = fastpath.build(
+            model, self.histories_, self.rows_, top=top, chunk=chunk, item_values=items, touched=touched
+        )
         for booster in (b for name in ranker.BOOSTERS for b in model.boosters_[name]):
             booster.set_param({"nthread": 1})  # a request scores a few hundred rows at most: threads only contend
         log.info(
@@ -124,6 +134,24 @@ class Recommender(mlflow.pyfunc.PythonModel):
             time.perf_counter() - started,
             self.fast_.nbytes / 2**20,
         )
+
+    def _touched_now(
+        self, recent_of: Callable[[list[str]], list[list[str]]], block: int = 1000
+    ) -> dict[str, list[str]]:
+        """Per known customer, the recent items ``recent_of`` gives now that join their history (``_touched``)."""
+        index = self.model_.state_.index
+        codes = self.histories_[C.item_id].map(index).to_numpy()
+        customers = list(self.rows_)
+        out: dict[str, list[str]] = {}
+        for start in range(0, len(customers), block):
+            ids = customers[start : start + block]
+            for cid, recent in zip(ids, recent_of(ids), strict=True):
+                if recent:
+                    owned = codes[self.rows_[cid]]
+                    touched = self._touched(cid, recent, owned[~np.isnan(owned)].astype(np.int64))
+                    if touched:
+                        out[cid] = touched
+        return out
 
     def _touched(self, customer_id: str, recent_items: Iterable[str], owned: np.ndarray | None) -> list[str]:
         """The recent items that add to the customer's history: known to the model and not bought before the cut
@@ -159,16 +187,21 @@ class Recommender(mlflow.pyfunc.PythonModel):
         catalog items without sales. ``select``: the caller's rules (see ``RecSys.answer``).
 
         A known customer's ranking comes from the precomputed fast path (``prepare``) whenever it is the one the
-        live path would compute: no context item, no new recent item, no ``discover``, no new-item slots, their
-        usual channel, and the same online customer features as when it was made; else the live path ranks."""
+        live path would compute: no context item, the same recent items as when it was made, no ``discover``, no
+        new-item slots, their usual channel, and the same online customer features as when it was made; else the
+        live path ranks."""
         exclude = set(map(str, exclude))
         fast = self.fast_
         hit = fast.lookup(customer_id, channel) if fast is not None else None
-        touched = self._touched(customer_id, recent_items, hit.ranked.owned if hit is not None else None)
+        owned = None  # what they bought before the cut: the stored ranking's history without its recent items
+        if hit is not None:
+            stored = [self.model_.state_.index[i] for i in hit.touched]
+            owned = np.setdiff1d(hit.ranked.owned, stored) if stored else hit.ranked.owned
+        touched = self._touched(customer_id, recent_items, owned)
         if context_item is not None:
             touched = list(dict.fromkeys([str(context_item), *touched]))
         table = None
-        if hit is not None and not (touched or discover or new_items):
+        if hit is not None and context_item is None and touched == hit.touched and not (discover or new_items):
             table = self.model_.customer_table(np.array([customer_id]), [hit.ranked.channel], self.cut)
             same = table is None or np.array_equal(table[0], hit.customer_values, equal_nan=True)
             if same and (hit.complete or _covers(self.model_, hit.ranked, k, exclude)):

@@ -273,3 +273,53 @@ def test_time_requests_reports_latency(shop):
     service = _service(predictor)
     stats = time_requests(service, [RecommendRequest(customer_id=c) for c in purchases[C.customer_id].unique()[:20]])
     assert stats["n"] == 20 and 0 < stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_recent_items_read_at_start_keep_the_fast_path_until_they_change(shop):
+    """A customer who viewed items they had not bought is ranked with them at start (one read for many
+    customers), answers from the precomputed ranking exactly as the live path would, and goes live when an event
+    changes their recent items."""
+    predictor, purchases, _, _ = shop
+    customers = purchases[C.customer_id].value_counts().index[:6].tolist()
+    catalog = predictor.model_.state_.item_ids
+    recent: dict[str, list[str]] = {}
+    for n, c in enumerate(customers):
+        owned = set(purchases.loc[purchases[C.customer_id] == c, C.item_id])
+        fresh = [i for i in catalog if i not in owned]
+        recent[c] = [fresh[n], sorted(owned)[0], fresh[n + 1]]  # two new items and one bought before the cut
+    features = {c: {C.segment: "family", F.recent_items: r} for c, r in recent.items()}
+
+    def read(cid):
+        return features.get(cid, {C.segment: "family", F.recent_items: []})
+
+    reads: list[int] = []
+
+    def read_many(ids):
+        reads.append(len(ids))
+        return [read(i) for i in ids]
+
+    fast_model = Recommender.from_directory(predictor.model_dir_)
+    fast = RecommendService(lambda: fast_model, read, "3", read_features_many=read_many)
+    live_model = Recommender.from_directory(predictor.model_dir_)
+    live = RecommendService(lambda: live_model, read, "3", precompute=False)
+    assert sum(reads) == purchases[C.customer_id].nunique() and len(reads) < sum(reads)
+    ranked_live = 0
+    original = fast_model.model_.recommend
+
+    def counting(*args, **kwargs):
+        nonlocal ranked_live
+        ranked_live += 1
+        return original(*args, **kwargs)
+
+    fast_model.model_.recommend = counting
+    for c in customers:
+        assert fast_model.fast_.lookup(c).touched == [recent[c][0], recent[c][2]]
+        for request in (RecommendRequest(customer_id=c, k=10), RecommendRequest(customer_id=c, k=5)):
+            assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
+    assert ranked_live == 0, "every request above is one the precomputed rankings answer"
+    # an event since the start: the customer's recent items differ, the live path answers, as the live service does
+    c = customers[0]
+    features[c] = {C.segment: "family", F.recent_items: [recent[c][2], recent[c][0]]}
+    request = RecommendRequest(customer_id=c, k=10)
+    assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
+    assert ranked_live == 1

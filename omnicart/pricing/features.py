@@ -12,6 +12,7 @@ Two kinds of feature, kept apart so the optimiser can ask "what if the price wer
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -271,19 +272,25 @@ def _shifted(values: np.ndarray, k: int, pos: np.ndarray) -> np.ndarray:
     return out
 
 
-def _holidays(periods: pd.Series, step_days: float) -> np.ndarray:
-    """1.0 when a US federal holiday falls inside the period [start, start + step)."""
+@functools.lru_cache(maxsize=64)
+def _federal_holidays(first_year: int, last_year: int) -> pd.DatetimeIndex:
+    """The US federal holidays of whole years (pandas' calendar takes milliseconds: a request must not pay it)."""
     from pandas.tseries.holiday import USFederalHolidayCalendar
 
+    return USFederalHolidayCalendar().holidays(pd.Timestamp(first_year, 1, 1), pd.Timestamp(last_year, 12, 31))
+
+
+def _holidays(periods: pd.Series, step_days: float) -> np.ndarray:
+    """1.0 when a US federal holiday falls inside the period [start, start + step)."""
     stamps = pd.to_datetime(periods)
     if getattr(stamps.dt, "tz", None) is not None:
         stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
     stamps = stamps.dt.normalize()
     unique = pd.DatetimeIndex(stamps.unique()).sort_values()
     days = max(step_days, 1.0)
-    holidays = USFederalHolidayCalendar().holidays(
-        unique.min() - pd.Timedelta(days=1), unique.max() + pd.Timedelta(days=days + 1)
-    )
+    low, high = unique.min() - pd.Timedelta(days=1), unique.max() + pd.Timedelta(days=days + 1)
+    every = _federal_holidays(low.year, high.year)
+    holidays = every[(every >= low) & (every <= high)]
     if len(holidays) == 0:
         return np.zeros(len(stamps))
     idx = np.searchsorted(holidays.values, unique.values)

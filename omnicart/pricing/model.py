@@ -32,6 +32,14 @@ PRIOR_LABEL = "own-price elasticity (product prior)"
 Z90 = 1.6449
 
 
+@dataclass
+class _StateIndex:
+    state: pd.DataFrame
+    rows: dict[str, np.ndarray]
+    last: pd.DataFrame
+    by_product: pd.DataFrame
+
+
 class DemandModel:
     """Expected units per (product, store, period) at any candidate price; scikit-learn manners."""
 
@@ -362,11 +370,18 @@ class DemandModel:
         history = self.state_ if history is None else history
         rows = rows.copy()
         rows[C.units] = np.nan
-        past = history[history[C.series_id].isin(set(rows[C.series_id].astype(str)))]
         static = [c for c in (C.category, *self.spec_.extras) if c in history.columns]
+        if history is self.state_:  # serving: the kept state's lookups, made once (a request costs its rows only)
+            index = self._state_index()
+            wanted = [index.rows[s] for s in dict.fromkeys(rows[C.series_id].astype(str)) if s in index.rows]
+            past = history.iloc[np.sort(np.concatenate(wanted))] if wanted else history.iloc[:0]
+            last, by_product = index.last, index.by_product
+        else:
+            past = history[history[C.series_id].isin(set(rows[C.series_id].astype(str)))]
+            if static:
+                last = history.drop_duplicates(C.series_id, keep="last").set_index(C.series_id)
+                by_product = history.drop_duplicates(C.product_id, keep="last").set_index(C.product_id)
         if static:  # fill product/store attributes a request does not carry from the latest history
-            last = history.drop_duplicates(C.series_id, keep="last").set_index(C.series_id)
-            by_product = history.drop_duplicates(C.product_id, keep="last").set_index(C.product_id)
             for column in static:
                 if column not in rows.columns:
                     rows[column] = np.nan
@@ -376,15 +391,49 @@ class DemandModel:
         combined = pd.concat([past, rows], ignore_index=True)
         feats = self.features(combined)
         context = feats.take(np.arange(len(past), len(combined)))
-        return PricingContext(self, context, self._recent_bias(combined, feats, len(past)))
+        if history is self.state_:  # serving: each series' bias from the kept state, computed once
+            bias = rows[C.series_id].map(self._state_bias()).fillna(0.0).to_numpy(np.float64)
+        else:
+            bias = self._recent_bias(combined, feats, len(past))
+        return PricingContext(self, context, bias)
 
-    def _recent_bias(self, combined: pd.DataFrame, feats: fx.Features, n_past: int) -> np.ndarray:
+    def _state_index(self) -> _StateIndex:
+        """The kept state's rows per series and latest row per series and per product, made once per state."""
+        cached = self.__dict__.get("_state_index_")
+        if cached is not None and cached.state is self.state_:
+            return cached
+        state = self.state_
+        index = _StateIndex(
+            state=state,
+            rows=state.groupby(state[C.series_id].astype(str), sort=False).indices,
+            last=state.drop_duplicates(C.series_id, keep="last").set_index(C.series_id),
+            by_product=state.drop_duplicates(C.product_id, keep="last").set_index(C.product_id),
+        )
+        self.__dict__["_state_index_"] = index
+        return index
+
+    def _state_bias(self) -> pd.Series:
+        """``_recent_bias`` of every series of the kept state, by series id. The features of a row depend on its
+        own series only, so a request's bias is its series' entry here; made at the first request after a fit or
+        load (``state_`` is replaced then, which drops it)."""
+        cached = self.__dict__.get("_state_bias_")
+        if cached is not None and cached[0] is self.state_:
+            return cached[1]
+        state = self.state_
+        bias = self._recent_bias(state, self.features(state), len(state), per_series=True)
+        self.__dict__["_state_bias_"] = (state, bias)
+        return bias
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_state_bias_", "_state_index_")}
+
+    def _recent_bias(self, combined: pd.DataFrame, feats: fx.Features, n_past: int, per_series: bool = False) -> Any:
         """Per row to price: the shrunk mean residual (actual − predicted log units) of its series' last
         ``bias_periods`` observed periods. A level shift the training data never showed (a surge, a lost
         competitor) then carries into the forecast within a few periods; on a steady series it stays near zero."""
         n_rows = len(combined) - n_past
         if not self.bias_periods or n_past == 0:
-            return np.zeros(n_rows)
+            return pd.Series(dtype=np.float64) if per_series else np.zeros(n_rows)
         past = np.arange(n_past)
         observed = past[np.isfinite(feats.y[past])]
         residual = feats.y[observed] - self._predict(feats.take(observed))
@@ -410,6 +459,8 @@ class DemandModel:
         ).sort_values(["series", "t"], kind="stable")
         recent = table.groupby("series", sort=False).tail(self.bias_periods).groupby("series")["r"].agg(["sum", "size"])
         shrunk = recent["sum"] / (recent["size"] + self.bias_shrinkage)
+        if per_series:  # ``n_past`` is every row: the bias of each series, by id
+            return shrunk
         series = combined[C.series_id].iloc[n_past:]
         return series.map(shrunk).fillna(0.0).to_numpy(np.float64)
 

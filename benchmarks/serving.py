@@ -49,7 +49,7 @@ SERVE_VS_UVICORN_TARGET = 0.5
 KILL_SUCCESS_TARGET = 0.99
 KILL_MAX_WAIT_S = 2.0
 FEAST_P99_TARGET_MS = 5.0  # PROTOCOLS' gate for the Redis profile; reported, not gated, on SQLite
-SUPPORT_PARAMS = {"epochs": 1, "max_pairs": 64, "batch_size": 16, "max_val": 40, "onnx": False}
+SUPPORT_PARAMS = {"epochs": 1, "max_pairs": 64, "batch_size": 16, "max_val": 40}  # ONNX on, as the platform trains it
 PRICING_PARAMS = {"n_estimators": 40}
 
 

@@ -57,6 +57,8 @@ class Backend(Protocol):
 
     async def answer_together(self, request: SupportRequest) -> SupportResponse: ...
 
+    async def price_together(self, request: PriceRequest) -> Any: ...  # PriceResponse, or the PricingRequestError
+
 
 class ServiceUnavailable(Exception):
     """A family without a deployed champion: 503."""
@@ -142,10 +144,12 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
         return {"status": "ok", "models": models, "fallbacks": fallbacks, "prediction_log": log_counts}
 
     @protected.post("/price", response_model=PriceResponse, responses=error_responses(404, 503, invalid=(404, 422)))
-    def price(body: PriceRequest) -> PriceResponse:
+    async def price(body: PriceRequest) -> PriceResponse:
         """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
-        answer = pricer().price(body)
-        backend().predictions.pricing([body], [answer], backend().price_period)
+        pricer()
+        answer = await backend().price_together(body)
+        if isinstance(answer, PricingRequestError):
+            raise answer
         return answer
 
     @protected.post(
@@ -295,6 +299,16 @@ class Ingress:
         """Concurrent single questions are encoded as one batch; the model runs off the event loop."""
         answers = await asyncio.to_thread(self.support.answer_batch, requests)
         self.predictions.support(requests, answers)
+        return answers
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def price_together(self, requests: list[PriceRequest]) -> list[Any]:
+        """Concurrent single prices share one feature and model pass (``PricingService.price_each``), off the
+        event loop; each request gets its own answer or error."""
+        answers = await asyncio.to_thread(self.pricer.price_each, requests)
+        priced = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, Exception)]
+        if priced:
+            self.predictions.pricing([r for r, _ in priced], [a for _, a in priced], self.price_period)
         return answers
 
     def __del__(self) -> None:

@@ -316,23 +316,32 @@ class PricingService:
                 slots.append(i)
             except PricingRequestError as exc:
                 answers[i] = _item_error(r, exc)
-        for i, answer in zip(slots, self._answer(parsed, [prefixes[i] for i in slots], isolate=True), strict=True):
+        for i, answer in zip(slots, self._answer(parsed, [prefixes[i] for i in slots], _item_error), strict=True):
             answers[i] = answer
         return PriceBatchResponse(results=[a for a in answers if a is not None], model_version=self.model_version)
 
+    def price_each(self, requests: Sequence[PriceRequest]) -> list[PriceResponse | PricingRequestError]:
+        """Single requests priced together (one feature and model pass for all, as ``price_batch``): each gets the
+        answer ``price`` would give it, or the ``PricingRequestError`` ``price`` would raise, in its slot."""
+        return self._answer(list(requests), [""] * len(requests), lambda _request, error: error)
+
     def _answer(
-        self, requests: list[PriceRequest], prefixes: list[str], isolate: bool = False
-    ) -> list[PriceResponse | PriceItemError]:
-        """The answers in order; an item that cannot be priced raises, or with ``isolate`` answers its error."""
+        self,
+        requests: list[PriceRequest],
+        prefixes: list[str],
+        isolate: Callable[[PriceRequest, PricingRequestError], Any] | None = None,
+    ) -> list[Any]:
+        """The answers in order; an item that cannot be priced raises, or with ``isolate`` answers what it makes
+        of the item and its error."""
         answers: list[PriceResponse | PriceItemError | None] = [None] * len(requests)
         items: dict[int, PricingItem] = {}
         for i, (r, p) in enumerate(zip(requests, prefixes, strict=True)):
             try:
                 items[i] = self._item(r, p)
             except PricingRequestError as exc:
-                if not isolate:
+                if isolate is None:
                     raise
-                answers[i] = _item_error(r, exc)
+                answers[i] = isolate(r, exc)
         groups: dict[tuple, list[int]] = {}
         for i in items:
             r = requests[i]

@@ -68,6 +68,9 @@ class StubBackend:
     async def answer_together(self, request):
         raise AssertionError("no support champion: never reached")
 
+    async def price_together(self, request):
+        raise AssertionError("no pricing champion: never reached")
+
 
 @pytest.fixture
 def backend(tmp_path) -> StubBackend:

@@ -255,3 +255,24 @@ def test_failing_feature_store_is_counted_and_still_answers(with_recent_demand) 
     answer = service.price({"product_id": catalog.iloc[2][C.item_id]})
     assert answer.suggested_price > 0 and answer.fallback is None  # the model's latest history filled the features
     assert service.feature_failures == 1
+
+
+def test_single_requests_priced_together_get_what_each_alone_gets(service: PricingService) -> None:
+    """``price_each`` (what concurrent /price requests share in a replica) answers each slot as ``price`` would,
+    and a request that cannot be priced gets its own error, the field named as for a single request."""
+    _, _, catalog = simulated()
+    rows = catalog.iloc[:6]
+    requests = [PriceRequest(product_id=r[C.item_id], competitor_price=float(r[C.price])) for _, r in rows.iterrows()]
+    requests.insert(2, PriceRequest(product_id="NO-SUCH-ITEM"))
+    requests.insert(4, PriceRequest(product_id="NOT-IN-THE-CATALOG-EITHER"))
+    together = service.price_each(requests)
+    assert len(together) == len(requests)
+    for request, answer in zip(requests, together, strict=True):
+        try:
+            alone = service.price(request)
+        except PricingRequestError as error:
+            assert isinstance(answer, PricingRequestError)
+            assert (answer.field, answer.status_code, answer.message) == (error.field, error.status_code, error.message)
+        else:
+            assert answer.model_dump() == alone.model_dump()
+    assert [type(a).__name__ for a in together].count("PricingRequestError") == 2

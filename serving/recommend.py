@@ -188,8 +188,10 @@ class RecommendService:
         customer_features: CustomerFeatureReader | None = None,
         precompute: bool = True,
         read_features_many: Callable[[list[str]], list[dict[str, Any]]] | None = None,
+        on_fallback: Callable[[], None] = lambda: None,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
+        self.on_fallback = on_fallback  # told after each count (the replica reports its counters at once)
         # each outside feature source with the fallback reason its failure during a request is counted under
         self.sources = {
             "item_features_error": item_features,
@@ -232,6 +234,7 @@ class RecommendService:
 
     def _fallback(self, reason: str, customer_id: str) -> str:
         self.fallbacks[reason] += 1
+        self.on_fallback()
         log.warning("recommend fallback %s for customer %s", reason, customer_id)
         return reason
 

@@ -257,7 +257,11 @@ def test_retraining_deploys_a_new_champion_that_answers_and_becomes_the_referenc
     answer = httpx.post(f"{s.serve_url}/price", json={"product_id": item}, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == version
-    health = httpx.get(f"{s.serve_url}/health", headers=headers, timeout=30).json()
+    # /health sums every replica's counters, each reported within ~0.1 s of a change
+    deadline, health = time.monotonic() + 5, {}
+    while time.monotonic() < deadline and not health.get("prediction_log", {}).get("logged"):
+        health = httpx.get(f"{s.serve_url}/health", headers=headers, timeout=30).json()
+        time.sleep(0.05)
     assert health["models"]["pricing"] == version and health["prediction_log"]["logged"] >= 1
 
     start, end, source = reference_window(s, "pricing", loop.drift_day, params=params, version=version)

@@ -13,6 +13,7 @@ from omnicart.settings import Settings
 from serving.app import create_api
 from serving.recommend import RecommendResponse
 from serving.security import key_is_valid
+from serving.tally import sum_snapshots
 
 KEY = "test-api-key"
 LIMIT = 2_000
@@ -52,6 +53,9 @@ class StubLog:
         self.logged.append(request)
 
 
+OTHER_REPLICA = {"fallbacks.recommend": {"unknown_customer": 1, "model_error": 1}, "prediction_log": {"logged": 4}}
+
+
 class StubBackend:
     """The services the handlers use; no pricing or support champion yet."""
 
@@ -70,6 +74,13 @@ class StubBackend:
 
     async def price_together(self, request):
         raise AssertionError("no pricing champion: never reached")
+
+    async def counters(self):
+        mine = {
+            "fallbacks.recommend": dict(self.recommender.fallbacks),
+            "prediction_log": dict(self.predictions.counts),
+        }
+        return sum_snapshots([mine, OTHER_REPLICA])
 
 
 @pytest.fixture
@@ -172,8 +183,8 @@ def test_health_is_bare_without_a_valid_key_and_detailed_with_it(client) -> None
     assert detailed == {
         "status": "ok",
         "models": {"recommend": "7", "pricing": None, "support": None},
-        "fallbacks": {"recommend": {"unknown_customer": 2}},
-        "prediction_log": {"logged": 3},
+        "fallbacks": {"recommend": {"unknown_customer": 3, "model_error": 1}},  # summed over both replicas
+        "prediction_log": {"logged": 7},
     }
 
 

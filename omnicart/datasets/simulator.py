@@ -554,9 +554,10 @@ class ShopSimulator:
             item_p = np.diff(cum, prepend=0.0)
             prefs[np.ix_(members, idx)] += (1 - _P_FAVOURITE) * cat_p[members, k][:, None] * item_p[None, :]
         base = ~np.isin(np.arange(n_items), self._new_items)
+        known = self._signup_day < self.n_days  # as ``customers()``: those who sign up during the run
         return pd.DataFrame(
-            prefs[:, base],
-            index=pd.Index(self._customer_ids, name=C.customer_id),
+            prefs[np.ix_(known, base)],
+            index=pd.Index(self._customer_ids[known], name=C.customer_id),
             columns=pd.Index(self._item_ids[base], name=C.item_id),
         )
 

@@ -223,7 +223,17 @@ def erase(
         console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
-BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
+BENCHMARKS = (
+    "recommend",
+    "support",
+    "pricing",
+    "identity",
+    "drift",
+    "serving",
+    "feast_online",
+    "experiments",
+    "offpolicy",
+)
 
 
 @app.command()

@@ -82,9 +82,9 @@ class ExperimentState:
     status: Status = "running"
     efficacy_looks: list[float] = field(default_factory=list)
     harm_looks: list[float] = field(default_factory=list)
-    baseline_mean: float | None = None  # the champion's mean and sd at the first look: the sample-size plan
+    baseline_mean: float | None = None  # the champion's mean and sd at the first look: the plan's scale
     baseline_sd: float | None = None
-    planned_units: int | None = None
+    planned_units: int | None = None  # units (both arms) at which the planned information is reached, projected
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from scipy import stats
 
 from omnicart.experiments.config import CHALLENGER, CHAMPION, Experiment
 from omnicart.experiments.sequential import GroupSequential
-from omnicart.experiments.stats import Uplift, planned_units, sample_ratio_mismatch, uplift
+from omnicart.experiments.stats import Uplift, sample_ratio_mismatch, uplift
 
 Action = Literal["promote", "rollback", "widen", "continue", "stop"]
 # Maximum information over a fixed-horizon design's, so that the sequential test keeps its planned power when
@@ -74,6 +74,13 @@ class Decision:
         out["day"] = self.day.isoformat()
         out["uplift"] = self.uplift.to_dict() if self.uplift is not None else None
         return out
+
+
+def planned_information(alpha: float, power: float, effect: float, spending: str | None = None) -> float:
+    """1 / SE² at which a one-sided test at ``alpha`` detects an absolute ``effect`` with ``power``: fixed-horizon
+    (``spending`` None) or inflated for a sequential design's looks."""
+    z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
+    return (INFLATION[spending] if spending else 1.0) * (z / effect) ** 2
 
 
 def _inf_to_none(x: float | None) -> float | None:
@@ -142,25 +149,19 @@ def decide(experiment: Experiment, obs: Observation) -> tuple[Decision, Experime
         control_pre=obs.champion_pre if pre else None,
         treatment_pre=obs.challenger_pre if pre else None,
     )
-    if new.baseline_mean is None:  # the plan, fixed at the first look with enough units
+    if new.baseline_mean is None:  # the plan's scale, fixed at the first look with enough units
         new.baseline_mean = float(np.mean(obs.champion))
         new.baseline_sd = float(np.std(obs.champion, ddof=1))
-        if new.baseline_mean != 0 and new.baseline_sd > 0:
-            new.planned_units = planned_units(
-                new.baseline_sd, new.baseline_mean, cfg.mde, alpha=cfg.alpha, power=cfg.power
-            )
     base = abs(new.baseline_mean or u.control_mean)
     z = u.z
     if not (u.standard_error > 0 and base > 0):
         return done("continue", "no variation in the outcome yet", uplift=u, srm_p_value=srm)
     info = 1 / u.standard_error**2
 
-    def planned(alpha: float, power: float, effect: float, spending: str) -> float:
-        zz = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
-        return INFLATION[spending] * (zz / (effect * base)) ** 2
-
-    t_harm = info / planned(cfg.harm_alpha, cfg.harm_power, cfg.harm_tolerance, "pocock")
-    t_eff = info / planned(cfg.alpha, cfg.power, cfg.mde, "obrien_fleming")
+    t_harm = info / planned_information(cfg.harm_alpha, cfg.harm_power, cfg.harm_tolerance * base, "pocock")
+    t_eff = info / planned_information(cfg.alpha, cfg.power, cfg.mde * base, "obrien_fleming")
+    # the planned sample size: the units at which the information reaches the plan, at today's per-unit variance
+    new.planned_units = int(math.ceil((n_champ + n_chall) / t_eff))
     harm = GroupSequential.replay(cfg.harm_alpha, "pocock", st.harm_looks)
     b_harm = harm.look(t_harm)
     new.harm_looks = list(harm.times)

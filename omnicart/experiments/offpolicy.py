@@ -1,11 +1,11 @@
 """Off-policy evaluation of rankers from logged recommendations: the exploration policy serving logs propensities
 with, and the IPS, SNIPS and doubly robust estimators of a new ranker's purchases per visit.
 
-Exploration policy ("ε-slot"): the ranked list is shown as ranked, except that each slot independently, with
-probability ε, shows an item of the exploration pool instead (popular, available items not in the ranked list;
-the explored slots take distinct items of one random permutation of the pool). So the item in slot k was shown with
-propensity 1 − ε when it is the ranked one, and ε / |pool| when it came from the pool. Small ε (default 0.1) costs
-little; every pool item gets some chance in every slot, which is what lets another ranker be evaluated.
+Exploration policy ("ε-slate"): with probability 1 − ε a visit is shown the ranked list as ranked; with probability
+ε it is shown K distinct items drawn uniformly, in random order, from the candidates (the ranked list and the
+exploration pool: the ranker's next candidates). So the item j in slot k was shown with propensity
+(1 − ε)·[j is the ranked item of slot k] + ε / |candidates|: every candidate has some chance in every slot, which
+is what lets another ranker of the same candidates be evaluated. Small ε (default 0.1) costs little.
 
 The value of a ranker is its expected purchases of recommended items per visit, summed over slots (a purchase in
 slot k depends on the item and the slot, the position-based model). With one logged visit i and slot k, shown item
@@ -27,41 +27,33 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Shown:
-    """One slot of an explored answer: the item shown, its propensity, and whether it came from the pool."""
+    """One slot of an answer: the item shown, its propensity, and whether the answer was explored."""
 
     item_id: str
     propensity: float
     explored: bool
 
 
+def _candidates(ranked: Sequence[str], pool: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*ranked, *pool]))
+
+
 def explore(ranked: Sequence[str], pool: Sequence[str], epsilon: float, rng: np.random.Generator) -> list[Shown]:
-    """The ε-slot exploration of ``ranked`` (see the module docstring). ``pool`` items that are in ``ranked`` are
-    left out of it; with a pool smaller than the list, or ε = 0, the ranked list is shown with propensity 1."""
+    """The ε-slate exploration of ``ranked`` with the candidates ``ranked`` + ``pool`` (see the module docstring)."""
     if not 0 <= epsilon < 1:
         raise ValueError(f"epsilon: must be in [0, 1), got {epsilon}")
-    chosen = set(ranked)
-    candidates = [p for p in dict.fromkeys(pool) if p not in chosen]
-    if epsilon == 0 or len(candidates) < len(ranked):
-        return [Shown(item, 1.0, False) for item in ranked]
-    explored = rng.random(len(ranked)) < epsilon
-    perm = rng.permutation(len(candidates))
-    p_pool = epsilon / len(candidates)
-    return [
-        Shown(candidates[perm[k]], p_pool, True) if explored[k] else Shown(item, 1 - epsilon, False)
-        for k, item in enumerate(ranked)
-    ]
+    candidates = _candidates(ranked, pool)
+    explored = epsilon > 0 and rng.random() < epsilon
+    shown = [candidates[i] for i in rng.permutation(len(candidates))[: len(ranked)]] if explored else list(ranked)
+    return [Shown(item, propensity(item, k, ranked, pool, epsilon), explored) for k, item in enumerate(shown)]
 
 
 def propensity(item: str, slot: int, ranked: Sequence[str], pool: Sequence[str], epsilon: float) -> float:
     """The probability that ``explore`` shows ``item`` in ``slot`` (0-based) for this ranked list and pool: what a
     target ranker's item would have had, and what the estimators divide by."""
-    chosen = set(ranked)
-    candidates = {p for p in pool if p not in chosen}
-    if epsilon == 0 or len(candidates) < len(ranked):
-        return 1.0 if ranked[slot] == item else 0.0
-    if ranked[slot] == item:
-        return 1 - epsilon
-    return epsilon / len(candidates) if item in candidates else 0.0
+    candidates = _candidates(ranked, pool)
+    uniform = epsilon / len(candidates) if item in candidates else 0.0
+    return (1 - epsilon) * (ranked[slot] == item) + uniform
 
 
 def _check(*arrays: np.ndarray) -> None:

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import optimize, signal, stats
+from scipy import optimize, signal, special, stats
 
 Spending = Literal["obrien_fleming", "pocock"]
 GRID_STEP = 0.01  # on S = Z√t; the boundaries come out to about 1e-3 in z
 GRID_HALF_WIDTH = 9.0
+_REPLAY_CACHE = 2048
+_REPLAYS: dict[tuple, GroupSequential] = {}
 
 
 def spent(alpha: float, t: float, kind: Spending) -> float:
@@ -62,11 +64,24 @@ class GroupSequential:
 
     @classmethod
     def replay(cls, alpha: float, spending: Spending, times: Sequence[float]) -> GroupSequential:
-        """The design after looks at ``times`` (the boundaries are recomputed; they depend on the times alone)."""
-        design = cls(alpha, spending)
-        for t in times:
-            design.look(t)
-        return design
+        """The design after looks at ``times`` (the boundaries are recomputed; they depend on the times alone).
+        Recent designs are kept, so a daily replay costs one look, not all of them again."""
+        key = (alpha, spending, tuple(times))
+        cached = _REPLAYS.get(key)
+        if cached is None:
+            cached = cls(alpha, spending) if not times else cls.replay(alpha, spending, times[:-1]).copy()
+            if times:
+                cached.look(times[-1])
+            if len(_REPLAYS) >= _REPLAY_CACHE:
+                _REPLAYS.pop(next(iter(_REPLAYS)))
+            _REPLAYS[key] = cached
+        return cached.copy()
+
+    def copy(self) -> GroupSequential:
+        twin = GroupSequential(self.alpha, self.spending)
+        twin.times, twin.boundaries = list(self.times), list(self.boundaries)
+        twin._density, twin._t_last = self._density, self._t_last  # never written in place
+        return twin
 
     @property
     def spent(self) -> float:
@@ -87,8 +102,11 @@ class GroupSequential:
         else:
             prior = self._density
 
+            alive = prior > 1e-300
+            mass, at = prior[alive], s[alive]
+
             def tail(c: float) -> float:
-                return float(np.sum(prior * stats.norm.sf((c - s) / math.sqrt(dt))) * GRID_STEP)
+                return float(np.dot(mass, special.ndtr((at - c) / math.sqrt(dt))) * GRID_STEP)
 
         if budget <= 1e-15:
             c = math.inf

@@ -19,9 +19,11 @@ def test_explore_shows_items_with_the_propensities_it_logs() -> None:
         for k, s in enumerate(shown):
             counts[k, s.item_id] = counts.get((k, s.item_id), 0) + 1
             assert s.propensity == offpolicy.propensity(s.item_id, k, ranked, pool, 0.2)
-    assert counts[0, "a"] / n == pytest.approx(0.8, abs=0.01)
-    assert counts[2, "q"] / n == pytest.approx(0.2 / 4, abs=0.005)
-    assert offpolicy.propensity("a", 1, ranked, pool, 0.2) == 0.0
+    # candidates: a, b, c, p, q, r, s
+    assert counts[0, "a"] / n == pytest.approx(0.8 + 0.2 / 7, abs=0.01)
+    assert counts[2, "q"] / n == pytest.approx(0.2 / 7, abs=0.004)
+    assert counts[1, "a"] / n == pytest.approx(0.2 / 7, abs=0.004)
+    assert offpolicy.propensity("z", 1, ranked, pool, 0.2) == 0.0
     assert [s.propensity for s in offpolicy.explore(ranked, pool, 0.0, rng)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError):
         offpolicy.explore(ranked, pool, 1.0, rng)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge import experiments_cli
 from omnicart.schemas import FAMILIES
 from omnicart.settings import Settings, get_settings
 
@@ -140,6 +141,9 @@ def _redeploy(settings: Settings) -> None:
 
     deploy(settings)  # no status spinner of its own: train's is still showing
     console.print(f"redeployed {settings.serve_url} with the current champions")
+
+
+app.add_typer(experiments_cli.build(_check_family, _serving, _redeploy), name="experiments")
 
 
 @models_app.command("rollback")

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge import experiments_cli
 from omnicart.schemas import FAMILIES
 from omnicart.settings import Settings, get_settings
 
@@ -142,6 +143,9 @@ def _redeploy(settings: Settings) -> None:
     console.print(f"redeployed {settings.serve_url} with the current champions")
 
 
+app.add_typer(experiments_cli.build(_check_family, _serving, _redeploy), name="experiments")
+
+
 @models_app.command("rollback")
 def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) -> None:
     """Point `champion` back at the previous champion and, when the platform serves, redeploy the Serve app
@@ -223,7 +227,17 @@ def erase(
         console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
-BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
+BENCHMARKS = (
+    "recommend",
+    "support",
+    "pricing",
+    "identity",
+    "drift",
+    "serving",
+    "feast_online",
+    "experiments",
+    "offpolicy",
+)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from omnicart.settings import Settings
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+CHALLENGER = "challenger"  # the version an online experiment tests against the champion
 # What a logged model needs to load elsewhere, pinned to this environment's versions. Stating it spares MLflow its
 # requirement inference, which imports the model in a subprocess (about 20 s per logged model here).
 RUNTIME_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scikit-learn", "xgboost", "torch", "sentence-transformers")
@@ -147,6 +148,31 @@ def rollback(settings: Settings, family: str) -> str:
     if current is not None:
         mlc.set_registered_model_alias(model_name(family), PREVIOUS, current)
     return previous
+
+
+def set_challenger(settings: Settings, family: str, version: str) -> None:
+    """Point the ``challenger`` alias at ``version`` (which must exist) for an online experiment."""
+    mlc = client(settings)
+    mlc.get_model_version(model_name(family), str(version))  # raises when there is no such version
+    mlc.set_registered_model_alias(model_name(family), CHALLENGER, str(version))
+
+
+def clear_challenger(settings: Settings, family: str) -> None:
+    """Remove the ``challenger`` alias (the experiment ended); nothing happens when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        client(settings).delete_registered_model_alias(model_name(family), CHALLENGER)
+
+
+def alias_version(settings: Settings, family: str, alias: str) -> str | None:
+    """The version behind ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(settings).get_model_version_by_alias(model_name(family), alias).version)
+    except MlflowException:
+        return None
 
 
 # Where the predictors that older model versions pickled by reference live now (they moved from training/ into the

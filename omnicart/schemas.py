@@ -136,6 +136,9 @@ class C:
     confidence: Final = "confidence"  # support: the answerer's calibrated confidence
     escalated: Final = "escalated"  # support: handed to a person (bool)
     feedback: Final = "feedback"  # support: customer feedback, -1 / 0 / +1 (missing: none given)
+    variant: Final = "variant"  # online experiments: "champion" or "challenger", the alias that answered
+    propensity: Final = "propensity"  # recommend: the probability the exploration policy showed this item here
+    latency_ms: Final = "latency_ms"  # the handler's time to answer
 
 
 # The canonical interaction file of `omnicart bench recommend --input` (PROTOCOLS.md) names these columns.

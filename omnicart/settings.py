@@ -107,6 +107,19 @@ class Settings(BaseSettings):
     serve_request_timeout_s: float = Field(
         30.0, gt=0, description="End-to-end limit of one HTTP request at Serve's proxy (408 after it)."
     )
+    recommend_exploration: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="ε of the recommend exploration policy: the share of answers shown as a random ordering of the "
+        "ranked items and the next candidates, with each item's propensity logged (off-policy evaluation).",
+    )
+    recommend_exploration_pool: int = Field(20, ge=1, le=90, description="Next candidates the exploration adds.")
+    experiments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per family, defaults of `omnicart experiments start` (ExperimentConfig fields: stages, "
+        "stage_days, mde, alpha, power, harm_tolerance, max_error_increase, max_latency_ratio, ...).",
+    )
     top_k: int = Field(10, ge=1, le=100)
     recent_items_n: int = Field(10, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"

@@ -7,9 +7,11 @@ stubs and no Ray; ``Ingress`` is the Serve deployment that loads the champions a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,8 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from omnicart.realtime import PushResult, ShopEvent
 from omnicart.settings import Settings
 from serving import tally
+from serving.experiments import explore_recommend, groups, pick, running_experiments, tagged
 from serving.prediction_log import PredictionLog
-from serving.pricing import PriceBatchRequest, PriceBatchResponse, PriceRequest, PriceResponse, PricingRequestError
+from serving.pricing import (
+    PriceBatchRequest,
+    PriceBatchResponse,
+    PriceItemError,
+    PriceRequest,
+    PriceResponse,
+    PricingRequestError,
+)
 from serving.recommend import (
     FEATURE_REFS,
     CustomerFeatureReader,
@@ -55,6 +65,8 @@ class Backend(Protocol):
     support: Any | None  # SupportService, once a support champion exists
     store: Any
     price_period: Any
+    experiments: dict[str, Any]  # family → the running Experiment (omnicart.experiments.config)
+    challengers: dict[str, Any]  # family → the challenger's service
 
     async def answer_together(self, request: SupportRequest) -> SupportResponse: ...
 
@@ -151,18 +163,39 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
     @protected.post("/price", response_model=PriceResponse, responses=error_responses(404, 503, invalid=(404, 422)))
     async def price(body: PriceRequest) -> PriceResponse:
         """The guarded, explained price of one product (guardrails are enforced whatever the model says)."""
-        pricer()
-        answer = await backend().price_together(body)
-        if isinstance(answer, PricingRequestError):
-            raise answer
+        champion, b = pricer(), backend()
+        started = time.perf_counter()
+        service, variant = pick("pricing", champion, body.product_id, *_arms(b))
+        if service is champion:
+            answer = await b.price_together(body)  # priced with concurrent requests; tagged and logged there
+            if isinstance(answer, PricingRequestError):
+                raise answer
+            return answer
+        answer = tagged(await asyncio.to_thread(service.price, body), variant)
+        b.predictions.pricing([body], [answer], b.price_period, latency_ms=_ms(started))
         return answer
 
     @protected.post(
         "/price/batch", response_model=PriceBatchResponse, responses=error_responses(404, 503, invalid=(404, 422))
     )
     def price_batch(body: PriceBatchRequest) -> PriceBatchResponse:
-        answer = pricer().price_batch(body)
-        backend().predictions.pricing(body.items, answer.results, backend().price_period)
+        champion, b = pricer(), backend()
+        started = time.perf_counter()
+        split = groups("pricing", champion, [getattr(i, "product_id", None) for i in body.items], *_arms(b))
+        if len(split) == 1:
+            service, variant, _ = split[0]
+            answer = service.price_batch(body)
+            answer.results = [tagged(r, variant) if isinstance(r, PriceResponse) else r for r in answer.results]
+        else:  # during a price test: each variant prices its own products; errors keep their item's position
+            results: list[Any] = [None] * len(body.items)
+            for service, variant, positions in split:
+                part = service.price_batch(PriceBatchRequest.model_construct(items=[body.items[i] for i in positions]))
+                for j, (i, r) in enumerate(zip(positions, part.results, strict=True)):
+                    if isinstance(r, PriceItemError):
+                        r = r.model_copy(update={"field": r.field.replace(f"items[{j}]", f"items[{i}]", 1)})
+                    results[i] = tagged(r, variant) if isinstance(r, PriceResponse) else r
+            answer = PriceBatchResponse(results=results, model_version=champion.model_version)
+        b.predictions.pricing(body.items, answer.results, b.price_period, latency_ms=_ms(started))
         return answer
 
     @protected.post("/events", response_model=PushResult, responses=error_responses(404, 410))
@@ -182,14 +215,26 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
     @protected.post("/support/answer", response_model=SupportResponse, responses=error_responses(503))
     async def support_answer(body: SupportRequest) -> SupportResponse:
         """The answer from the shop's past answers with its confidence and sources, or a handover to a person."""
-        support()
-        return await backend().answer_together(body)
+        champion, b = support(), backend()
+        service, variant = pick("support", champion, body.customer_id, *_arms(b))
+        if service is champion:
+            return await b.answer_together(body)  # batched with concurrent questions; logged there
+        answer = tagged((await asyncio.to_thread(service.answer_batch, [body]))[0], variant)
+        b.predictions.support([body], [answer])
+        return answer
 
     @protected.post("/support/answer/batch", response_model=SupportBatchResponse, responses=error_responses(503))
     def support_answer_batch(body: SupportBatchRequest) -> SupportBatchResponse:
         """Up to 64 questions in one request, answered together."""
-        answers = support().answer_batch(body.requests)
-        backend().predictions.support(body.requests, answers)
+        champion, b = support(), backend()
+        answers: list[Any] = [None] * len(body.requests)
+        for service, variant, positions in groups(
+            "support", champion, [r.customer_id for r in body.requests], *_arms(b)
+        ):
+            part = service.answer_batch([body.requests[i] for i in positions])
+            for i, a in zip(positions, part, strict=True):
+                answers[i] = tagged(a, variant)
+        b.predictions.support(body.requests, answers)
         return SupportBatchResponse(responses=answers)
 
     @protected.post("/support/feedback", response_model=FeedbackResponse, responses=error_responses(503))
@@ -203,15 +248,45 @@ def create_api(backend: Callable[[], Backend]) -> FastAPI:
     def recommend(body: RecommendRequest) -> RecommendResponse:
         """Ranked, explained items for a customer under the shop's rules; a fallback answers whatever fails."""
         b = backend()
+        started = time.perf_counter()
+        service, variant = pick("recommend", b.recommender, body.customer_id, *_arms(b))
+        epsilon = b.settings.recommend_exploration
         try:
-            answer = b.recommender.recommend(body)
+            if epsilon > 0:
+                pool, rng = b.settings.recommend_exploration_pool, np.random.default_rng()
+                answer = explore_recommend(service, body, epsilon, pool, rng)
+            else:
+                answer = service.recommend(body)
         except RecommendRequestError as exc:
             return JSONResponse(status_code=exc.status_code, content=exc.body())
-        b.predictions.recommend(body, answer)
+        answer = tagged(answer, variant)
+        b.predictions.recommend(body, answer, latency_ms=_ms(started))
         return answer
 
     api.include_router(protected)
     return api
+
+
+def _arms(b: Backend) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The backend's running experiments and challengers (none for a backend without them)."""
+    return getattr(b, "experiments", None) or {}, getattr(b, "challengers", None) or {}
+
+
+def price_champion(b: Backend, requests: list[PriceRequest]) -> list[Any]:
+    """The pricing champion's answer (or ``PricingRequestError``) for each of concurrent single requests, from one
+    feature and model pass (``PricingService.price_each``); tagged during a price test, and logged."""
+    started = time.perf_counter()
+    answers = b.pricer.price_each(requests)
+    if "pricing" in _arms(b)[0]:  # the challenger's requests never come here: these are the champion's
+        answers = [a if isinstance(a, Exception) else tagged(a, "champion") for a in answers]
+    priced = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, Exception)]
+    if priced:
+        b.predictions.pricing([r for r, _ in priced], [a for _, a in priced], b.price_period, latency_ms=_ms(started))
+    return answers
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _replica() -> Backend:
@@ -249,55 +324,76 @@ class Ingress:
         from omnicart.featurestore import feature_store, online_features, online_rows
         from omnicart.pricing.features import DEMAND_FEATURES, DEMAND_REFS
         from omnicart.recommend.predictor import CUSTOMER_REFS, online_customer_features
-        from omnicart.schemas import C
+        from omnicart.schemas import FAMILIES, C
 
         self.settings = settings
         self.api_key = settings.secret("api_key")
         self.predictions = PredictionLog.from_settings(settings)
         store = feature_store(settings)
-        version = registry.champion_version(settings, "recommend")
         self.store = store
         # without a recommend champion (a platform may train pricing or support first) popular items answer
         unavailable, popular = shop_state(settings)
-        self.recommender = RecommendService(
-            load_model=lambda: registry.load(settings, "recommend"),
-            read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
-            read_features_many=lambda ids: online_features(store, FEATURE_REFS, C.customer_id, ids),
-            model_version=version,
-            unavailable=lambda: unavailable,
-            popular=popular,
-            item_features=ItemFeatureCache(
-                lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids), DEMAND_FEATURES
-            ),
-            customer_features=CustomerFeatureReader(
-                online_customer_features(lambda rows: online_rows(store, CUSTOMER_REFS, rows))
-            ),
-        )
+        catalog: list[Any] = []  # read once, when a pricing model needs it
+
+        def recommend_service(alias: str, version: str | None) -> RecommendService:
+            return RecommendService(
+                load_model=lambda: registry.load(settings, "recommend", alias),
+                read_features=lambda cid: online_features(store, FEATURE_REFS, C.customer_id, [cid])[0],
+                read_features_many=lambda ids: online_features(store, FEATURE_REFS, C.customer_id, ids),
+                model_version=version,
+                unavailable=lambda: unavailable,
+                popular=popular,
+                item_features=ItemFeatureCache(
+                    lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids), DEMAND_FEATURES
+                ),
+                customer_features=CustomerFeatureReader(
+                    online_customer_features(lambda rows: online_rows(store, CUSTOMER_REFS, rows))
+                ),
+            )
+
+        def pricing_service(alias: str, version: str) -> Any:
+            from omnicart import lake, schemas
+            from serving.pricing import PricingService
+
+            if not catalog:
+                catalog.append(lake.read_table(settings.lake_dir, schemas.ITEMS, columns=[C.item_id, C.cost, C.price]))
+            return PricingService(
+                load_model=lambda: registry.load(settings, "pricing", alias),
+                catalog=catalog[0],
+                model_version=version,
+                read_features=lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids),
+            )
+
+        def support_service(alias: str, version: str) -> Any:
+            from serving.support import SupportService
+
+            return SupportService(
+                load_model=lambda: registry.load(settings, "support", alias),
+                home=settings.home_dir,
+                pseudonym_key=settings.secret("pseudonym_key"),
+                model_version=version,
+            )
+
+        self.recommender = recommend_service(registry.CHAMPION, registry.champion_version(settings, "recommend"))
         self.pricer = None
         self.price_period = None
         pricing_version = registry.champion_version(settings, "pricing")
         if pricing_version is not None:
-            from omnicart import lake, schemas
-            from serving.pricing import PricingService
-
-            self.pricer = PricingService(
-                load_model=lambda: registry.load(settings, "pricing"),
-                catalog=lake.read_table(settings.lake_dir, schemas.ITEMS, columns=[C.item_id, C.cost, C.price]),
-                model_version=pricing_version,
-                read_features=lambda ids: online_features(store, DEMAND_REFS, C.item_id, ids),
-            )
+            self.pricer = pricing_service(registry.CHAMPION, pricing_version)
             self.price_period = self.pricer.model.next_period()  # what a request without a period is priced for
         self.support = None
         support_version = registry.champion_version(settings, "support")
         if support_version is not None:
-            from serving.support import SupportService
-
-            self.support = SupportService(
-                load_model=lambda: registry.load(settings, "support"),
-                home=settings.home_dir,
-                pseudonym_key=settings.secret("pseudonym_key"),
-                model_version=support_version,
-            )
+            self.support = support_service(registry.CHAMPION, support_version)
+        # online experiments: each running one's challenger, where its family has a champion to compare with
+        builders = {"recommend": recommend_service, "pricing": pricing_service, "support": support_service}
+        champions = {"recommend": self.recommender.model, "pricing": self.pricer, "support": self.support}
+        served = tuple(f for f in FAMILIES if f in builders and champions.get(f) is not None)
+        self.experiments, self.challengers = running_experiments(
+            settings.home_dir,
+            served,
+            lambda family, exp: builders[family](registry.CHALLENGER, exp.config.challenger_version),
+        )
         self._tally = tally.connect()
         self._reporter = tally.Reporter(
             serve.get_replica_context().replica_id.unique_id,
@@ -318,6 +414,8 @@ class Ingress:
     async def answer_together(self, requests: list[SupportRequest]) -> list[SupportResponse]:
         """Concurrent single questions are encoded as one batch; the model runs off the event loop."""
         answers = await asyncio.to_thread(self.support.answer_batch, requests)
+        if "support" in self.experiments:  # the challenger's questions never come here: these are the champion's
+            answers = [tagged(a, "champion") for a in answers]
         self.predictions.support(requests, answers)
         return answers
 
@@ -325,11 +423,7 @@ class Ingress:
     async def price_together(self, requests: list[PriceRequest]) -> list[Any]:
         """Concurrent single prices share one feature and model pass (``PricingService.price_each``), off the
         event loop; each request gets its own answer or error."""
-        answers = await asyncio.to_thread(self.pricer.price_each, requests)
-        priced = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, Exception)]
-        if priced:
-            self.predictions.pricing([r for r, _ in priced], [a for _, a in priced], self.price_period)
-        return answers
+        return await asyncio.to_thread(price_champion, self, requests)
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica (a redeploy): the buffered answers are written first."""

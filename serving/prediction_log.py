@@ -72,13 +72,20 @@ class PredictionLog:
         )
 
     # --- one call per endpoint -------------------------------------------------------------------------------
-    def recommend(self, request: Any, response: Any) -> None:
-        """One row per recommended item: rank, score, the answer's source and model version."""
-        self._record("recommend", lambda: _recommend_rows(request, response, self.clock()))
+    def recommend(self, request: Any, response: Any, latency_ms: float | None = None) -> None:
+        """One row per recommended item: rank, score, the answer's source, model version, experiment variant and
+        the item's propensity (exploration), and the handler's latency."""
+        self._record("recommend", lambda: _recommend_rows(request, response, self.clock(), latency_ms))
 
-    def pricing(self, requests: Sequence[Any], responses: Sequence[Any], default_period: Any = None) -> None:
+    def pricing(
+        self,
+        requests: Sequence[Any],
+        responses: Sequence[Any],
+        default_period: Any = None,
+        latency_ms: float | None = None,
+    ) -> None:
         """One row per priced item; ``default_period`` is the period a request without one was priced for."""
-        self._record("pricing", lambda: _pricing_rows(requests, responses, default_period, self.clock()))
+        self._record("pricing", lambda: _pricing_rows(requests, responses, default_period, self.clock(), latency_ms))
 
     def support(self, requests: Sequence[Any], responses: Sequence[Any]) -> None:
         """One row per answered (or escalated) question: intent, confidence, whether a person took it."""
@@ -161,7 +168,7 @@ class PredictionLog:
 
 
 # --- rows: plain values, no model objects ------------------------------------------------------------------------
-def _recommend_rows(request: Any, response: Any, now: dt.datetime) -> list[Row]:
+def _recommend_rows(request: Any, response: Any, now: dt.datetime, latency_ms: float | None = None) -> list[Row]:
     personal = response.source == "personal"
     request_id = uuid.uuid4().hex
     return [
@@ -175,13 +182,21 @@ def _recommend_rows(request: Any, response: Any, now: dt.datetime) -> list[Row]:
             C.score: float(item.score),
             C.source: response.source,
             C.model_version: response.model_version,
+            C.variant: getattr(response, "variant", None),
+            C.propensity: getattr(item, "propensity", None),
+            C.fallback: response.fallback,
+            C.latency_ms: latency_ms,
         }
         for rank, item in enumerate(response.items, start=1)
     ]
 
 
 def _pricing_rows(
-    requests: Sequence[Any], responses: Sequence[Any], default_period: Any, now: dt.datetime
+    requests: Sequence[Any],
+    responses: Sequence[Any],
+    default_period: Any,
+    now: dt.datetime,
+    latency_ms: float | None = None,
 ) -> list[Row]:
     rows = []
     for request, answer in zip(requests, responses, strict=True):
@@ -201,6 +216,8 @@ def _pricing_rows(
                 C.competitor_price: request.competitor_price,
                 C.fallback: answer.fallback,
                 C.model_version: answer.model_version,
+                C.variant: getattr(answer, "variant", None),
+                C.latency_ms: latency_ms,
             }
         )
     return rows
@@ -219,6 +236,7 @@ def _support_rows(requests: Sequence[Any], responses: Sequence[Any], now: dt.dat
             C.confidence: answer.confidence,
             C.escalated: not answer.answered,
             C.model_version: answer.model_version,
+            C.variant: getattr(answer, "variant", None),
         }
         for request, answer in zip(requests, responses, strict=True)
     ]

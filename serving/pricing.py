@@ -167,6 +167,9 @@ class PriceResponse(BaseModel):
     fallback: str | None
     reason: str
     model_version: str | None
+    variant: str | None = Field(
+        None, description="During an online experiment: 'champion' or 'challenger', the model version that answered."
+    )
 
 
 class PriceItemError(BaseModel):

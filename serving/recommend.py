@@ -89,6 +89,9 @@ class RecommendedItem(BaseModel):
     contributions: dict[str, float] = Field(
         default_factory=dict, description="The ranker's TreeSHAP contribution of each reason family."
     )
+    propensity: float | None = Field(
+        None, description="With exploration on: the probability that this item was shown in this slot."
+    )
 
 
 class RecommendResponse(BaseModel):
@@ -97,6 +100,9 @@ class RecommendResponse(BaseModel):
     source: str = Field(description="'personal' (the customer's history), 'context' (the current item) or 'popular'.")
     fallback: str | None = Field(None, description="Why a fallback answered, when one did.")
     model_version: str | None
+    variant: str | None = Field(
+        None, description="During an online experiment: 'champion' or 'challenger', the model version that answered."
+    )
 
 
 class ItemFeatureCache:

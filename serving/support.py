@@ -86,6 +86,9 @@ class SupportResponse(BaseModel):
     sources: list[Source]
     escalation: Escalation | None
     model_version: str | None
+    variant: str | None = Field(
+        None, description="During an online experiment: 'champion' or 'challenger', the model version that answered."
+    )
 
 
 class SupportBatchResponse(BaseModel):

@@ -538,6 +538,29 @@ class ShopSimulator:
             hard_cases=hard_cases,
         )
 
+    def item_preferences(self) -> pd.DataFrame:
+        """Ground truth of taste: for each customer (rows, ``customer_id`` index) the probability that a browsing
+        session of theirs lands on each base catalog item (columns, ``item_id``), as ``_events`` draws it:
+        a favourite (one of six) or a category by the customer's taste and an item by the segment's taste in it.
+        Customers as ``customers()``; the items a drift adds later are left out."""
+        n, n_items = len(self._customer_ids), len(self._item_ids)
+        prefs = np.zeros((n, n_items))
+        rows = np.arange(n)
+        for slot in range(self._favourites.shape[1]):
+            np.add.at(prefs, (rows, self._favourites[:, slot]), _P_FAVOURITE / self._favourites.shape[1])
+        cat_p = np.diff(self._cat_cum, axis=1, prepend=0.0)
+        for (s, k), (idx, cum) in self._item_tables.items():
+            members = self._seg == s
+            item_p = np.diff(cum, prepend=0.0)
+            prefs[np.ix_(members, idx)] += (1 - _P_FAVOURITE) * cat_p[members, k][:, None] * item_p[None, :]
+        base = ~np.isin(np.arange(n_items), self._new_items)
+        known = self._signup_day < self.n_days  # as ``customers()``: those who sign up during the run
+        return pd.DataFrame(
+            prefs[np.ix_(known, base)],
+            index=pd.Index(self._customer_ids[known], name=C.customer_id),
+            columns=pd.Index(self._item_ids[base], name=C.item_id),
+        )
+
     # --- the world ----------------------------------------------------------------------------------------------
     def _build_items(self) -> None:
         n_base = self.settings.sim_items

@@ -49,7 +49,7 @@ class StubLog:
     def __init__(self) -> None:
         self.logged: list = []
 
-    def recommend(self, request, answer) -> None:
+    def recommend(self, request, answer, latency_ms=None) -> None:
         self.logged.append(request)
 
 

@@ -175,7 +175,7 @@ class ItemState:
     ) -> ItemState:
         """``events`` are normalised purchases before ``now``; ``text_of`` maps item id → text embedding."""
         ev = events[events[C.event_timestamp] < now]
-        item_ids = np.array(sorted(ev[C.item_id].unique()), dtype=object)
+        item_ids = items_before(ev, now)
         index = {item: n for n, item in enumerate(item_ids.tolist())}
         code = ev[C.item_id].map(index).to_numpy()
         users, ucode = np.unique(ev[C.customer_id].to_numpy(), return_inverse=True)
@@ -292,6 +292,11 @@ class ItemState:
                 channels=meta.get("channels", []),  # a model saved before channels knew none
                 channel_lines=a["channel_lines"] if "channel_lines" in a.files else None,
             )
+
+
+def items_before(events: pd.DataFrame, now: pd.Timestamp) -> np.ndarray:
+    """The items bought before ``now``, sorted: the codes of a catalog state fitted at ``now``."""
+    return np.array(sorted(events.loc[events[C.event_timestamp] < now, C.item_id].unique()), dtype=object)
 
 
 def _as_saved(matrix: np.ndarray) -> np.ndarray:

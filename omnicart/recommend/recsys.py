@@ -780,7 +780,8 @@ class RecSys:
         title = state.titles[i]
         others = owned[[o != i and not (title and state.titles[o] == title) for o in owned]]
         if len(others):
-            together = others[np.argmax(state.ease[others, i] + 0.1 * state.cooc[others, i])]
+            link = item2item.take(state.ease, others, [i])[:, 0] + 0.1 * item2item.take(state.cooc, others, [i])[:, 0]
+            together = others[np.argmax(link)]
             similar = others[np.argmax(state.text[others] @ state.text[i])]
             names["together"] = state.titles[together] or str(state.item_ids[together])
             names["similar"] = state.titles[similar] or str(state.item_ids[similar])

@@ -118,3 +118,18 @@ def test_the_job_is_given_paths_and_the_model_from_blocks_ranks_alike(two_fits):
     # the same rows; only the quantile sketch of the streamed batches may differ, so the top items mostly agree
     agree = np.mean([len(set(a[u]) & set(b[u])) / 5 for u in users])
     assert agree >= 0.8, agree
+
+
+def test_a_catalog_past_the_dense_limit_trains_ranks_and_reloads_with_sparse_item_links(monkeypatch, tmp_path):
+    from omnicart.recommend import item2item
+
+    monkeypatch.setattr(item2item, "DENSE_ITEMS", 20)  # the shop's 40 items: EASE on the 20 most bought, sparse
+    purchases, catalog = channel_shop()
+    model = recsys.RecSys(PARAMS).fit(purchases, catalog)
+    assert hasattr(model.state_.ease, "tocsr") and hasattr(model.state_.cooc, "tocsr")
+    assert model.state_.ease.nnz > 0
+    history = purchases[purchases["customer_id"] == "c0"]
+    recs = model.recommend(history, k=5)
+    assert len(recs) == 5 and all(r["reason"] for r in recs)
+    loaded = recsys.RecSys.load(model.save(tmp_path / "model"))
+    assert [r["item_id"] for r in loaded.recommend(history, k=5)] == [r["item_id"] for r in recs]

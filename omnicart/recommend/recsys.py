@@ -646,9 +646,11 @@ class RecSys:
         out: dict[Any, list[str]] = {}
         fallback = np.argsort(-self.state_.stats["i_buyers_30d"].to_numpy(), kind="stable")
         batch_size = min(batch_size, self.block_users(len(self.state_.item_ids)))
+        rows_of = events.groupby(C.customer_id, sort=False).indices  # one pass, not one scan per batch
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
-            chunk_events = events[events[C.customer_id].isin(set(chunk.tolist()))]
+            rows = [rows_of[u] for u in chunk.tolist() if u in rows_of]
+            chunk_events = events.iloc[np.sort(np.concatenate(rows))] if rows else events.iloc[:0]
             scored = self._frame(chunk_events, chunk, now, discover, exclude, channels)
             frame, batch = scored.frame, scored.batch
             frame = frame.sort_values([USER, "score"], ascending=[True, False], kind="stable")

@@ -207,9 +207,11 @@ def _row_iterator(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str
     """An XGBoost ``DataIter`` over ``paths``: one file per batch (whole query groups), the rows ``keep`` picks."""
     import xgboost as xgb
 
+    names = list(shards.features)
+
     class Rows(xgb.DataIter):
         def __init__(self) -> None:
-            self._next = 0
+            self._next, self._given = 0, False
             super().__init__(release_data=True)
 
         def next(self, input_data: Callable) -> bool:
@@ -218,14 +220,18 @@ def _row_iterator(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str
                 self._next += 1
                 m = keep(rows)
                 if m.any():
-                    input_data(
-                        data=rows["x"][m], label=rows["y"][m], qid=rows["group"][m], feature_names=list(shards.features)
-                    )
+                    input_data(data=rows["x"][m], label=rows["y"][m], qid=rows["group"][m], feature_names=names)
+                    self._given = True
                     return True
+            if not self._given:  # nothing kept (a worker's files hold none of these rows): one empty batch
+                self._given = True
+                empty = np.zeros((0, len(names)), np.float32)
+                input_data(data=empty, label=np.zeros(0, np.float32), qid=np.zeros(0, np.int64), feature_names=names)
+                return True
             return False
 
         def reset(self) -> None:
-            self._next = 0
+            self._next, self._given = 0, False
 
     return Rows()
 

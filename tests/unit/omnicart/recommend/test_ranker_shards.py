@@ -133,3 +133,17 @@ def test_a_catalog_past_the_dense_limit_trains_ranks_and_reloads_with_sparse_ite
     assert len(recs) == 5 and all(r["reason"] for r in recs)
     loaded = recsys.RecSys.load(model.save(tmp_path / "model"))
     assert [r["item_id"] for r in loaded.recommend(history, k=5)] == [r["item_id"] for r in recs]
+
+
+def test_a_worker_whose_files_hold_no_rows_of_a_booster_still_trains(tmp_path):
+    frame = _candidates(60, 20)
+    frame["ui_orders"] = 0.0  # nobody owns anything: the discover boosters' rows are all there is
+    writer = ranker.ShardWriter(tmp_path, RankerParams(neg_per_user=5), ["x"])
+    writer.write(frame)
+    shards = writer.shards()
+    params = RankerParams(neg_per_user=5, max_rounds=3, n_bags=2, eval_share=0.5)
+    empty = ranker.Shards((), shards.features, 0)  # a second worker given no files
+    out = ranker.fit_boosters(empty, params)
+    assert len(out["main"]) == 2 and len(out["discover"]) == 2
+    full = ranker.fit_boosters(shards, params)
+    assert len(full["main"]) == 2 and np.isfinite(full["main_holdout_ndcg@10"])

@@ -162,7 +162,22 @@ def temporal_full(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train before ``cut``, test on or after it; baselines and omnicart on the same users, items and truth.
 
-    ``executor`` runs the training stages (default: Ray Train jobs on the configured cluster)."""
+    ``executor`` runs the training stages (default: Ray Train jobs on the configured cluster). Each row carries the
+    peak memory of the whole process tree (driver and Ray workers) while that model trained and ranked."""
+    with runner.PeakMemory() as memory:
+        return _temporal_full(settings, interactions, catalog, cut, seed, params, executor, memory)
+
+
+def _temporal_full(
+    settings: Settings,
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame | None,
+    cut: pd.Timestamp,
+    seed: int,
+    params: Any,
+    executor: Any,
+    memory: runner.PeakMemory,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from omnicart.recommend import recsys
 
     ev = interactions
@@ -199,9 +214,11 @@ def temporal_full(
                     novel,
                 ),
                 "train_seconds": round(seconds, 2),
+                "peak_rss_gb": memory.take(),
             }
         )
 
+    memory.take()  # the baselines' rows measure from here: reading the file is not theirs
     t = time.perf_counter()
     popularity = np.asarray(x_all.sum(axis=0)).ravel().astype(np.float64)  # distinct train buyers
     pop_scores = np.broadcast_to(popularity, (len(users), len(items)))
@@ -240,6 +257,8 @@ def temporal_full(
             **_metrics(ranked, truth, discovered, novel),
             "train_seconds": round(fit_seconds, 2),
             "stage_seconds": {**model.timings_, "rank_test_users": round(rank_seconds, 2)},
+            "peak_rss_gb": memory.take(),
+            "train_rows": model.train_rows_,
         }
     )
     baselines = [r for r in rows if r["model"] != "omnicart"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +134,70 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
     return "" if value is None else str(value)
+
+
+class PeakMemory:
+    """Peak resident memory of this process and every process below it (an in-process Ray cluster's raylet and
+    workers included), summed over the tree and sampled every ``interval`` seconds in a thread.
+
+    ``with PeakMemory() as mem: ...``; ``mem.take()`` returns the peak (GiB) since the start or the last ``take``, so
+    one sampler measures stage after stage. RSS counts shared pages (Ray's object store) in every process that maps
+    them: the sum is an upper bound of what the tree holds."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self._peak = 0
+        self._overall = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def tree_rss() -> int:
+        """Bytes resident in this process and all its descendants now."""
+        import psutil
+
+        root = psutil.Process()
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # it ended between the listing and the read
+                total += process.memory_info().rss
+        return total
+
+    def _sample(self) -> None:
+        now = self.tree_rss()
+        with self._lock:
+            self._peak = max(self._peak, now)
+            self._overall = max(self._overall, now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+
+    def take(self) -> float:
+        """The peak in GiB since the start or the previous ``take``; the next period starts at the current level."""
+        self._sample()
+        with self._lock:
+            peak, self._peak = self._peak, 0
+        return round(peak / 2**30, 3)
+
+    @property
+    def peak_gb(self) -> float:
+        """The peak in GiB over the whole measurement."""
+        with self._lock:
+            return round(self._overall / 2**30, 3)
 
 
 def datasets_dir() -> Path:

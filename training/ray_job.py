@@ -76,7 +76,10 @@ def ranker_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     result = ranker.fit_boosters(
-        config["rows"], config["params"], use_gpu=config["use_gpu"], shard=(ctx.get_world_rank(), ctx.get_world_size())
+        config["shards"],
+        config["params"],
+        use_gpu=config["use_gpu"],
+        shard=(ctx.get_world_rank(), ctx.get_world_size()),
     )
 
     def write(directory: Path) -> dict[str, float]:
@@ -88,12 +91,16 @@ def ranker_loop(config: dict[str, Any]) -> None:
 
 class RayExecutor:
     """Runs each stage of ``RecSys.fit`` as one Ray Train job on the configured cluster (GPU workers when it has
-    them); ``omnicart.recommend.recsys.LocalExecutor`` is its in-process twin."""
+    them); ``omnicart.recommend.recsys.LocalExecutor`` is its in-process twin.
+
+    The jobs are given paths to their training data under ``work_dir`` (beside Ray Train's storage, which every node
+    of a cluster reaches), never the data itself: nothing is held both by the driver and in the object store."""
 
     def __init__(self, settings: Settings, name: str = "recsys", num_workers: int = 1) -> None:
         self.settings = settings
         self.name = name
         self.num_workers = num_workers
+        self.work_dir: Path | None = settings.ray_storage.resolve() / "scratch"
 
     def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
         ensure_ray(self.settings)

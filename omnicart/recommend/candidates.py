@@ -151,8 +151,8 @@ class ItemState:
     stats: pd.DataFrame  # one row per item, the i_* features
     categories: np.ndarray  # int code per item
     category_names: list[str]
-    ease: np.ndarray  # item×item
-    cooc: np.ndarray  # item×item
+    ease: item2item.ItemMatrix  # item×item: dense, or sparse past item2item.DENSE_ITEMS items
+    cooc: item2item.ItemMatrix  # item×item, likewise
     text: np.ndarray  # item × DIM (omnicart.text)
     ease_lambda: float
     channels: list[str] = field(default_factory=list)  # the channels the events name, when two or more
@@ -175,7 +175,7 @@ class ItemState:
     ) -> ItemState:
         """``events`` are normalised purchases before ``now``; ``text_of`` maps item id → text embedding."""
         ev = events[events[C.event_timestamp] < now]
-        item_ids = np.array(sorted(ev[C.item_id].unique()), dtype=object)
+        item_ids = items_before(ev, now)
         index = {item: n for n, item in enumerate(item_ids.tolist())}
         code = ev[C.item_id].map(index).to_numpy()
         users, ucode = np.unique(ev[C.customer_id].to_numpy(), return_inverse=True)
@@ -256,8 +256,8 @@ class ItemState:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
             directory / "items.npz",
-            ease=self.ease.astype(np.float16),
-            cooc=self.cooc.astype(np.float16),
+            **_matrix_arrays("ease", self.ease),
+            **_matrix_arrays("cooc", self.cooc),
             text=self.text.astype(np.float16),
             categories=self.categories,
             stats=self.stats.to_numpy(np.float32),
@@ -285,8 +285,8 @@ class ItemState:
                 stats=pd.DataFrame(a["stats"], columns=meta["stats_columns"]),
                 categories=a["categories"],
                 category_names=meta["category_names"],
-                ease=a["ease"].astype(np.float32),
-                cooc=a["cooc"].astype(np.float32),
+                ease=_matrix_of("ease", a),
+                cooc=_matrix_of("cooc", a),
                 text=a["text"].astype(np.float32),
                 ease_lambda=meta["ease_lambda"],
                 channels=meta.get("channels", []),  # a model saved before channels knew none
@@ -294,10 +294,38 @@ class ItemState:
             )
 
 
-def _as_saved(matrix: np.ndarray) -> np.ndarray:
+def items_before(events: pd.DataFrame, now: pd.Timestamp) -> np.ndarray:
+    """The items bought before ``now``, sorted: the codes of a catalog state fitted at ``now``."""
+    return np.array(sorted(events.loc[events[C.event_timestamp] < now, C.item_id].unique()), dtype=object)
+
+
+def _as_saved(matrix: item2item.ItemMatrix) -> item2item.ItemMatrix:
     """The matrix at the precision ``save`` stores it (float16): the fitted model ranks exactly as the saved one
     will, so what the benchmark and the evaluation measure is what serving answers."""
+    if sp.issparse(matrix):
+        matrix = matrix.copy()
+        matrix.data = matrix.data.astype(np.float16).astype(np.float32)
+        return matrix
     return matrix.astype(np.float16).astype(np.float32)
+
+
+def _matrix_arrays(name: str, matrix: item2item.ItemMatrix) -> dict[str, np.ndarray]:
+    """An item×item matrix as NPZ arrays (float16): dense as one array, sparse as its CSR parts."""
+    if not sp.issparse(matrix):
+        return {name: matrix.astype(np.float16)}
+    return {
+        f"{name}_data": matrix.data.astype(np.float16),
+        f"{name}_indices": matrix.indices,
+        f"{name}_indptr": matrix.indptr,
+        f"{name}_shape": np.asarray(matrix.shape),
+    }
+
+
+def _matrix_of(name: str, arrays: Any) -> item2item.ItemMatrix:
+    if name in arrays.files:
+        return arrays[name].astype(np.float32)
+    parts = (arrays[f"{name}_data"].astype(np.float32), arrays[f"{name}_indices"], arrays[f"{name}_indptr"])
+    return sp.csr_matrix(parts, shape=tuple(arrays[f"{name}_shape"]))
 
 
 def _channel_lines(ev: pd.DataFrame, code: np.ndarray, age: np.ndarray, n: int) -> tuple[list[str], np.ndarray | None]:
@@ -480,7 +508,7 @@ def _closest_owned(df: pd.DataFrame, batch: Batch, state: ItemState) -> tuple[np
         sim[same] = -np.inf
         text_max[rows] = sim.max(axis=1)
         variants[rows] = (sim >= 0.85).sum(axis=1)
-        link = state.ease[np.ix_(owned, items)].T
+        link = item2item.take(state.ease, owned, items).T
         link[same] = -np.inf
         ease_max[rows] = link.max(axis=1)
     text_max[~np.isfinite(text_max)] = np.nan

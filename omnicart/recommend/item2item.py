@@ -11,35 +11,103 @@ import scipy.sparse as sp
 
 from omnicart.schemas import C
 
+# EASE inverts an items x items float64 matrix (two of them in memory while it does) and the model keeps two items x
+# items matrices per catalog state: dense up to this many items (2 GiB for the inversion). Past it, EASE is fitted on
+# this many most-bought items and both matrices keep each item's NEIGHBOURS strongest links, as sparse matrices: the
+# size of the catalog decides, so memory stays bounded however many items a shop sells.
+DENSE_ITEMS = int((2 * 2**30 / 16) ** 0.5)  # 11,585
+NEIGHBOURS = 200
 
-def ease(x: sp.spmatrix | np.ndarray, lam: float) -> np.ndarray:
-    """The EASE item×item weight matrix (float32, zero diagonal) of a binary user×item matrix."""
+ItemMatrix = np.ndarray | sp.csr_matrix
+
+
+def ease(x: sp.spmatrix | np.ndarray, lam: float, max_items: int | None = None) -> ItemMatrix:
+    """The EASE item×item weight matrix (float32, zero diagonal) of a binary user×item matrix: dense up to
+    ``max_items`` items; past it, fitted on the ``max_items`` most-bought items and kept sparse (``NEIGHBOURS``)."""
     x = sp.csr_matrix(x, dtype=np.float64)
+    n = x.shape[1]
+    max_items = DENSE_ITEMS if max_items is None else max_items
+    if n <= max_items:
+        return _ease_dense(x, lam)
+    buyers = np.asarray((x > 0).sum(axis=0)).ravel()
+    top = np.sort(np.argsort(-buyers, kind="stable")[:max_items])
+    return _strongest(_ease_dense(x[:, top], lam), top, n)
+
+
+def _ease_dense(x: sp.csr_matrix, lam: float) -> np.ndarray:
     gram = (x.T @ x).toarray()
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
+    del gram
     b = p / -np.diag(p)
+    del p
     np.fill_diagonal(b, 0.0)
     return b.astype(np.float32)
 
 
-def cooccurrence(baskets: sp.spmatrix) -> np.ndarray:
-    """Cosine co-occurrence of items in the same basket (basket×item binary matrix), zero diagonal, float32."""
+def _strongest(weights: np.ndarray, codes: np.ndarray, n: int) -> sp.csr_matrix:
+    """n × n sparse matrix keeping each row's ``NEIGHBOURS`` largest positive ``weights`` (rows and columns of
+    ``weights`` are the items ``codes``)."""
+    k = NEIGHBOURS
+    rows, cols, vals = [], [], []
+    for start in range(0, weights.shape[0], 1024):
+        block = weights[start : start + 1024]
+        kk = min(k, block.shape[1])
+        top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+        v = np.take_along_axis(block, top, axis=1)
+        keep = v > 0
+        rows.append(codes[start + np.nonzero(keep)[0]])
+        cols.append(codes[top[keep]])
+        vals.append(v[keep])
+    out = sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+    out.sort_indices()
+    return out
+
+
+def cooccurrence(baskets: sp.spmatrix, max_items: int | None = None) -> ItemMatrix:
+    """Cosine co-occurrence of items in the same basket (basket×item binary matrix), zero diagonal, float32: dense
+    up to ``max_items`` items, past it sparse with each item's ``NEIGHBOURS`` strongest links."""
     o = sp.csr_matrix(baskets, dtype=np.float32)
     o.data[:] = 1.0
-    c = (o.T @ o).toarray()
-    counts = np.diag(c).copy()
-    np.fill_diagonal(c, 0.0)
-    norm = np.sqrt(np.maximum(counts, 1.0))
-    return (c / norm[:, None] / norm[None, :]).astype(np.float32)
+    if o.shape[1] <= (DENSE_ITEMS if max_items is None else max_items):
+        c = (o.T @ o).toarray()
+        counts = np.diag(c).copy()
+        np.fill_diagonal(c, 0.0)
+        norm = np.sqrt(np.maximum(counts, 1.0))
+        return (c / norm[:, None] / norm[None, :]).astype(np.float32)
+    c = (o.T @ o).tocsr()
+    norm = sp.diags(1.0 / np.sqrt(np.maximum(c.diagonal(), 1.0)).astype(np.float32))
+    c.setdiag(0.0)
+    c.eliminate_zeros()
+    c = (norm @ c @ norm).tocsr()
+    rows = []
+    for r in range(c.shape[0]):  # each item's strongest links
+        lo, hi = c.indptr[r], c.indptr[r + 1]
+        if hi - lo > NEIGHBOURS:
+            drop = lo + np.argpartition(-c.data[lo:hi], NEIGHBOURS)[NEIGHBOURS:]
+            rows.append(drop)
+    if rows:
+        c.data[np.concatenate(rows)] = 0.0
+        c.eliminate_zeros()
+    return c.astype(np.float32)
 
 
-def scores(x: sp.spmatrix | np.ndarray, weights: np.ndarray, batch: int = 2048) -> np.ndarray:
+def take(matrix: ItemMatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``matrix[rows][:, cols]`` as a dense array, for a dense or a sparse item×item matrix."""
+    if sp.issparse(matrix):
+        return matrix[rows][:, cols].toarray()
+    return matrix[np.ix_(rows, cols)]
+
+
+def scores(x: sp.spmatrix | np.ndarray, weights: ItemMatrix, batch: int = 2048) -> np.ndarray:
     """User×item scores x·W, in row batches to bound memory."""
     x = sp.csr_matrix(x, dtype=np.float32)
     out = np.empty((x.shape[0], weights.shape[1]), dtype=np.float32)
     for start in range(0, x.shape[0], batch):
-        out[start : start + batch] = x[start : start + batch] @ weights
+        part = x[start : start + batch] @ weights
+        out[start : start + batch] = part.toarray() if sp.issparse(part) else part
     return out
 
 

@@ -4,15 +4,18 @@ Two models share the features of ``candidates.FEATURES`` (plus the context chann
 item features the platform reads from Feast, explained as the "trend" group): ``main`` ranks every candidate (repeat
 purchases and new items together), ``discover`` is trained on the items a user has never bought and ranks them when
 the caller asks for new items only. Each model is the mean of ``n_bags`` boosters early-stopped on different folds
-of customers. ``fit_boosters`` is plain xgboost; in a Ray Train job it runs inside an ``XGBoostTrainer`` worker
-(``training.ray_job.ranker_loop``), which shards the query groups across workers.
+of customers. The training rows are written block by block as Parquet shards (``ShardWriter``) and streamed from them
+into each booster (``fit_boosters``, plain xgboost); in a Ray Train job it runs inside an ``XGBoostTrainer`` worker
+(``training.ray_job.ranker_loop``), which is given the shards' paths, never the rows, and splits the files across
+workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,67 +82,186 @@ def n_folds(params: RankerParams) -> int:
     return max(int(round(1.0 / params.eval_share)), params.n_bags, 2)
 
 
+# the columns of a training shard besides the features
+SHARD_COLUMNS = ("label", "group", "fold", "train", "owned")
+
+
+def sample_key(seed: int, group: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) per (query group, item), from a hash (splitmix64) rather than a generator's
+    stream: the same row draws the same number whichever block of customers it is built in."""
+    with np.errstate(over="ignore"):
+        z = group.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z ^= item.astype(np.uint64) + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def sample_negatives(frame: pd.DataFrame, params: RankerParams) -> np.ndarray:
+    """Which candidate rows a booster trains on: every item the user bought before, every positive and, of the other
+    negatives, the ``neg_per_user`` with the smallest ``sample_key`` per query group: a uniform sample (so no feature
+    is biased by it) that does not depend on how the groups were split into blocks. ``frame``: ``ui_orders``,
+    ``label``, ``group`` and the item code column ``i``."""
+    train = (frame["ui_orders"].to_numpy() > 0) | (frame["label"].to_numpy() > 0)
+    rest = np.flatnonzero(~train)
+    if not len(rest):
+        return train
+    group = frame["group"].to_numpy()[rest]
+    key = sample_key(params.seed, group, frame["i"].to_numpy()[rest])
+    order = np.lexsort((key, group))
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    nth = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    train[rest[order[nth < params.neg_per_user]]] = True
+    return train
+
+
+def training_frame(frame: pd.DataFrame, params: RankerParams, features: Sequence[str] = FEATURES) -> pd.DataFrame:
+    """The rows of ``frame`` (candidates with ``label``, ``group`` and ``fold``, the customer's fold) the boosters
+    read: those ``sample_negatives`` picks for training (``train``), and every row of the folds ``0 .. n_bags - 1``,
+    each some booster's held-out customers, for early stopping on whole rankings. Columns: ``features`` (float32),
+    then ``SHARD_COLUMNS``."""
+    train = sample_negatives(frame, params)
+    keep = train | (frame["fold"].to_numpy() < params.n_bags)
+    kept = frame[keep]
+    out = pd.DataFrame({f: kept[f].to_numpy(np.float32) for f in features})
+    out["label"] = kept["label"].to_numpy(np.float32)
+    out["group"] = kept["group"].to_numpy(np.int64)
+    out["fold"] = kept["fold"].to_numpy(np.int64)
+    out["train"] = train[keep]
+    out["owned"] = kept["ui_orders"].to_numpy() > 0
+    return out
+
+
 def training_rows(
     frame: pd.DataFrame, params: RankerParams, features: Sequence[str] = FEATURES
 ) -> dict[str, np.ndarray]:
-    """Arrays for the boosters from candidate rows with ``label``, ``group`` (query id, sorted) and ``fold`` (the
-    customer's fold; folds ``0 .. n_bags - 1`` are each some booster's held-out customers).
+    """``training_frame`` of a whole frame in memory, as arrays (the reference the shards are checked against)."""
+    return _arrays(training_frame(frame, params, features), features)
 
-    A booster trains on every item the user bought before, every positive and, of the other negatives, a uniform
-    sample of ``neg_per_user`` per user (uniform, so no feature is biased by the sampling): the rows marked
-    ``train``. The folds that some booster holds out keep all their rows, for early stopping on whole rankings."""
-    rng = np.random.default_rng(params.seed)
-    owned = frame["ui_orders"].to_numpy() > 0
-    label = frame["label"].to_numpy()
-    fold = frame["fold"].to_numpy()
-    train = owned | (label > 0)
-    rest = np.flatnonzero(~train)
-    order = rest[rng.permutation(len(rest))]
-    nth = pd.Series(frame["group"].to_numpy()[order]).groupby(frame["group"].to_numpy()[order]).cumcount().to_numpy()
-    train[order[nth < params.neg_per_user]] = True
-    keep = train | (fold < params.n_bags)
-    kept = frame[keep]
+
+def _arrays(rows: pd.DataFrame, features: Sequence[str]) -> dict[str, np.ndarray]:
     return {
-        "x": kept[list(features)].to_numpy(np.float32),
+        "x": rows[list(features)].to_numpy(np.float32),
         "features": np.asarray(list(features)),
-        "y": kept["label"].to_numpy(np.float32),
-        "group": kept["group"].to_numpy(np.int64),
-        "fold": kept["fold"].to_numpy(np.int64),
-        "train": train[keep],
-        "owned": kept["ui_orders"].to_numpy() > 0,
+        "y": rows["label"].to_numpy(np.float32),
+        "group": rows["group"].to_numpy(np.int64),
+        "fold": rows["fold"].to_numpy(np.int64),
+        "train": rows["train"].to_numpy(bool),
+        "owned": rows["owned"].to_numpy(bool),
     }
 
 
-def _dmatrix(x: np.ndarray, y: np.ndarray, group: np.ndarray, features: Sequence[str]):
+@dataclass(frozen=True)
+class Shards:
+    """The ranker's training rows as Parquet files, each holding whole query groups in ascending order (a block of
+    customers at one cut), in ascending group order across files: what the training job reads, file by file."""
+
+    paths: tuple[str, ...]
+    features: tuple[str, ...]
+    rows: int
+
+    def read(self, path: str) -> dict[str, np.ndarray]:
+        """One file's rows as arrays (``training_rows``' keys)."""
+        import pyarrow.parquet as pq
+
+        return _arrays(pq.read_table(path).to_pandas(), self.features)
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every file's rows in one set of arrays (small data and tests only: this is what the shards avoid)."""
+        parts = [self.read(p) for p in self.paths]
+        out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0] if k != "features"}
+        return {**out, "features": np.asarray(self.features)}
+
+
+class ShardWriter:
+    """Writes ``training_frame`` blocks as Parquet shards into ``directory``, in the order given."""
+
+    def __init__(self, directory: Path, params: RankerParams, features: Sequence[str]) -> None:
+        self.directory = Path(directory)
+        self.params = params
+        self.features = tuple(features)
+        self.paths: list[str] = []
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> int:
+        """Sample and write one block of candidate rows; returns the rows written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = training_frame(frame, self.params, self.features)
+        if not len(rows):
+            return 0
+        path = self.directory / f"rows-{len(self.paths):05d}.parquet"
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path, compression="lz4")
+        self.paths.append(str(path))
+        self.rows += len(rows)
+        return len(rows)
+
+    def shards(self) -> Shards:
+        return Shards(tuple(self.paths), self.features, self.rows)
+
+
+def _row_iterator(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str, np.ndarray]], np.ndarray]):
+    """An XGBoost ``DataIter`` over ``paths``: one file per batch (whole query groups), the rows ``keep`` picks."""
     import xgboost as xgb
 
-    d = xgb.DMatrix(x, label=y, feature_names=list(features))
-    _, sizes = np.unique(group, return_counts=True)  # groups are contiguous and sorted
-    d.set_group(sizes)
-    return d
+    names = list(shards.features)
+
+    class Rows(xgb.DataIter):
+        def __init__(self) -> None:
+            self._next, self._given = 0, False
+            super().__init__(release_data=True)
+
+        def next(self, input_data: Callable) -> bool:
+            while self._next < len(paths):
+                rows = shards.read(paths[self._next])
+                self._next += 1
+                m = keep(rows)
+                if m.any():
+                    input_data(data=rows["x"][m], label=rows["y"][m], qid=rows["group"][m], feature_names=names)
+                    self._given = True
+                    return True
+            if not self._given:  # nothing kept (a worker's files hold none of these rows): one empty batch
+                self._given = True
+                empty = np.zeros((0, len(names)), np.float32)
+                input_data(data=empty, label=np.zeros(0, np.float32), qid=np.zeros(0, np.int64), feature_names=names)
+                return True
+            return False
+
+        def reset(self) -> None:
+            self._next, self._given = 0, False
+
+    return Rows()
 
 
 def fit_boosters(
-    rows: dict[str, np.ndarray], params: RankerParams, *, use_gpu: bool = False, shard: tuple[int, int] = (0, 1)
+    shards: Shards, params: RankerParams, *, use_gpu: bool = False, shard: tuple[int, int] = (0, 1)
 ) -> dict[str, Any]:
     """Train ``main`` on every candidate and ``discover`` on never-bought ones: ``n_bags`` boosters each, booster
     ``b`` early-stopped on the customers of fold ``b`` and trained on the rest, with seed ``seed + b``.
 
-    ``shard=(rank, world)`` keeps the query groups with ``group % world == rank`` (data-parallel workers)."""
+    Each booster's rows stream from the shards into an XGBoost ``QuantileDMatrix`` (one file at a time: only the
+    quantised rows are held, about one byte per value). ``shard=(rank, world)`` keeps every ``world``-th file
+    (data-parallel workers; a file holds whole query groups)."""
     import xgboost as xgb
 
     rank, world = shard
-    mine = rows["group"] % world == rank
-    features = rows["features"].tolist()
+    paths = shards.paths[rank::world]
     boosters: dict[str, Any] = {}
     for name in BOOSTERS:
-        m = mine & (np.ones_like(mine) if name == "main" else ~rows["owned"])
         boosters[name], scores = [], []
         for bag in range(params.n_bags):
-            held = rows["fold"] == bag
-            train, hold = m & ~held & rows["train"], m & held
-            dtrain = _dmatrix(rows["x"][train], rows["y"][train], rows["group"][train], features)
-            dhold = _dmatrix(rows["x"][hold], rows["y"][hold], rows["group"][hold], features)
+
+            def train(r: dict[str, np.ndarray], bag: int = bag, name: str = name) -> np.ndarray:
+                return (r["fold"] != bag) & r["train"] & ((name == "main") | ~r["owned"])
+
+            def hold(r: dict[str, np.ndarray], bag: int = bag, name: str = name) -> np.ndarray:
+                return (r["fold"] == bag) & ((name == "main") | ~r["owned"])
+
+            dtrain = xgb.QuantileDMatrix(_row_iterator(shards, paths, train), max_bin=params.max_bin)
+            dhold = xgb.QuantileDMatrix(_row_iterator(shards, paths, hold), ref=dtrain, max_bin=params.max_bin)
             booster = xgb.train(
                 {**params.xgb_params(use_gpu), "seed": params.seed + bag},
                 dtrain,
@@ -148,6 +270,7 @@ def fit_boosters(
                 early_stopping_rounds=params.early_stopping_rounds,
                 verbose_eval=False,
             )
+            del dtrain, dhold
             boosters[name].append(booster[: int(booster.best_iteration) + 1])
             scores.append(float(booster.best_score))
         boosters[f"{name}_holdout_ndcg@10"] = float(np.mean(scores))

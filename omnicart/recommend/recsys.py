@@ -10,9 +10,10 @@
    out another fold of the customers (the same in every cut) for early stopping.
 4. Two-tower models (one per cut, and one on all events) trained in one job — a Ray Train ``TorchTrainer`` with
    ``training.ray_job.RayExecutor``, in process with ``LocalExecutor`` (tests).
-5. Candidates and features per cut (plus optional item and customer features read point-in-time at the cut, the
-   platform's Feast item and customer × channel windows), then every booster in one job (Ray Train
-   ``XGBoostTrainer``).
+5. Candidates and features per cut and block of customers (plus optional item and customer features read
+   point-in-time at the cut, the platform's Feast item and customer × channel windows), written as Parquet shards;
+   then every booster in one job (Ray Train ``XGBoostTrainer``) that streams them from the files. Memory stays
+   bounded by one cut's catalog state and one block's candidates, whatever the data size.
 6. The catalog side is refitted on all events for recommending.
 
 ``recommend`` ranks one customer's candidates and explains every item from the boosters' own TreeSHAP values;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -130,6 +132,9 @@ class RecSysParams:
     # split (train before 2015, the bench's test window unread) text alone beat the two-tower tower and 0.75 was
     # at least as good as text alone at two seeds.
     cold_text_weight: float = 0.75
+    # training builds the ranker's rows for blocks of customers whose customers × items score matrices hold at
+    # most this many cells (some 10 dense float32 matrices: about 0.4 GB), whatever the data size
+    block_cells: int = 10_000_000
     seed: int = 0
 
     def cuts(self, now: pd.Timestamp) -> list[pd.Timestamp]:
@@ -160,16 +165,20 @@ class RecSysParams:
             two_tower=TwoTowerParams(**d["two_tower"]),
             ranker=RankerParams(**d["ranker"]),
             cold_text_weight=d["cold_text_weight"],
+            block_cells=d.get("block_cells", cls.block_cells),
             seed=d["seed"],
         )
 
 
 # --- where the two training stages run ------------------------------------------------------------------------------
 def two_tower_tasks(config: dict[str, Any], distributed: bool) -> list[dict[str, Any]]:
-    return [
-        two_tower.fit(t["history"], t["targets"], t["content"], config["params"], distributed=distributed)
-        for t in config["tasks"]
-    ]
+    """Train every task of ``config["tasks"]`` (paths written by ``two_tower.save_task``), one loaded at a time."""
+    out = []
+    for path in config["tasks"]:
+        history, targets, content = two_tower.load_task(Path(path))
+        out.append(two_tower.fit(history, targets, content, config["params"], distributed=distributed))
+        del history, targets, content
+    return out
 
 
 def read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
@@ -182,7 +191,10 @@ def read_two_tower(directory: Path, n: int) -> list[dict[str, Any]]:
 
 class Executor(Protocol):
     """Where the two training stages run: in this process (``LocalExecutor``) or as Ray Train jobs
-    (``training.ray_job.RayExecutor``)."""
+    (``training.ray_job.RayExecutor``). Both stages are given paths to their data, never the data: ``work_dir``
+    is where ``fit`` writes it (None: the system's temporary folder), a folder every worker can read."""
+
+    work_dir: Path | None
 
     def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]: ...
 
@@ -192,11 +204,13 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs both training stages in this process (unit tests, notebooks)."""
 
+    work_dir: Path | None = None
+
     def two_tower(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         return two_tower_tasks(config, distributed=False)
 
     def ranker(self, config: dict[str, Any]) -> dict[str, Any]:
-        return ranker.fit_boosters(config["rows"], config["params"])
+        return ranker.fit_boosters(config["shards"], config["params"])
 
 
 # --- the estimator ----------------------------------------------------------------------------------------------------
@@ -266,82 +280,33 @@ class RecSys:
 
         first = events[C.event_timestamp].min()
         cuts = [c for c in p.cuts(now) if c > first]  # some history before the cut
-        states = [ItemState.fit(events, catalog, c, text_of, lam, seed=p.seed) for c in cuts]
         final = ItemState.fit(events, catalog, now, text_of, lam, seed=p.seed)
         lap("item_state")
-
-        # two-tower: models at anchor cuts (features for the ranker) and one on everything (recommending)
-        anchors = sorted({j for j in range(len(cuts)) if j % max(p.two_tower_every, 1) == 0} | {len(cuts) - 1})
-        anchors = [j for j in anchors if j >= 0]
-        tasks, vocabs = [], []
-        for state, cut in zip([*(states[j] for j in anchors), final], [*(cuts[j] for j in anchors), now], strict=True):
-            content, vocab = self._content(state, catalog, text_of)
-            index = {item: n for n, item in enumerate(state.item_ids.tolist())}
-            history, targets = two_tower.training_examples(events[events[C.event_timestamp] < cut], index, p.two_tower)
-            tasks.append({"history": history, "targets": targets, "content": content})
-            vocabs.append(vocab)
-        results = executor.two_tower({"tasks": tasks, "params": p.two_tower})
-        indexes = [
-            TwoTowerIndex.from_fit(t["content"].item_ids, len(s.item_ids), r, p.two_tower)
-            for t, s, r in zip(tasks, [*(states[j] for j in anchors), final], results, strict=True)
-        ]
-        self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
-        lap("two_tower")
 
         self.item_features = item_features
         self.extra_features_: list[str] | None = None if item_features is not None else []  # None: the first read
         self.channel_features_ = list(cand.CHANNEL_FEATURES) if final.channels else []
         self.customer_features = customer_features
         self.customer_features_: list[str] | None = None if customer_features is not None else []
-        frames = []
-        for c, (state, cut) in enumerate(zip(states, cuts, strict=True)):
-            index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
-            end = cut + pd.Timedelta(days=p.label_days)
-            window = events[(events[C.event_timestamp] >= cut) & (events[C.event_timestamp] < end)]
-            window = window[window[C.item_id].isin(state.index)]
-            labels = set(zip(window[C.customer_id], window[C.item_id], strict=True))
-            users = np.array(
-                sorted(set(events.loc[events[C.event_timestamp] < cut, C.customer_id]) & set(window[C.customer_id]))
-            )
-            rng = np.random.default_rng(p.seed + c)
-            if p.users_per_cut and len(users) > p.users_per_cut:
-                users = np.sort(rng.choice(users, size=p.users_per_cut, replace=False))
-            if not len(users):
-                continue
-            batch = cand.describe(events, state, cut, users)
-            context = _first_channels(window, users)
-            frame = cand.candidates(
-                batch, state, p.candidates, _two_tower_scores(index, state, events, users, cut), channels=context
-            )
-            frame = self._with_item_features(frame, state, cut, strict=True)
-            frame, _ = self._with_customer_features(
-                frame, users, cand.context_channels(batch, context), cut, strict=True
-            )
-            frame["label"] = [
-                (u, i) in labels
-                for u, i in zip(users[frame[USER].to_numpy()], state.item_ids[frame[cand.ITEM].to_numpy()], strict=True)
-            ]
-            frame["label"] = frame["label"].astype(np.float32)
-            frame["group"] = c * 10_000_000 + frame[USER].to_numpy()
-            frame["fold"] = _folds(users, ranker.n_folds(p.ranker), p.seed)[frame[USER].to_numpy()]
-            frames.append(frame)
-        if not frames:
-            raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
-        data = pd.concat(frames, ignore_index=True).sort_values("group", kind="stable")
-        if not all((data["fold"] == bag).any() for bag in range(p.ranker.n_bags)):  # tiny data: fold the groups
-            groups = data["group"].unique()
-            fold_of = np.random.default_rng(p.seed).integers(0, ranker.n_folds(p.ranker), len(groups))
-            fold_of[: p.ranker.n_bags] = np.arange(min(p.ranker.n_bags, len(groups)))  # every bag holds some out
-            data["fold"] = pd.Series(fold_of, index=groups).reindex(data["group"]).to_numpy()
-        self.extra_features_ = self.extra_features_ or []
-        self.customer_features_ = self.customer_features_ or []
-        rows = ranker.training_rows(data, p.ranker, self.features)
-        self.train_rows_ = len(rows["y"])
-        lap("features")
+        # the two-tower tasks and the ranker's rows go to files here, and the training jobs read them from there
+        root = executor.work_dir
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="omnicart-recsys-", dir=root) as work:
+            # two-tower: models at anchor cuts (features for the ranker) and one on everything (recommending)
+            anchors = sorted({j for j in range(len(cuts)) if j % max(p.two_tower_every, 1) == 0} | {len(cuts) - 1})
+            anchors = [j for j in anchors if j >= 0]
+            at_cuts = [*(cuts[j] for j in anchors), now]
+            indexes, vocabs = self._two_towers(events, catalog, text_of, at_cuts, executor, Path(work))
+            lap("two_tower")
 
-        boosters = executor.ranker({"rows": rows, "params": p.ranker})
-        self.boosters_ = {name: boosters[name] for name in ranker.BOOSTERS}
-        lap("ranker")
+            shards = self._ranker_shards(events, catalog, text_of, lam, cuts, anchors, indexes, Path(work))
+            self.train_rows_ = shards.rows
+            lap("features")
+
+            boosters = executor.ranker({"shards": shards, "params": p.ranker})
+            self.boosters_ = {name: boosters[name] for name in ranker.BOOSTERS}
+            lap("ranker")
 
         self.state_ = final
         self.two_tower_ = indexes[-1]
@@ -353,6 +318,119 @@ class RecSys:
         self.now_ = now
         self.timings_ = timings
         return self
+
+    def _two_towers(
+        self,
+        events: pd.DataFrame,
+        catalog: pd.DataFrame,
+        text_of: dict[str, np.ndarray],
+        cuts: list[pd.Timestamp],
+        executor: Executor,
+        work: Path,
+    ) -> tuple[list[TwoTowerIndex], list[dict]]:
+        """One two-tower model per cut, trained in one job. Each task's examples are written to ``work`` as they are
+        made and the job is given their paths: the driver holds one task at a time, the object store none."""
+        p = self.params
+        tasks, vocabs, items = [], [], []
+        for k, cut in enumerate(cuts):
+            warm = cand.items_before(events, cut)
+            content, vocab = self._content(warm, catalog, text_of)
+            index = {item: n for n, item in enumerate(warm.tolist())}
+            history, targets = two_tower.training_examples(events[events[C.event_timestamp] < cut], index, p.two_tower)
+            path = work / f"two_tower_{k}.npz"
+            two_tower.save_task(path, history, targets, content)
+            tasks.append(str(path))
+            vocabs.append(vocab)
+            items.append((content.item_ids, len(warm)))
+            del history, targets, content
+        results = executor.two_tower({"tasks": tasks, "params": p.two_tower})
+        indexes = [
+            TwoTowerIndex.from_fit(ids, n_warm, r, p.two_tower) for (ids, n_warm), r in zip(items, results, strict=True)
+        ]
+        self.two_tower_loss_ = [(float(r["loss_first"]), float(r["loss_last"])) for r in results]
+        return indexes, vocabs
+
+    def block_users(self, n_items: int) -> int:
+        """Customers per block: as many as keep the block's dense customers × items score matrices at
+        ``block_cells`` cells, so memory stays bounded whatever the catalog and customer counts."""
+        return max(1, self.params.block_cells // max(n_items, 1))
+
+    def _ranker_shards(
+        self,
+        events: pd.DataFrame,
+        catalog: pd.DataFrame,
+        text_of: dict[str, np.ndarray],
+        lam: float,
+        cuts: list[pd.Timestamp],
+        anchors: list[int],
+        indexes: list[TwoTowerIndex],
+        work: Path,
+    ) -> ranker.Shards:
+        """The ranker's training rows, cut by cut and block of customers by block, written as Parquet shards: only
+        one cut's catalog state and one block's candidates are in memory at a time."""
+        p = self.params
+        at = events[C.event_timestamp]
+        span = pd.Timedelta(days=p.label_days)
+        cut_users = []
+        for c, cut in enumerate(cuts):
+            buyers = events.loc[(at >= cut) & (at < cut + span), C.customer_id]
+            users = np.array(sorted(set(events.loc[at < cut, C.customer_id]) & set(buyers)))
+            rng = np.random.default_rng(p.seed + c)
+            if p.users_per_cut and len(users) > p.users_per_cut:
+                users = np.sort(rng.choice(users, size=p.users_per_cut, replace=False))
+            cut_users.append(users)
+        if not any(len(u) for u in cut_users):
+            raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
+        folds = _cut_folds(cut_users, p)
+        # each block's events are one slice of the events sorted by customer (blocks are runs of sorted customers)
+        by_customer = events.sort_values(C.customer_id, kind="stable").reset_index(drop=True)
+        customers = by_customer[C.customer_id].to_numpy()
+        (work / "ranker").mkdir()
+        writer: ranker.ShardWriter | None = None
+        for c, (cut, users) in enumerate(zip(cuts, cut_users, strict=True)):
+            if not len(users):
+                continue
+            state = ItemState.fit(events, catalog, cut, text_of, lam, seed=p.seed)
+            n_items = len(state.item_ids)
+            index = indexes[next(n for n, j in enumerate(anchors) if j >= c)]
+            window = events[(at >= cut) & (at < cut + span)]
+            window = window[window[C.item_id].isin(state.index)]
+            context = _first_channels(window, users)
+            bought = pd.Index(users).get_indexer(window[C.customer_id])
+            labels = np.unique(
+                bought[bought >= 0].astype(np.int64) * n_items
+                + window[C.item_id].map(state.index).to_numpy(np.int64)[bought >= 0]
+            )
+            table = self._item_table(state, np.arange(n_items), cut, True) if self.extra_features_ != [] else None
+            size = self.block_users(n_items)
+            for start in range(0, len(users), size):
+                chunk = users[start : start + size]
+                lo, hi = np.searchsorted(customers, chunk[0], "left"), np.searchsorted(customers, chunk[-1], "right")
+                chunk_events = by_customer.iloc[lo:hi]
+                batch = cand.describe(chunk_events, state, cut, chunk)
+                chunk_context = None if context is None else context[start : start + size]
+                scores = _two_tower_scores(index, state, chunk_events, chunk, cut)
+                frame = cand.candidates(batch, state, p.candidates, scores, channels=chunk_context)
+                if table is not None:
+                    codes = frame[cand.ITEM].to_numpy()
+                    frame = frame.assign(**{name: table[codes, n] for n, name in enumerate(self.extra_features_)})
+                frame, _ = self._with_customer_features(
+                    frame, chunk, cand.context_channels(batch, chunk_context), cut, strict=True
+                )
+                u = frame[USER].to_numpy() + start
+                key = u.astype(np.int64) * n_items + frame[cand.ITEM].to_numpy(np.int64)
+                frame["label"] = np.isin(key, labels).astype(np.float32)
+                frame["group"] = c * 10_000_000 + u
+                frame["fold"] = folds[c][u]
+                if writer is None:  # the first block has read the outside features, which names them
+                    self.extra_features_ = self.extra_features_ or []
+                    self.customer_features_ = self.customer_features_ or []
+                    writer = ranker.ShardWriter(work / "ranker", p.ranker, self.features)
+                writer.write(frame)
+            del state
+        if writer is None or not writer.rows:
+            raise ValueError(f"not enough history for a {p.label_days}-day label window; lower label_days")
+        return writer.shards()
 
     def _text_vectors(self, catalog: pd.DataFrame, source: ItemText | None) -> np.ndarray:
         """The text vector of each catalog item: the source's where it has one, the others encoded (all without a
@@ -388,13 +466,14 @@ class RecSys:
         return pd.concat([catalog, extra], ignore_index=True)
 
     def _content(
-        self, state: ItemState, catalog: pd.DataFrame, text_of: dict[str, np.ndarray], vocab: dict | None = None
+        self, warm_ids: np.ndarray, catalog: pd.DataFrame, text_of: dict[str, np.ndarray], vocab: dict | None = None
     ) -> tuple[two_tower.Content, dict]:
-        cold = _cold_item_ids(state.item_ids, catalog)
-        item_ids = np.concatenate([state.item_ids, cold]).astype(object)
+        """Content arrays of the items with interactions (``warm_ids``, first) and the other catalog items."""
+        cold = _cold_item_ids(warm_ids, catalog)
+        item_ids = np.concatenate([warm_ids, cold]).astype(object)
         emb = np.stack([text_of.get(i, np.zeros(text.DIM, np.float32)) for i in item_ids.tolist()])
         warm = np.zeros(len(item_ids), bool)
-        warm[: len(state.item_ids)] = True
+        warm[: len(warm_ids)] = True
         return two_tower.build_content(item_ids, catalog, emb, warm, vocab)
 
     # --- item features from outside the event log ----------------------------------------------------------------
@@ -566,9 +645,12 @@ class RecSys:
         users = np.array(list(users))
         out: dict[Any, list[str]] = {}
         fallback = np.argsort(-self.state_.stats["i_buyers_30d"].to_numpy(), kind="stable")
+        batch_size = min(batch_size, self.block_users(len(self.state_.item_ids)))
+        rows_of = events.groupby(C.customer_id, sort=False).indices  # one pass, not one scan per batch
         for start in range(0, len(users), batch_size):
             chunk = users[start : start + batch_size]
-            chunk_events = events[events[C.customer_id].isin(set(chunk.tolist()))]
+            rows = [rows_of[u] for u in chunk.tolist() if u in rows_of]
+            chunk_events = events.iloc[np.sort(np.concatenate(rows))] if rows else events.iloc[:0]
             scored = self._frame(chunk_events, chunk, now, discover, exclude, channels)
             frame, batch = scored.frame, scored.batch
             frame = frame.sort_values([USER, "score"], ascending=[True, False], kind="stable")
@@ -700,7 +782,8 @@ class RecSys:
         title = state.titles[i]
         others = owned[[o != i and not (title and state.titles[o] == title) for o in owned]]
         if len(others):
-            together = others[np.argmax(state.ease[others, i] + 0.1 * state.cooc[others, i])]
+            link = item2item.take(state.ease, others, [i])[:, 0] + 0.1 * item2item.take(state.cooc, others, [i])[:, 0]
+            together = others[np.argmax(link)]
             similar = others[np.argmax(state.text[others] @ state.text[i])]
             names["together"] = state.titles[together] or str(state.item_ids[together])
             names["similar"] = state.titles[similar] or str(state.item_ids[similar])
@@ -912,6 +995,20 @@ def _folds(users: np.ndarray, n: int, seed: int) -> np.ndarray:
         return int.from_bytes(digest, "big") / 2**64
 
     return np.array([int(unit(u) * n) for u in users.tolist()], dtype=np.int64)
+
+
+def _cut_folds(cut_users: list[np.ndarray], params: RecSysParams) -> list[np.ndarray]:
+    """Each cut's customers' folds (``_folds``). When some booster would hold out nobody (tiny data), the query
+    groups of every cut, in order, get random folds instead, each booster's fold given at least one."""
+    n = ranker.n_folds(params.ranker)
+    folds = [_folds(users, n, params.seed) for users in cut_users]
+    present = set(np.concatenate(folds).tolist()) if folds else set()
+    if all(bag in present for bag in range(params.ranker.n_bags)):
+        return folds
+    total = sum(len(u) for u in cut_users)
+    fold_of = np.random.default_rng(params.seed).integers(0, n, total)
+    fold_of[: params.ranker.n_bags] = np.arange(min(params.ranker.n_bags, total))  # every bag holds some out
+    return np.split(fold_of, np.cumsum([len(u) for u in cut_users])[:-1])
 
 
 def _first_channels(window: pd.DataFrame, users: np.ndarray) -> list[str | None] | None:

@@ -157,6 +157,29 @@ def training_examples(
     return history, targets
 
 
+def save_task(path: Path, history: sp.csr_matrix, targets: sp.csr_matrix, content: Content) -> None:
+    """One training task (``fit``'s inputs) as a plain NPZ file, so a training job is given its path, not arrays."""
+    arrays = {f"history_{k}": v for k, v in _csr_arrays(history).items()}
+    arrays |= {f"targets_{k}": v for k, v in _csr_arrays(targets).items()}
+    content_arrays = content.arrays()
+    content_arrays["content_item_ids"] = np.asarray(content.item_ids, dtype=str)
+    np.savez(path, **arrays, **content_arrays)
+
+
+def load_task(path: Path) -> tuple[sp.csr_matrix, sp.csr_matrix, Content]:
+    """What ``save_task`` wrote: (history, targets, content)."""
+    with np.load(path) as a:
+        history, targets = (
+            sp.csr_matrix((a[f"{n}_data"], a[f"{n}_indices"], a[f"{n}_indptr"]), shape=tuple(a[f"{n}_shape"]))
+            for n in ("history", "targets")
+        )
+        return history, targets, Content.from_arrays(a)
+
+
+def _csr_arrays(m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    return {"data": m.data, "indices": m.indices, "indptr": m.indptr, "shape": np.asarray(m.shape)}
+
+
 def user_weights(
     events: pd.DataFrame, users: np.ndarray, index: dict[str, int], now: pd.Timestamp, params: TwoTowerParams
 ) -> sp.csr_matrix:

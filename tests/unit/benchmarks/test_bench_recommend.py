@@ -48,6 +48,8 @@ def test_temporal_full_on_canonical_files_ranks_in_the_channel_of_each_test_cust
     by_model = {r["model"]: r for r in rows}
     assert list(by_model) == ["popularity", "repeat", "ease", "omnicart"]
     assert by_model["omnicart"]["stage_seconds"]["ranker"] > 0
+    assert all(r["peak_rss_gb"] > 0.05 for r in rows)  # the process tree's peak while each model trained and ranked
+    assert by_model["omnicart"]["train_rows"] > 0
     assert [g["metric"] for g in gates] == ["ndcg@10", "novel_ndcg@10"]
     assert all(g["rule"] == "ratio" and g["pass"] == (g["ratio"] >= g["target"]) for g in gates)
     assert all(0 < g["floor"] < 1 for g in gates)  # between chance and a perfect score, even over 40 items

@@ -34,3 +34,39 @@ def test_ease_lambda_is_tuned_on_the_last_month_only():
     # events after `now` cannot change the choice
     later = events.assign(**{C.event_timestamp: events[C.event_timestamp] + pd.Timedelta(days=400)})
     assert item2item.tune_ease_lambda(pd.concat([events, later]), now, (1.0, 10.0, 100.0)) == (best, tried)
+
+
+def _purchases(n_users: int = 400, n_items: int = 60, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    popularity = rng.uniform(0.02, 0.3, n_items)  # some items bought far more than others
+    x = rng.random((n_users, n_items)) < popularity
+    return x.astype(np.float32)
+
+
+def test_past_the_dense_limit_ease_is_fitted_on_the_most_bought_items_and_kept_sparse():
+    x = _purchases()
+    top = np.sort(np.argsort(-x.sum(axis=0), kind="stable")[:40])
+    b = item2item.ease(x, 5.0, max_items=40)
+    assert b.shape == (60, 60) and hasattr(b, "tocsr")  # sparse, over the whole catalog
+    dense = item2item.ease(x[:, top], 5.0)  # what it keeps: the positive weights of EASE on those items
+    got = item2item.take(b, top, top)
+    assert np.allclose(got, np.where(dense > 0, dense, 0.0), atol=1e-6)
+    rest = np.setdiff1d(np.arange(60), top)
+    assert b[rest].nnz == 0 and b[:, rest].nnz == 0  # the rarely bought items have no EASE links
+    scores = item2item.scores(x[:5], b)
+    assert scores.shape == (5, 60) and np.allclose(scores, x[:5] @ b.toarray(), atol=1e-5)
+
+
+def test_past_the_dense_limit_cooccurrence_keeps_each_items_strongest_links(monkeypatch):
+    monkeypatch.setattr(item2item, "NEIGHBOURS", 5)
+    baskets = _purchases(300, 50, seed=1)
+    dense = item2item.cooccurrence(baskets)
+    sparse = item2item.cooccurrence(baskets, max_items=10)
+    assert hasattr(sparse, "tocsr")
+    full = sparse.toarray()
+    assert np.allclose(full[full != 0], dense[full != 0], atol=1e-6)  # the kept links are the dense ones
+    links = (full != 0).sum(axis=1)
+    assert links.max() == 5 and (links == np.minimum((dense > 0).sum(axis=1), 5)).all()
+    for row, kept in zip(dense, full, strict=True):  # each item keeps its 5 strongest (ties aside)
+        if (row > 0).sum() > 5:
+            assert kept[kept != 0].min() >= np.sort(row)[-5] - 1e-6

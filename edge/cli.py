@@ -223,7 +223,7 @@ def erase(
         console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
-BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
+BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online", "scale")
 
 
 @app.command()
@@ -237,6 +237,9 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the simulator and of model training.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the PROTOCOLS.md JSON here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (serving).")] = False,
+    levels: Annotated[
+        str | None, typer.Option(help="Sizes in millions of purchase events, e.g. 0.05,0.2 (scale; default 0.25,1,4).")
+    ] = None,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
     from benchmarks import runner
@@ -245,7 +248,7 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick)
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels)
         result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")

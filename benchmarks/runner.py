@@ -30,6 +30,7 @@ class BenchOptions:
     seed: int = 0  # simulator and training seed
     quick: bool = False  # a short smoke run, where the family has one (serving)
     levels: str | None = None  # sizes to run, in millions (scale: purchase events), e.g. "0.05,0.2"
+    time_limit: float | None = None  # seconds one family may take at one level (scale); past it, a failed level
 
 
 class NotAvailable(RuntimeError):

@@ -317,6 +317,8 @@ def run_child(job: str, settings: Settings, kill_gb: float, timeout_s: float | N
         record["error"] = stopped[0] + running
     elif child.exitcode != 0 and not record.get("error"):
         record["error"] = f"the process died with exit code {child.exitcode}{running}"
+    elif job in QUALITY and not record.get("metrics") and not record.get("error"):
+        record["error"] = f"the process ended (exit code {child.exitcode}) without its evaluation{running}"
     return record
 
 
@@ -388,7 +390,11 @@ def gates_for(family: str, results: dict[int, dict[str, Any]], sizes: dict[int, 
     else:
         out.append(runner.gate(name, r_top["peak_bytes"] / 1e9, MEMORY_LIMIT_GB, 1.0, higher_is_better=False))
     name = f"{family}: time growth exponent {below / 1e6:g}M→{top / 1e6:g}M"
-    failed = [f"{lv / 1e6:g}M: {results[lv]['error']}" for lv in (below, top) if results[lv].get("error")]
+    failed = [
+        f"{lv / 1e6:g}M: {results[lv].get('error') or 'no quality figures recorded'}"
+        for lv in (below, top)
+        if results[lv].get("error") or not results[lv].get("metrics")
+    ]
     if failed:
         out.append(failed_gate(name, "; ".join(failed)))
     else:
@@ -456,7 +462,7 @@ def run(settings: Settings, options: runner.BenchOptions) -> runner.BenchResult:
                 results[family][lvl.purchases] = {"error": f"the shop could not be simulated: {record['error']}"}
                 continue
             _say(f"level {lvl.label}: {family}")
-            fam_record = run_child(family, shop, KILL_GB)
+            fam_record = run_child(family, shop, KILL_GB, options.time_limit)
             results[family][lvl.purchases] = fam_record
             rows.append(row_for(lvl, family, fam_record, simulated))
             failure = f", FAILED: {fam_record['error']}" if fam_record.get("error") else ""

@@ -240,6 +240,9 @@ def bench(
     levels: Annotated[
         str | None, typer.Option(help="Sizes in millions of purchase events, e.g. 0.05,0.2 (scale; default 0.25,1,4).")
     ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Seconds one family may take at one level (scale); past it, a failed level.")
+    ] = None,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
     from benchmarks import runner
@@ -248,7 +251,7 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels)
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels, time_limit)
         result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")

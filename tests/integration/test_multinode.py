@@ -1,5 +1,8 @@
 """Training on a real two-node Ray cluster: a head (``ray start --head --num-cpus 1``) and a worker node joined to it
-(``ray start --address ... --num-cpus 1``), both on 127.0.0.1 with their own temporary directory and ports.
+(``ray start --address ... --num-cpus 1``), both on the loopback interface with their own temporary directory and
+ports. Ray refuses to join a second node while ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the setting that keeps the
+embedded Ray on 127.0.0.1), and with it on its CLI rewrites ``127.0.0.1`` and ``localhost`` to the machine's LAN
+address; so the two nodes run with it on and name another loopback address, ``127.0.0.2``, which it keeps as given.
 
 With ``OMNICART_RAY_ADDRESS`` pointing at the head, the recommend and pricing families train on a small simulated
 shop with one Ray Train worker per node (the two-tower model with DDP, the ranker and the demand model as one XGBoost
@@ -25,11 +28,12 @@ import psutil
 import pytest
 
 from edge.services import _ensure_ray_token, bin_dir, stop_session
-from omnicart.raycluster import JOIN_ENV
+from omnicart.raycluster import JOIN_ENV, worker_of
 
 pytestmark = pytest.mark.integration
 
 FAMILIES = ("recommend", "pricing")
+NODE_IP = "127.0.0.2"  # loopback, and not one of the names Ray's CLI rewrites to the LAN address
 SHOP = {
     "OMNICART_SIM_CUSTOMERS": "600",
     "OMNICART_SIM_ITEMS": "80",
@@ -65,14 +69,19 @@ def _node_ports() -> list[str]:
     ]
 
 
-def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process on this machine that belongs to the cluster under ``temp_dir``."""
+def _cluster_processes(temp_dir: str, raylets: set[str]) -> list[psutil.Process]:
+    """Every process on this machine that belongs to the cluster under ``temp_dir``: its own processes (named by
+    their command line) and the workers its ``raylets`` (pids) started."""
     found = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if any(temp_dir in part for part in p.cmdline()):
+            if any(temp_dir in part for part in p.cmdline()) or worker_of(p, raylets):
                 found.append(p)
     return found
+
+
+def _raylets(temp_dir: str) -> set[str]:
+    return {str(p.pid) for p in _cluster_processes(temp_dir, set()) if p.name().startswith("raylet")}
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +90,23 @@ def cluster() -> Iterator[str]:
     _ensure_ray_token()
     temp_dir = tempfile.mkdtemp(prefix="omr-")  # short: Ray's socket paths live under it
     port = _free_port()
-    address = f"127.0.0.1:{port}"
-    env = {**os.environ, **JOIN_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    address = f"{NODE_IP}:{port}"
+    env = {
+        **os.environ,
+        **JOIN_ENV,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",  # a node may join (see the module's docstring)
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     ray = str(bin_dir() / "ray")
-    common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    common = ["--block", "--num-cpus", "1", "--node-ip-address", NODE_IP, "--disable-usage-stats"]
     head_argv = [ray, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, *common]
     head_argv += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
     head_argv += ["--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port())]
     logs = Path(temp_dir) / "start-logs"
     logs.mkdir()
     nodes: list[subprocess.Popen] = []
+    raylets: set[str] = set()
     try:
         with (logs / "head.log").open("wb") as out:
             nodes.append(
@@ -99,6 +115,7 @@ def cluster() -> Iterator[str]:
                 )
             )
         _wait_port(port, nodes[0], logs / "head.log")
+        raylets = _raylets(temp_dir)
         worker_argv = [ray, "start", "--address", address, "--temp-dir", temp_dir, *common, *_node_ports()]
         with (logs / "worker.log").open("wb") as out:
             nodes.append(
@@ -106,12 +123,13 @@ def cluster() -> Iterator[str]:
             )
         yield address
     finally:
+        raylets |= _raylets(temp_dir)  # the worker node's too
         for node in reversed(nodes):  # `ray start --block` tears its node down on SIGTERM
             stop_session(node.pid, leader_only=True, grace=30.0)
         deadline = time.monotonic() + 30
-        while _cluster_processes(temp_dir) and time.monotonic() < deadline:
+        while _cluster_processes(temp_dir, raylets) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = _cluster_processes(temp_dir)
+        left = _cluster_processes(temp_dir, raylets)
         for p in left:
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -123,7 +141,7 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 12
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((NODE_IP, port), timeout=1):
             return
         time.sleep(0.5)
     raise TimeoutError(f"the Ray head did not open port {port}:\n{log.read_text()[-3000:]}")
@@ -193,7 +211,8 @@ def main(what: str, out: str) -> None:
         if not settings.ray_address:
             return {}
         found = [("class_name", "=", "RayTrainWorker")]
-        actors = list_actors(filters=found, limit=10_000, raise_on_missing_output=False)
+        # the cluster's own address: other Ray instances on this machine must not answer
+        actors = list_actors(address=settings.ray_address, filters=found, limit=10_000, raise_on_missing_output=False)
         return {a.actor_id: a.node_id for a in actors}
 
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]

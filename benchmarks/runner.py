@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from omnicart.settings import Settings
@@ -30,6 +31,8 @@ class BenchOptions:
     protocol: str | None = None  # a protocol variant (reqa / intent, out-of-time / simulator)
     seed: int = 0  # simulator and training seed
     quick: bool = False  # a short smoke run, where the family has one (serving)
+    levels: str | None = None  # sizes to run, in millions (scale: purchase events), e.g. "0.05,0.2"
+    time_limit: float | None = None  # seconds one family may take at one level (scale); past it, a failed level
 
 
 class NotAvailable(RuntimeError):
@@ -121,6 +124,9 @@ def print_result(result: dict[str, Any], console: Console) -> None:
             console.print(f"  {row['model']}: " + ", ".join(details), soft_wrap=True, markup=False)
     for g in result["gates"]:
         mark = "[green]PASS[/]" if g["pass"] else "[red]FAIL[/]"
+        if g.get("rule") == "failed":  # not measurable: its run failed
+            console.print(f"{mark} {escape(g['metric'])}: {escape(g['error'])}", soft_wrap=True)
+            continue
         if g.get("rule", "ratio") == "ratio":
             verdict = f"= {g['ratio']:.3f}× (target {g['target']})"
         else:  # a baseline of zero or less: the absolute floor decided

@@ -237,6 +237,7 @@ BENCHMARKS = (
     "feast_online",
     "experiments",
     "offpolicy",
+    "scale",
 )
 
 
@@ -251,6 +252,12 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the simulator and of model training.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the PROTOCOLS.md JSON here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (serving).")] = False,
+    levels: Annotated[
+        str | None, typer.Option(help="Sizes in millions of purchase events, e.g. 0.05,0.2 (scale; default 0.25,1,4).")
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Seconds one family may take at one level (scale); past it, a failed level.")
+    ] = None,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
     from benchmarks import runner
@@ -259,7 +266,7 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick)
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels, time_limit)
         result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")

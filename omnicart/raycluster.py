@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import Any
 
 from omnicart.settings import Settings
 
@@ -37,6 +38,29 @@ def gpu_available(settings: Settings) -> bool:
     if settings.use_gpu != "auto":
         return settings.use_gpu == "yes"
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def train_workers(settings: Settings) -> int:
+    """Workers of a data-parallel Ray Train job: ``settings.train_workers``, else one per live node with CPUs (one
+    on the in-process cluster, two on a cluster of two nodes)."""
+    import ray
+
+    if settings.train_workers:
+        return settings.train_workers
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1))
+
+
+def scaling_config(settings: Settings, num_workers: int) -> Any:
+    """Ray Train's ScalingConfig for ``num_workers`` workers: a GPU each when the cluster has one, the free CPUs
+    shared evenly, and several workers spread over the nodes (one per node while there are nodes enough)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(
+        num_workers=num_workers,
+        use_gpu=gpu_available(settings),
+        resources_per_worker={"CPU": worker_cpus(num_workers)},
+        placement_strategy="SPREAD" if num_workers > 1 else "PACK",
+    )
 
 
 def worker_cpus(num_workers: int = 1) -> int:

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts Ray in-process.")
+    train_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Ray Train workers of a data-parallel training job (recommend, pricing); None: one per node of "
+        "the cluster (one in-process), spread over the nodes.",
+    )
     mlflow_tracking_uri: str | None = Field(None, description="None means SQLite under home.")
 
     # --- training and serving ---

@@ -185,11 +185,17 @@ def with_demand_features(settings: Settings, frame: pd.DataFrame) -> pd.DataFram
 
 # --- training: one Ray Train job --------------------------------------------------------------------------------
 def _train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker: fit the demand model and report its directory as the checkpoint."""
+    """Ray Train worker (XGBoostTrainer): fit the demand model, boosting on this worker's share of the series in
+    the workers' collective, and report its directory as the checkpoint."""
+    import ray.train
+
     from training.ray_job import report_directory
 
+    ctx = ray.train.get_context()
+    shard = (ctx.get_world_rank(), ctx.get_world_size())
+
     def write(directory: Path) -> dict[str, float]:
-        model = DemandModel(**config["params"]).fit(config["frame"])
+        model = DemandModel(**config["params"]).fit(config["frame"], shard=shard)
         model.save(directory)
         return {
             "train_rows": float(model.n_train_rows_),
@@ -211,21 +217,22 @@ def _compact(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def train(settings: Settings, dataset: PricingDataset, **params: Any) -> PricingPredictor:
-    """Fit ``DemandModel(**params)`` on the dataset's train periods in a Ray Train job (GPU when the cluster has one);
-    returns the predictor with the loaded model (its files in ``predictor.model_.model_dir_``)."""
-    import ray
-
-    from omnicart.raycluster import ensure_ray, gpu_available
+    """Fit ``DemandModel(**params)`` on the dataset's train periods in a Ray Train job, one worker per node (GPU when
+    the cluster has one); returns the predictor with the loaded model (its files in ``predictor.model_.model_dir_``)."""
+    from omnicart.raycluster import ensure_ray, gpu_available, train_workers, worker_cpus
     from training import ray_job
 
     ensure_ray(settings)
     use_gpu = gpu_available(settings)
-    params = {"device": "cuda" if use_gpu else "cpu", "nthread": int(ray.cluster_resources().get("CPU", 1)), **params}
+    workers = train_workers(settings)
+    params = {"device": "cuda" if use_gpu else "cpu", "nthread": worker_cpus(workers), **params}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in f"{dataset.name}-{pd.Timestamp(dataset.split)}")
     output = settings.home_dir / "models" / NAME / safe
     config = {"frame": _compact(dataset.train), "params": params}
-    model_dir, _ = ray_job.run(settings, f"{NAME}-{safe}-{stamp}", _train_loop, config, output)
+    model_dir, _ = ray_job.run(
+        settings, f"{NAME}-{safe}-{stamp}", _train_loop, config, output, num_workers=workers, xgboost=True
+    )
     return PricingPredictor.from_directory(model_dir)
 
 

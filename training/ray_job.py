@@ -9,25 +9,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnicart.raycluster import ensure_ray, gpu_available, worker_cpus
+from omnicart.raycluster import ensure_ray, gpu_available, scaling_config, train_workers
 from omnicart.settings import Settings
 
 
 def run(
-    settings: Settings, name: str, loop: Callable[[dict[str, Any]], None], config: dict[str, Any], output: Path
+    settings: Settings,
+    name: str,
+    loop: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    output: Path,
+    *,
+    num_workers: int = 1,
+    xgboost: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run ``loop(config)`` on one Ray Train worker; the worker saves its model files into a directory and reports
-    it as a checkpoint (see ``report_directory``). Returns the checkpoint copied to ``output`` and the metrics."""
+    """Run ``loop(config)`` on ``num_workers`` Ray Train workers (spread over the nodes); each saves its model files
+    into a directory and the first reports it as the checkpoint (see ``report_directory``). ``xgboost``: an
+    XGBoostTrainer, whose workers' ``xgboost.train`` calls form one collective (data-parallel boosting); else a
+    TorchTrainer. Returns the checkpoint copied to ``output`` and the metrics."""
     ensure_ray(settings)  # first: it sets Ray's environment before Ray is imported
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import RunConfig
 
-    trainer = TorchTrainer(
+    if xgboost:
+        from ray.train.xgboost import XGBoostTrainer as Trainer
+    else:
+        from ray.train.torch import TorchTrainer as Trainer
+
+    trainer = Trainer(
         loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=1, use_gpu=gpu_available(settings), resources_per_worker={"CPU": worker_cpus()}
-        ),
+        scaling_config=scaling_config(settings, num_workers),
         run_config=RunConfig(name=name, storage_path=str(settings.ray_storage.resolve())),
     )
     result = trainer.fit()
@@ -41,13 +52,15 @@ def run(
 
 
 def report_directory(write: Callable[[Path], dict[str, float]]) -> None:
-    """Inside a Ray Train worker: let ``write`` fill a fresh directory, then report it with its metrics."""
+    """Inside a Ray Train worker: let ``write`` fill a fresh directory, then report it with its metrics. Data-parallel
+    workers end with the same model, so only the first reports its directory as the checkpoint."""
     import ray.train
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         metrics = write(Path(tmp))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        first = ray.train.get_context().get_world_rank() == 0
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if first else None)
 
 
 # --- the recommend family's two stages as Ray Train jobs --------------------------------------------------------------
@@ -91,12 +104,13 @@ def ranker_loop(config: dict[str, Any]) -> None:
 
 class RayExecutor:
     """Runs each stage of ``RecSys.fit`` as one Ray Train job on the configured cluster (GPU workers when it has
-    them); ``omnicart.recommend.recsys.LocalExecutor`` is its in-process twin.
+    them; ``num_workers`` None: one per node, ``raycluster.train_workers``); ``omnicart.recommend.recsys.LocalExecutor``
+    is its in-process twin.
 
     The jobs are given paths to their training data under ``work_dir`` (beside Ray Train's storage, which every node
     of a cluster reaches), never the data itself: nothing is held both by the driver and in the object store."""
 
-    def __init__(self, settings: Settings, name: str = "recsys", num_workers: int = 1) -> None:
+    def __init__(self, settings: Settings, name: str = "recsys", num_workers: int | None = None) -> None:
         self.settings = settings
         self.name = name
         self.num_workers = num_workers
@@ -104,17 +118,14 @@ class RayExecutor:
 
     def _run(self, trainer_cls: Callable[..., Any], loop: Callable, config: dict[str, Any], stage: str) -> Path:
         ensure_ray(self.settings)
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import RunConfig
 
         use_gpu = gpu_available(self.settings)
+        workers = self.num_workers or train_workers(self.settings)
         trainer = trainer_cls(
             loop,
             train_loop_config={**config, "use_gpu": use_gpu},
-            scaling_config=ScalingConfig(
-                num_workers=self.num_workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": worker_cpus(self.num_workers)},
-            ),
+            scaling_config=scaling_config(self.settings, workers),
             run_config=RunConfig(
                 name=f"{self.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(self.settings.ray_storage.resolve()),

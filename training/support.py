@@ -108,6 +108,9 @@ def baseline_texts(model: SupportModel, protocol: str) -> list[str]:
     return [first.get(n, a) for n, a in enumerate(docs[C.answer])]
 
 
+EVAL_CHUNK = 256  # questions scored at once: the (questions × docs) matrices stay this many rows high
+
+
 def evaluate(
     model: SupportModel,
     dataset: SupportDataset,
@@ -115,13 +118,15 @@ def evaluate(
     product_scope: bool | None = None,
     *,
     baselines: bool = True,
+    chunk: int = EVAL_CHUNK,
 ) -> dict[str, dict[str, float]]:
     """hit@1 and MRR@10 of the model, BM25 and the off-the-shelf MiniLM on the held-out questions (same docs).
 
     With ``product_scope`` (default: when the test questions carry product ids) each is also scored with answers
     restricted to the question's product ("<name>+scope"). The model also reports the answered share and accuracy at
     its calibrated threshold, and the share–accuracy curve. ``baselines=False`` skips BM25 and MiniLM (judging a
-    champion on the challenger's data needs only the model's own figures)."""
+    champion on the challenger's data needs only the model's own figures). Questions are scored ``chunk`` at a time,
+    so memory grows with questions + docs, not with their product; the figures are the same."""
     from omnicart import text
     from omnicart.support.bm25 import BM25Index
 
@@ -131,41 +136,53 @@ def evaluate(
     questions, products = test[C.question].tolist(), test[C.product_id].tolist()
     has_products = any(isinstance(p, str) for p in products)
     scoped_too = has_products if product_scope is None else product_scope
-    relevant = _relevant(dataset.protocol, test, model.kb_)
-    mask, _ = _scope_mask(model.kb_, products) if scoped_too else (None, None)
-    out: dict[str, dict[str, float]] = {}
+    n = len(test)
+    sums: dict[str, dict[str, float]] = {}
+
+    def add(name: str, scores: np.ndarray, relevant: np.ndarray) -> None:
+        for metric, value in rank_metrics(scores, relevant).items():
+            sums.setdefault(name, {}).setdefault(metric, 0.0)
+            sums[name][metric] += value * len(scores)
 
     emb = model.encode(questions)
-    fused = np.concatenate([f for _, f, _, _ in model.score(questions, embeddings=emb)]) if len(model.kb_) else None
-    intent_p = model.intents_.proba(emb)
-    out["model"] = rank_metrics(fused, relevant)
-    correct = relevant[np.arange(len(fused)), fused.argmax(axis=1)]
-    conf = model.calibration_.confidence(confidence_features(fused, intent_p))
+    correct, conf = np.zeros(n, dtype=bool), np.zeros(n)
+    if baselines:
+        texts = baseline_texts(model, dataset.protocol)
+        bm25 = BM25Index().fit(texts)
+        base_q = text.encode(questions, cache_dir)
+        base_d = text.encode(texts, cache_dir)
+    names = ["model", "model-dense", *(["model+scope"] if scoped_too else [])]
+    names += [f"{b}{s}" for b in (("bm25", "minilm") if baselines else ()) for s in ("", *(["+scope"] * scoped_too))]
+    for rows, fused, intent_p, _ in model.score(questions, embeddings=emb, chunk=chunk):
+        relevant = _relevant(dataset.protocol, test.iloc[rows], model.kb_)
+        mask, _ = _scope_mask(model.kb_, products[rows]) if scoped_too else (None, None)
+        add("model", fused, relevant)
+        correct[rows] = relevant[np.arange(len(fused)), fused.argmax(axis=1)]
+        conf[rows] = model.calibration_.confidence(confidence_features(fused, intent_p))
+        add("model-dense", fuse(_features(model, questions[rows], emb[rows]), {"dense_a": 1.0}), relevant)
+        if scoped_too:
+            scoped = next(model.score(questions[rows], products[rows], embeddings=emb[rows], chunk=len(fused)))[1]
+            add("model+scope", scoped, relevant)
+        if baselines:
+            for name, scores in (("bm25", bm25.scores(tokenize(questions[rows]))), ("minilm", base_q[rows] @ base_d.T)):
+                add(name, scores, relevant)
+                if scoped_too:
+                    # no mask: no question of this chunk names a product, so every doc is in scope
+                    add(f"{name}+scope", scores if mask is None else np.where(mask, scores, -np.inf), relevant)
+    out: dict[str, dict[str, float]] = {}
     answered = conf >= model.threshold_
+    out["model"] = {metric: value / n for metric, value in sums["model"].items()}
     out["model"].update(
         {
             "answered_share": float(answered.mean()),
             "answered_accuracy": float(correct[answered].mean()) if answered.any() else float("nan"),
-            "questions": float(len(test)),
+            "questions": float(n),
         }
     )
     for point in share_accuracy_curve(conf, correct):
         out[f"model@{point['answered_share']:.0%}"] = point
-    out["model-dense"] = rank_metrics(fuse(_features(model, questions, emb), {"dense_a": 1.0}), relevant)
-    if scoped_too:
-        scoped = np.concatenate([f for _, f, _, _ in model.score(questions, products, embeddings=emb)])
-        out["model+scope"] = rank_metrics(scoped, relevant)
-    if not baselines:
-        return out
-
-    texts = baseline_texts(model, dataset.protocol)
-    bm25 = BM25Index().fit(texts).scores(tokenize(questions))
-    base_q = text.encode(questions, cache_dir)
-    base_d = text.encode(texts, cache_dir)
-    for name, scores in (("bm25", bm25), ("minilm", base_q @ base_d.T)):
-        out[name] = rank_metrics(scores, relevant)
-        if scoped_too:
-            out[f"{name}+scope"] = rank_metrics(np.where(mask, scores, -np.inf), relevant)
+    for name in names[1:]:
+        out[name] = {metric: value / n for metric, value in sums[name].items()}
     return out
 
 

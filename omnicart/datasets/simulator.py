@@ -399,6 +399,12 @@ def _per_item(
     return np.concatenate([base, fn(_rng(seed, purpose + "-new-category", ordinal), NEW_CATEGORY_ITEMS)])
 
 
+def _pool(size: int, n: int) -> int:
+    """A pool of distinct numbers to draw ``n`` from: ``size`` (so small shops keep their draws), ten times ``n``
+    once a large shop would exhaust it."""
+    return size if n <= size // 2 else 10 * n
+
+
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str], n: int) -> np.ndarray:
     return np.asarray(options, dtype=object)[rng.integers(len(options), size=n)]
 
@@ -698,7 +704,7 @@ class ShopSimulator:
         last = _pick(rng, _LAST, n)
         names = [f"{f} {la}" for f, la in zip(first, last, strict=True)]
         pattern = rng.integers(4, size=n)
-        suffix = rng.choice(100_000, size=n, replace=False)
+        suffix = rng.choice(_pool(100_000, n), size=n, replace=False)
         domain = _pick(rng, _DOMAINS, n)
         emails = []
         for f, la, p, x, d in zip(first, last, pattern, suffix, domain, strict=True):
@@ -723,7 +729,7 @@ class ShopSimulator:
             )
         ]
         loyalty = [f"LC{x:010d}" for x in rng.choice(10**10, size=n, replace=False)]
-        handle_num = rng.choice(10_000, size=n, replace=False)
+        handle_num = rng.choice(_pool(10_000, n), size=n, replace=False)
         handles = [
             f"@{f.lower()}{sep}{la.lower().replace(chr(39), '')[:4]}{x}"
             for f, la, sep, x in zip(first, last, _pick(rng, ("_", ".", ""), n), handle_num, strict=True)

@@ -116,8 +116,12 @@ class DemandModel:
         """-1 (non-increasing) on every own-price feature, free elsewhere."""
         return ["-1" if name in fx.PRICE_FEATURES else "0" for name in self.spec_.names]
 
-    def fit(self, frame: pd.DataFrame) -> DemandModel:
-        """Fit on a canonical demand table (history of every series; units observed on every row)."""
+    def fit(self, frame: pd.DataFrame, shard: tuple[int, int] = (0, 1)) -> DemandModel:
+        """Fit on a canonical demand table (history of every series; units observed on every row).
+
+        ``shard=(rank, world)``: one of ``world`` data-parallel workers inside an XGBoost collective (Ray Train's
+        XGBoostTrainer); the booster learns from the series with ``hash % world == rank`` here and the others'
+        there, and comes out the same on every worker. Everything else is fitted on the whole frame."""
         import xgboost as xgb
 
         fx.require_columns(frame)
@@ -145,10 +149,11 @@ class DemandModel:
         n_valid = int(len(distinct) * self.validation_share) if self.early_stopping_rounds else 0
         cut = distinct[-n_valid] if n_valid >= 1 else np.inf
         train_rows, valid_rows = rows[periods[rows] < cut], rows[periods[rows] >= cut]
-        dtrain = self._dmatrix(feats.take(train_rows), label=True)
+        mine = _shard_mask(frame[C.series_id], shard)
+        dtrain = self._dmatrix(feats.take(train_rows[mine[train_rows]]), label=True)
         evals = [(dtrain, "train")]
         if len(valid_rows):
-            evals.append((self._dmatrix(feats.take(valid_rows), label=True), "valid"))
+            evals.append((self._dmatrix(feats.take(valid_rows[mine[valid_rows]]), label=True), "valid"))
         booster = xgb.train(
             self._xgb_params(),
             dtrain,
@@ -546,3 +551,12 @@ class PricingContext:
 
     def drivers(self, prices: np.ndarray, top: int = 3) -> list[list[dict[str, Any]]]:
         return self.model.drivers(self.features, np.asarray(prices, dtype=np.float64), top)
+
+
+def _shard_mask(series: pd.Series, shard: tuple[int, int]) -> np.ndarray:
+    """Rows whose series falls to worker ``rank`` of ``world`` (a stable hash, the same in every process)."""
+    rank, world = shard
+    if world <= 1:
+        return np.ones(len(series), dtype=bool)
+    codes = pd.util.hash_pandas_object(series.astype(str), index=False).to_numpy()
+    return (codes % np.uint64(world)) == np.uint64(rank)

@@ -255,3 +255,17 @@ def test_query_side_fine_tuning_keeps_the_answers_off_the_shelf(tmp_path):
     base = text.encode(["Are you open on Sunday?"])
     assert float(model.encode(["Are you open on Sunday?"])[0] @ base[0]) < 0.9999  # the query side did move
     assert model.answer("Are you open on Sunday?")["sources"][0]["text"] == HOURS
+
+
+def test_evaluation_in_chunks_of_questions_gives_the_figures_of_one_pass(model_dir):
+    from training.support import evaluate
+
+    test = _frame([(q, a, i, p) for q, a, i, p in TICKETS[::2]])
+    dataset = SupportDataset("tiny", "intent", _frame(TICKETS), test, catalog_entries(ITEMS))
+    model = SupportModel.from_directory(model_dir)
+    whole = evaluate(model, dataset, chunk=len(test))
+    chunked = evaluate(model, dataset, chunk=3)
+    assert set(whole) == set(chunked) and {"model", "model+scope", "bm25", "minilm+scope"} <= set(whole)
+    for name, figures in whole.items():
+        assert chunked[name] == pytest.approx(figures, nan_ok=True), name
+    assert whole["model"]["questions"] == len(test) and whole["model"]["hit@1"] > 0

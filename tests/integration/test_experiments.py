@@ -71,7 +71,7 @@ def _wait(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
-        if value:
+        if value is not None and value is not False:  # a frame or a dict is an answer whatever its truth value
             return value
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")

@@ -93,7 +93,12 @@ def xcom_return(run, task_id: str):
                 XComModel.key == "return_value",
             )
         )
-    return json.loads(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:  # a plain string stored as it is (e.g. a URL)
+        return value
 
 
 def asset_events(dag_id: str, run_id: str | None = None, uri: str | None = None) -> list[dict]:

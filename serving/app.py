@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnicart.realtime import PushResult, ShopEvent
@@ -39,6 +40,7 @@ from serving.recommend import (
     RecommendRequestError,
     RecommendResponse,
     RecommendService,
+    active_since,
     shop_state,
 )
 from serving.security import KEY_VALID, EdgeGuard, ErrorBody, LoadShedder, api_key_scheme, error_responses
@@ -349,6 +351,7 @@ class Ingress:
                 customer_features=CustomerFeatureReader(
                     online_customer_features(lambda rows: online_rows(store, CUSTOMER_REFS, rows))
                 ),
+                newcomers=lambda cut: active_since(settings, cut),
             )
 
         def pricing_service(alias: str, version: str) -> Any:
@@ -394,20 +397,29 @@ class Ingress:
             served,
             lambda family, exp: builders[family](registry.CHALLENGER, exp.config.challenger_version),
         )
-        self._tally = tally.connect()
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except RayServeException:  # the handler outside Serve (the serving bench's bare uvicorn): one local tally
+            replica, self._tally = "local", None
+        else:
+            self._tally = tally.connect()
+        local = tally.Tally()
         self._reporter = tally.Reporter(
-            serve.get_replica_context().replica_id.unique_id,
+            replica,
             lambda: {
                 "fallbacks.recommend": dict(self.recommender.fallbacks),
                 "prediction_log": dict(self.predictions.counts),
             },
-            lambda replica, snapshot: self._tally.put.remote(replica, snapshot),
+            local.put if self._tally is None else lambda replica, snapshot: self._tally.put.remote(replica, snapshot),
         ).start()
+        self._local_tally = local
         self.recommender.on_fallback = self._reporter.poke
 
     async def counters(self) -> dict[str, dict[str, int]]:
         """The counters of every replica, this one's current (its report is sent, in order, before the read)."""
         self._reporter.flush()
+        if self._tally is None:
+            return self._local_tally.totals()
         return await self._tally.totals.remote()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -180,7 +180,9 @@ class RecommendService:
     ``popular``, see ``popular_items``); ``read_features`` returns the customer's online features; ``unavailable``
     the item ids that cannot be sold now. With ``precompute`` (the default) the model precomputes every known
     customer's ranking once here (``Recommender.prepare``), after the feature sources are wired, with the recent
-    items the online store holds now (``read_features_many``: the online features of many customers in one read)."""
+    items the online store holds now (``read_features_many``: the online features of many customers in one read),
+    and that of each customer ``newcomers(cut)`` names (e.g. those active since the model's cut) whose recent items
+    the model knows."""
 
     def __init__(
         self,
@@ -195,6 +197,7 @@ class RecommendService:
         precompute: bool = True,
         read_features_many: Callable[[list[str]], list[dict[str, Any]]] | None = None,
         on_fallback: Callable[[], None] = lambda: None,
+        newcomers: Callable[[Any], list[str]] | None = None,
     ) -> None:
         self.fallbacks: Counter[str] = Counter()
         self.on_fallback = on_fallback  # told after each count (the replica reports its counters at once)
@@ -218,7 +221,8 @@ class RecommendService:
             self.model.use_customer_features(customer_features)
         if self.model is not None and precompute and hasattr(self.model, "prepare"):
             try:
-                self.model.prepare(recent_of=self._recent_of(read_features_many))
+                joined = newcomers(self.model.cut) if newcomers is not None else []
+                self.model.prepare(recent_of=self._recent_of(read_features_many), newcomers=joined)
             except Exception:  # the live path still answers every request, only slower
                 log.exception("could not precompute the recommend rankings; every request takes the live path")
 
@@ -412,6 +416,19 @@ def shop_state(settings: Any, days: int = 30) -> tuple[set[str], list[dict[str, 
     events = lake.read_table(root, schemas.EVENTS, event_days[0], event_days[-1])
     buys = events[(events[C.event_type] == "purchase") & ~events[C.item_id].isin(unavailable)]
     return unavailable, popular_items(buys, catalog)
+
+
+def active_since(settings: Any, cut: Any) -> list[str]:
+    """The customers with an event in the lake on or after the day of ``cut`` (a model's training cut): those a
+    model trained then may not know yet, whose recent items ``Recommender.prepare`` ranks ahead."""
+    from omnicart import lake, schemas
+
+    day = pd.Timestamp(cut).date()
+    ids: set[str] = set()
+    for d in (p for p in lake.partitions(settings.lake_dir, schemas.EVENTS) if p >= day):
+        frame = lake.read_partition(settings.lake_dir, schemas.EVENTS, d, columns=[C.customer_id])
+        ids.update(frame[C.customer_id].dropna().astype(str))
+    return sorted(ids)
 
 
 def time_requests(service: RecommendService, requests: Sequence[RecommendRequest]) -> dict[str, float]:

@@ -108,12 +108,15 @@ class Recommender(mlflow.pyfunc.PythonModel):
         top: int = fastpath.TOP,
         chunk: int | None = None,
         recent_of: Callable[[list[str]], list[list[str]]] | None = None,
+        newcomers: Iterable[str] = (),
     ) -> None:
         """Precompute every known customer's ranking (``omnicart.recommend.fastpath``) with the feature sources now
         in use: serving calls it once at start, after ``use_item_features`` and ``use_customer_features``.
         ``recent_of``: each customer's online ``recent_items`` now (a list per id), so a customer whose recent items
-        are unchanged at request time gets the fast path too. When the item features cannot be read, requests keep
-        the live path."""
+        are unchanged at request time gets the fast path too. ``newcomers``: customers without a purchase before
+        the cut (e.g. active since it); those whose recent items (read with ``recent_of``) reach the model get a
+        precomputed ranking of those items too, else their first request ranks live. When the item features cannot
+        be read, requests keep the live path."""
         if self.fast_ is not None:  # already made with the sources in use (``use_*`` drop it)
             return
         started = time.perf_counter()
@@ -122,9 +125,13 @@ class Recommender(mlflow.pyfunc.PythonModel):
         if model.extra_features_ and items is None:
             log.warning("item features unavailable: no precomputed rankings, every request takes the live path")
             return
-        touched = self._touched_now(recent_of) if recent_of is not None else None
+        touched = self._touched_now(recent_of, newcomers) if recent_of is not None else None
+        rows_of = self.rows_
+        if touched is not None:  # the newcomers ranked: their history is what they touched, nothing bought
+            nothing = np.zeros(0, np.int64)
+            rows_of = {**rows_of, **{c: nothing for c in touched if c not in rows_of}}
         self.fast_ = fastpath.build(
-            model, self.histories_, self.rows_, top=top, chunk=chunk, item_values=items, touched=touched
+            model, self.histories_, rows_of, top=top, chunk=chunk, item_values=items, touched=touched
         )
         for booster in (b for name in ranker.BOOSTERS for b in model.boosters_[name]):
             booster.set_param({"nthread": 1})  # a request scores a few hundred rows at most: threads only contend
@@ -136,19 +143,25 @@ class Recommender(mlflow.pyfunc.PythonModel):
         )
 
     def _touched_now(
-        self, recent_of: Callable[[list[str]], list[list[str]]], block: int = 1000
+        self, recent_of: Callable[[list[str]], list[list[str]]], newcomers: Iterable[str] = (), block: int = 1000
     ) -> dict[str, list[str]]:
-        """Per known customer, the recent items ``recent_of`` gives now that join their history (``_touched``)."""
+        """Per known customer and newcomer, the recent items ``recent_of`` gives now that join their history
+        (``_touched``); newcomers without any are left out."""
         index = self.model_.state_.index
         codes = self.histories_[C.item_id].map(index).to_numpy()
-        customers = list(self.rows_)
+        customers = list(self.rows_) + [c for c in dict.fromkeys(map(str, newcomers)) if c not in self.rows_]
+        nothing = np.zeros(0, np.int64)
         out: dict[str, list[str]] = {}
         for start in range(0, len(customers), block):
             ids = customers[start : start + block]
             for cid, recent in zip(ids, recent_of(ids), strict=True):
                 if recent:
-                    owned = codes[self.rows_[cid]]
-                    touched = self._touched(cid, recent, owned[~np.isnan(owned)].astype(np.int64))
+                    rows = self.rows_.get(cid)
+                    owned = nothing
+                    if rows is not None:
+                        owned = codes[rows]
+                        owned = owned[~np.isnan(owned)].astype(np.int64)
+                    touched = self._touched(cid, recent, owned)
                     if touched:
                         out[cid] = touched
         return out

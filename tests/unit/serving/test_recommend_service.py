@@ -323,3 +323,67 @@ def test_recent_items_read_at_start_keep_the_fast_path_until_they_change(shop):
     request = RecommendRequest(customer_id=c, k=10)
     assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
     assert ranked_live == 1
+
+
+def test_newcomers_with_recent_items_are_ranked_ahead_as_the_live_path_would(shop):
+    """A customer without a purchase before the cut who has touched items since (named by ``newcomers``) gets a
+    precomputed ranking of those items: the same answer as the live path, without ranking live; a newcomer without
+    recent items is not stored, and one whose recent items change goes live."""
+    predictor, purchases, _, _ = shop
+    catalog = predictor.model_.state_.item_ids
+    assert "N-1" not in set(purchases[C.customer_id])
+    features = {
+        "N-1": {C.segment: "family", F.recent_items: [catalog[0], catalog[3]]},
+        "N-2": {C.segment: "family", F.recent_items: ["NO-SUCH-ITEM"]},  # nothing the model knows
+    }
+
+    def read(cid):
+        return features.get(cid, {C.segment: "family", F.recent_items: []})
+
+    asked: list[object] = []
+
+    def newcomers(cut):
+        asked.append(cut)
+        return ["N-1", "N-2", "N-3"]
+
+    fast_model = Recommender.from_directory(predictor.model_dir_)
+    fast = RecommendService(
+        lambda: fast_model, read, "3", read_features_many=lambda ids: [read(i) for i in ids], newcomers=newcomers
+    )
+    live_model = Recommender.from_directory(predictor.model_dir_)
+    live = RecommendService(lambda: live_model, read, "3", precompute=False)
+    assert asked == [fast_model.cut]
+    assert fast_model.fast_.lookup("N-1").touched == [catalog[0], catalog[3]]
+    assert fast_model.fast_.lookup("N-2") is None and fast_model.fast_.lookup("N-3") is None
+    ranked_live = 0
+    original = fast_model.model_.recommend
+
+    def counting(*args, **kwargs):
+        nonlocal ranked_live
+        ranked_live += 1
+        return original(*args, **kwargs)
+
+    fast_model.model_.recommend = counting
+    for request in (RecommendRequest(customer_id="N-1", k=10), RecommendRequest(customer_id="N-1", k=4)):
+        a, b = fast.recommend(request), live.recommend(request)
+        assert a.source == "personal" and a.model_dump() == b.model_dump()
+    assert ranked_live == 0
+    features["N-1"] = {C.segment: "family", F.recent_items: [catalog[3]]}  # an event since the start
+    request = RecommendRequest(customer_id="N-1", k=10)
+    assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
+    assert ranked_live == 1
+
+
+def test_active_since_names_the_customers_with_events_from_the_cut_day_on(tmp_path):
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from omnicart import lake, schemas
+    from serving.recommend import active_since
+
+    for day, ids in ((dt.date(2026, 3, 1), ["A", "B"]), (dt.date(2026, 3, 2), ["B", "C", None])):
+        lake.write_partition(tmp_path, schemas.EVENTS, day, pd.DataFrame({C.customer_id: ids, C.item_id: "I1"}))
+    settings = SimpleNamespace(lake_dir=tmp_path)
+    assert active_since(settings, pd.Timestamp("2026-03-02 00:00")) == ["B", "C"]
+    assert active_since(settings, pd.Timestamp("2026-03-01 12:00")) == ["A", "B", "C"]
+    assert active_since(settings, pd.Timestamp("2026-03-03")) == []

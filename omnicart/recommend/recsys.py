@@ -509,7 +509,9 @@ class RecSys:
         if values is not None:
             wanted = [n.removeprefix(cand.CUSTOMER_PREFIX) for n in self.customer_features_]
             found = values.reset_index(drop=True).reindex(index=range(len(users)), columns=wanted)
-            table[:] = found.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+            if any(dtype == object for dtype in found.dtypes):  # text from a source: what is no number is NaN
+                found = found.apply(pd.to_numeric, errors="coerce")
+            table[:] = found.to_numpy(np.float32)
         return table
 
     def _with_customer_features(

@@ -16,8 +16,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -164,24 +166,39 @@ def _erase_table(root: Path, table: str, values: set[str], landing_key: str | No
 
 
 def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
-    """Delete the customers' entity rows from every Feast view keyed by customer_id, alone or with other keys
-    (SQLite online store)."""
-    if not (settings.feast_dir / "registry.db").exists():
+    """Delete the customers' entity rows from the profile's Feast online store (nothing to do before the first
+    ``feast apply`` of the embedded profile)."""
+    if settings.profile != "production" and not (settings.feast_dir / "registry.db").exists():
         return 0
-    from feast.infra.key_encoding_utils import deserialize_entity_key
-    from feast.infra.online_stores.helpers import compute_table_id
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
     from omnicart.featurestore import feature_store
 
-    store = feature_store(settings)
+    return erase_online(feature_store(settings), customer_ids)
+
+
+def erase_online(store: Any, customer_ids: list[str]) -> int:
+    """Delete the customers' rows of every Feast view keyed by customer_id, alone or with other keys (e.g. customer ×
+    channel), from the store's online store: SQLite (rows removed) or Redis (entity keys removed; one key holds every
+    view of that entity). Feast has no per-entity delete, so each store is reached through Feast's own connection."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    views = [v for v in store.list_feature_views() if C.customer_id in [f.name for f in v.entity_columns]]
     online = store._get_provider().online_store
-    if not isinstance(online, SqliteOnlineStore):
-        # Feast 0.67 has no per-entity delete; other stores need their own (e.g. Redis: delete the entity keys).
-        raise NotImplementedError(f"erasing from a {type(online).__name__} online store is not wired yet")
-    config = store.config
-    versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
-    targets = set(customer_ids)
+    if not views or not customer_ids:
+        return 0
+    if isinstance(online, SqliteOnlineStore):
+        return _erase_sqlite(store, online, views, set(customer_ids))
+    if isinstance(online, RedisOnlineStore):
+        return _erase_redis(store, online, views, set(customer_ids))
+    raise TypeError(
+        f"cannot erase from a {type(online).__name__} online store: the platform's profiles use SQLite (embedded) "
+        "or Redis (production)"
+    )
+
+
+def _belongs(config: Any, targets: set[str]) -> Callable[[bytes], bool]:
+    from feast.infra.key_encoding_utils import deserialize_entity_key
+
     version = config.entity_key_serialization_version
 
     def belongs(serialized: bytes) -> bool:
@@ -189,12 +206,18 @@ def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
         values = dict(zip(key.join_keys, key.entity_values, strict=True))
         return values[C.customer_id].string_val in targets
 
+    return belongs
+
+
+def _erase_sqlite(store: Any, online: Any, views: list[Any], targets: set[str]) -> int:
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    config = store.config
+    versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+    belongs = _belongs(config, targets)
     conn = online._get_conn(config)
     removed = 0
-    for view in store.list_feature_views():
-        # every view keyed by customer_id, alone or with other keys (e.g. customer × channel)
-        if C.customer_id not in [f.name for f in view.entity_columns]:
-            continue
+    for view in views:
         table = compute_table_id(config.project, view, versioning).replace('"', '""')
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if not exists:
@@ -205,6 +228,35 @@ def _erase_online(settings: Settings, customer_ids: list[str]) -> int:
             conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', keys)
             removed += conn.total_changes - before
     return removed
+
+
+def _erase_redis(store: Any, online: Any, views: list[Any], targets: set[str]) -> int:
+    """Feast's Redis key of an entity is its serialized entity key followed by the project name, one hash holding
+    every view with those join keys: scan the keys of each join-key set that includes customer_id (Feast's own
+    prefix) and delete the customers' ones."""
+    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+
+    config = store.config
+    client = online._get_client(config.online_store)
+    project = config.project.encode("utf-8")
+    belongs = _belongs(config, targets)
+    removed = 0
+    for join_keys in sorted({tuple(sorted(v.join_keys)) for v in views}):
+        prefix = serialize_entity_key_prefix(list(join_keys), config.entity_key_serialization_version)
+        pattern = _glob_escape(prefix) + b"*" + _glob_escape(project)
+        doomed = [
+            k
+            for k in client.scan_iter(match=pattern, count=1000)
+            if k.endswith(project) and belongs(k[: -len(project)])
+        ]
+        for start in range(0, len(doomed), 1000):
+            removed += int(client.delete(*doomed[start : start + 1000]))
+    return removed
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` as a literal in a Redis MATCH pattern (the key bytes may hold ``*``, ``?``, ``[`` or ``\\``)."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
 
 
 def _mark_retrain(settings: Settings, families: list[str], erasure_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pandas as pd
 import pytest
@@ -121,3 +122,94 @@ def test_erasure_reaches_the_feast_online_store(tmp_path):
     assert gone[C.segment] is None and kept[C.segment] is not None
     gone_channel, kept_channel = channel_rows(store, [cid, other])
     assert gone_channel is None and kept_channel is not None
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A throwaway redis-server (the production profile's online store), or a skip naming what is missing."""
+    import shutil
+
+    from benchmarks.feast_online import redis_server
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; `make test` installs it as root)")
+    with redis_server(tmp_path / "redis") as url:
+        yield url
+
+
+def _redis_store(settings: Settings, redis_url: str):
+    """The feature repo applied and materialised into Redis (a registry of its own beside the SQLite one)."""
+    import datetime as dt
+
+    from feast import FeatureStore, RepoConfig
+
+    from feature_repo import definitions
+    from feature_repo.apply import materialize_windows
+    from omnicart import featurestore, stores
+
+    store = FeatureStore(
+        config=RepoConfig(
+            project=featurestore.PROJECT,
+            provider="local",
+            registry=str(settings.feast_dir / "registry-redis.db"),
+            online_store={"type": "redis", "connection_string": stores.redis_connection_string(redis_url)},
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+            repo_path=settings.feast_dir,
+        )
+    )
+    store.apply(definitions())
+    for view, (start, end) in materialize_windows(settings, settings.sim_start, settings.sim_end).items():
+        store.materialize(
+            start_date=dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
+            end_date=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC),
+            feature_views=[view],
+        )
+    return store
+
+
+@pytest.mark.slow
+def test_erasure_reaches_a_redis_online_store(tmp_path, redis_url):
+    import redis
+
+    from omnicart import features, featurestore
+
+    settings = Settings(home=tmp_path / "home", sim_customers=60, sim_items=15, sim_days=2, pseudonym_key=KEY)
+    daily.land_and_ingest(settings, settings.sim_start, settings.sim_end)
+    features.build_feature_days(settings, settings.sim_start, settings.sim_end)
+    features.build_omnichannel_days(settings, settings.sim_start, settings.sim_end)
+    store = _redis_store(settings, redis_url)
+    refs = [f"{schemas.F.customer_view}:{C.segment}"]
+    frequency = schemas.windowed(schemas.F.frequency, 30)
+    per_channel = [f"{schemas.F.customer_channel_view}:{frequency}"]
+    with_channels = set(lake.read_table(settings.lake_dir, schemas.CUSTOMER_CHANNEL_FEATURES)[C.customer_id])
+    ids = lake.read_table(settings.lake_dir, schemas.CUSTOMER_FEATURES)[C.customer_id]
+    cid, other = sorted(set(ids) & with_channels)[:2]
+
+    def channel_rows(ids):
+        rows = [{C.customer_id: i, C.channel: "all"} for i in ids]
+        return store.get_online_features(features=per_channel, entity_rows=rows).to_dict()[frequency]
+
+    assert featurestore.online_features(store, refs, C.customer_id, [cid])[0][C.segment] is not None
+    assert channel_rows([cid])[0] is not None
+    keys_before = redis.Redis.from_url(redis_url).dbsize()
+    # the customer's keys: one per join-key set and channel, each a hash of every view with those keys; their id is
+    # in the key as its length then its bytes
+    value = struct.pack("<I", len(cid)) + cid.encode()
+    theirs = [k for k in redis.Redis.from_url(redis_url).scan_iter() if value in k]
+    assert len(theirs) >= 2
+
+    removed = erasure.erase_online(store, [cid])
+
+    assert removed == len(theirs)
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == keys_before - removed
+    assert not [k for k in client.scan_iter() if value in k]
+    gone, kept = featurestore.online_features(store, refs, C.customer_id, [cid, other])
+    assert gone[C.segment] is None and kept[C.segment] is not None
+    gone_channel, kept_channel = channel_rows([cid, other])
+    assert gone_channel is None and kept_channel is not None
+
+
+def test_redis_match_patterns_take_key_bytes_literally():
+    assert erasure._glob_escape(b"a*b?c[d]e\\f") == b"a\\*b\\?c\\[d\\]e\\\\f"

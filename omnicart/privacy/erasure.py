@@ -31,6 +31,7 @@ from omnicart.privacy import suppression
 from omnicart.privacy.pseudonymise import token
 from omnicart.schemas import C
 from omnicart.settings import Settings
+from omnicart.support.logs import escalations_path, feedback_path
 
 # Which model families learn from which tables (retrain them after an erasure touched the table).
 TABLE_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -92,12 +93,25 @@ def erase(
 
     removed: dict[str, int] = {}
     rewritten = 0
+    answers: set[str] = set()  # request ids of the customer's logged answers: their feedback goes with them
     for area, root in (("lake", settings.lake_dir), ("landing", settings.landing_dir)):
         for table in _tables(root):
-            rows, parts = _erase_table(root, table, values, key if area == "landing" else None)
+            hits = _subject_hits(values, key if area == "landing" else None)
+            rows, parts, request_ids = _erase_table(root, table, hits)
+            answers |= request_ids
             if rows:
                 removed[f"{area}/{table}"] = rows
                 rewritten += parts
+    escalated, request_ids = _erase_jsonl(escalations_path(settings.home_dir), _mentions(values, customer_ids))
+    answers |= request_ids
+    feedback, _ = _erase_jsonl(feedback_path(settings.home_dir), _mentions(values, set(), answers))
+    removed.update({k: n for k, n in (("support/escalations", escalated), ("support/feedback", feedback)) if n})
+    for table in (t for t in _tables(settings.lake_dir) if t.startswith(schemas.PREDICTIONS_PREFIX)):
+        # feedback rows name the answer they rate, not the customer
+        rows, parts, _ = _erase_table(settings.lake_dir, table, lambda f: _column_in(f, C.request_id, answers))
+        if rows:
+            removed[f"lake/{table}"] = removed.get(f"lake/{table}", 0) + rows
+            rewritten += parts
     online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
 
     families = sorted({f for name in removed for f in TABLE_FAMILIES.get(name.split("/", 1)[1], ())})
@@ -141,12 +155,18 @@ def _tables(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def _erase_table(root: Path, table: str, values: set[str], landing_key: str | None) -> tuple[int, int]:
-    """Rewrite every partition of the table that holds the subject's rows; returns (rows removed, partitions)."""
+def _column_in(frame: pd.DataFrame, column: str, values: set[str]) -> pd.Series:
+    if column not in frame.columns or not values:
+        return pd.Series(False, index=frame.index)
+    return frame[column].isin(values)
+
+
+def _subject_hits(values: set[str], landing_key: str | None) -> Callable[[pd.DataFrame], pd.Series]:
+    """Which rows of a partition are the subject's: any identifying column holds one of ``values`` (raw landing
+    files are compared by their tokens), or a quarantined row's kept record names one."""
     pattern = re.compile("|".join(re.escape(json.dumps(v)) for v in sorted(values))) if values else None
-    rows = parts = 0
-    for day in lake.partitions(root, table):
-        frame = lake.read_partition(root, table, day)  # appended chunks too (the prediction logs)
+
+    def hits(frame: pd.DataFrame) -> pd.Series:
         probe = frame
         if landing_key is not None:  # raw personal data: compare its tokens
             probe = pseudonymise_frame(
@@ -154,15 +174,73 @@ def _erase_table(root: Path, table: str, values: set[str], landing_key: str | No
             )
         hit = pd.Series(False, index=frame.index)
         for column in SUBJECT_COLUMNS:
-            if column in probe.columns:
-                hit |= probe[column].isin(values)
+            hit |= _column_in(probe, column, values)
         if C.record in frame.columns and pattern is not None:  # quarantined rows keep their values as JSON
             hit |= frame[C.record].fillna("").str.contains(pattern)
+        return hit
+
+    return hits
+
+
+def _erase_table(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Series]) -> tuple[int, int, set[str]]:
+    """Rewrite every partition of the table that holds rows ``hits`` picks; returns (rows removed, partitions
+    rewritten, the request ids of the removed rows)."""
+    rows = parts = 0
+    request_ids: set[str] = set()
+    for day in lake.partitions(root, table):
+        frame = lake.read_partition(root, table, day)  # appended chunks too (the prediction logs)
+        hit = hits(frame)
         if hit.any():
+            if C.request_id in frame.columns:
+                request_ids |= set(frame.loc[hit, C.request_id].dropna().astype(str))
             lake.write_partition(root, table, day, frame[~hit].reset_index(drop=True))
             rows += int(hit.sum())
             parts += 1
-    return rows, parts
+    return rows, parts, request_ids
+
+
+def _mentions(
+    tokens: set[str], customer_ids: set[str], request_ids: set[str] | frozenset[str] = frozenset()
+) -> Callable[[dict[str, Any]], bool]:
+    """Whether a support log record is the subject's: their customer id, an answer of theirs (request id), or a
+    token of their email or phone in its scrubbed text."""
+    texts = sorted(tokens - customer_ids)
+
+    def mentions(record: dict[str, Any]) -> bool:
+        if record.get(C.customer_id) in customer_ids or record.get(C.request_id) in request_ids:
+            return True
+        text = " ".join(str(record.get(k) or "") for k in (C.question, "comment"))
+        return any(t in text for t in texts)
+
+    return mentions
+
+
+def _erase_jsonl(path: Path, drop: Callable[[dict[str, Any]], bool]) -> tuple[int, set[str]]:
+    """Rewrite a JSON-lines log without the records ``drop`` picks (atomically: a reader sees the old file or the
+    new one); returns how many went and their request ids. A line that is not JSON is kept as it was."""
+    if not path.is_file():
+        return 0, set()
+    kept: list[str] = []
+    request_ids: set[str] = set()
+    gone = 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            kept.append(line)
+            continue
+        if isinstance(record, dict) and drop(record):
+            gone += 1
+            if record.get(C.request_id):
+                request_ids.add(str(record[C.request_id]))
+        else:
+            kept.append(line)
+    if gone:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(tmp, path)
+    return gone, request_ids
 
 
 def _erase_online(settings: Settings, customer_ids: list[str]) -> int:

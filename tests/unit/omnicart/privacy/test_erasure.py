@@ -89,6 +89,89 @@ def test_a_reingest_cannot_bring_an_erased_customer_back(shop):
     assert erased_rows.loc[erased_rows[C.reason] == "erased", C.record].isna().all()  # nothing of theirs kept
 
 
+class RuleModel:
+    """A support model for the log writers: answers questions about opening hours, hands over the rest."""
+
+    def answer_batch(self, questions, product_ids, k):
+        return [
+            {
+                "answered": "hours" in q,
+                C.answer: "9 to 5" if "hours" in q else None,
+                "confidence": 0.9 if "hours" in q else 0.1,
+                "threshold": 0.5,
+                C.intent: "store_hours" if "hours" in q else "order_status",
+                "sources": [],
+            }
+            for q in questions
+        ]
+
+
+def plant_support_and_predictions(settings: Settings, cid: str, email: str, other: str) -> dict[str, list[str]]:
+    """What serving writes about the customer (and about ``other``): escalations and feedback JSON lines, and the
+    prediction logs of recommend, support and support feedback in the lake. Returns the request ids per owner."""
+    from serving.prediction_log import PredictionLog
+    from serving.support import FeedbackRequest, SupportRequest, SupportService
+
+    service = SupportService(RuleModel, settings.home_dir, KEY, model_version="1")
+    requests = [
+        SupportRequest(question="Where is my parcel?", customer_id=cid, channel="web"),  # escalated
+        SupportRequest(question="What are your opening hours?", customer_id=cid),  # answered
+        SupportRequest(question=f"Please write to {email} about my order", channel="service"),  # their email, no id
+        SupportRequest(question="Where is my parcel?", customer_id=other),  # someone else: kept
+        SupportRequest(question="What are your opening hours?", customer_id=other),
+    ]
+    answers = service.answer_batch(requests)
+    log = PredictionLog(settings.lake_dir, flush_rows=10**6, flush_seconds=3600)
+    log.support(requests, answers)
+    for answer in answers:
+        feedback = FeedbackRequest(request_id=answer.request_id, helpful=answer.answered, comment="thanks")
+        service.feedback(feedback)
+        log.support_feedback(feedback)
+    now = pd.Timestamp.now(tz="UTC")
+    log.add(
+        "recommend",
+        [
+            {C.event_timestamp: now, C.request_id: f"r-{who}", C.customer_id: who, C.item_id: "I00001", C.rank: 1}
+            for who in (cid, other)
+        ],
+    )
+    log.close()
+    ids = [a.request_id for a in answers]
+    return {"customer": [*ids[:3], f"r-{cid}"], "other": [*ids[3:], f"r-{other}"]}
+
+
+def _support_logs(settings: Settings) -> dict[str, list[dict]]:
+    from omnicart.support.logs import escalations_path, feedback_path
+
+    return {
+        name: [json.loads(line) for line in path(settings.home_dir).read_text().splitlines()]
+        for name, path in (("escalations", escalations_path), ("feedback", feedback_path))
+    }
+
+
+def test_erasure_removes_the_customer_from_support_logs_and_prediction_logs(shop):
+    settings, cid, person = shop
+    other = next(c for c in lake.read_table(settings.lake_dir, schemas.CUSTOMERS)[C.customer_id] if c != cid)
+    planted = plant_support_and_predictions(settings, cid, person[C.email], other)
+    before = _support_logs(settings)
+    assert len(before["escalations"]) == 3 and len(before["feedback"]) == 5
+    assert any(token(KEY, C.email, person[C.email]) in e[C.question] for e in before["escalations"])
+
+    report = erasure.erase(settings, customer_id=cid)
+
+    after = _support_logs(settings)
+    assert [e[C.customer_id] for e in after["escalations"]] == [other]
+    assert {f[C.request_id] for f in after["feedback"]} == set(planted["other"][:2])
+    assert report.rows_removed["support/escalations"] == 2 and report.rows_removed["support/feedback"] == 3
+    logged = {t: lake.read_table(settings.lake_dir, schemas.predictions_table(t)) for t in ("recommend", "support")}
+    feedback = lake.read_table(settings.lake_dir, schemas.predictions_table("support_feedback"))
+    assert set(logged["support"][C.request_id]) == set(planted["other"][:2])
+    assert set(logged["recommend"][C.customer_id]) == {other}
+    assert set(feedback[C.request_id]) == set(planted["other"][:2])  # rows that rate the customer's answers went
+    assert report.rows_removed["lake/predictions_support"] == 3
+    assert report.rows_removed["lake/predictions_support_feedback"] == 3
+
+
 @pytest.mark.slow
 def test_erasure_reaches_the_feast_online_store(tmp_path):
     from feature_repo.apply import apply_and_materialize

@@ -55,6 +55,7 @@ class ErasureReport:
     rows_removed: dict[str, int] = field(default_factory=dict)  # "lake/<table>" or "landing/<table>" -> rows
     partitions_rewritten: int = 0
     online_rows_removed: int = 0
+    artifact_rows_removed: dict[str, int] = field(default_factory=dict)  # "models/<dir>" or "mlflow/<model>/<path>"
     retrain: list[str] = field(default_factory=list)
 
     @property
@@ -113,6 +114,9 @@ def erase(
             removed[f"lake/{table}"] = removed.get(f"lake/{table}", 0) + rows
             rewritten += parts
     online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
+    artifacts = (
+        {**_erase_model_dirs(settings, customer_ids), **_erase_mlflow(settings, customer_ids)} if customer_ids else {}
+    )
 
     families = sorted({f for name in removed for f in TABLE_FAMILIES.get(name.split("/", 1)[1], ())})
     subject_token = subject[0][1] if subject[0][0] != C.customer_id else token(key, C.customer_id, subject[0][1])
@@ -126,6 +130,7 @@ def erase(
         rows_removed=removed,
         partitions_rewritten=rewritten,
         online_rows_removed=online_rows,
+        artifact_rows_removed=artifacts,
         retrain=families,
     )
     # Customer ids are stored as tokens too: the log holds nothing that names the person.
@@ -241,6 +246,76 @@ def _erase_jsonl(path: Path, drop: Callable[[dict[str, Any]], bool]) -> tuple[in
             handle.writelines(kept)
         os.replace(tmp, path)
     return gone, request_ids
+
+
+def _erase_histories(path: Path, customer_ids: set[str]) -> int:
+    """Rewrite a recommender's saved purchase histories without the customers' rows; returns the rows removed."""
+    histories = pd.read_parquet(path)
+    hit = histories[C.customer_id].astype(str).isin(customer_ids)
+    if hit.any():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+        os.close(fd)
+        histories[~hit].reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    return int(hit.sum())
+
+
+def _erase_model_dirs(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
+    """The trained models' directories under ``<home>/models`` (what training saves before MLflow copies it)."""
+    from omnicart.recommend import HISTORIES_FILE
+
+    root = settings.home_dir / "models"
+    removed = {}
+    for path in sorted(root.rglob(HISTORIES_FILE)) if root.is_dir() else []:
+        if rows := _erase_histories(path, customer_ids):
+            removed[f"models/{path.parent.relative_to(root)}"] = rows
+    return removed
+
+
+def _erase_mlflow(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
+    """Every logged model of every family in MLflow (champion, previous and older versions alike): the histories
+    file of each is downloaded, rewritten without the customers and uploaded over the original through MLflow's
+    artifact API, so a tracking server's object store is reached the same way as the local artifact folder."""
+    if not settings.mlflow_tracking_uri and not (settings.home_dir / "mlflow.db").is_file():
+        return {}  # nothing was ever logged (and a client would create the database)
+    import mlflow.artifacts
+
+    from omnicart import registry
+    from omnicart.recommend import HISTORIES_FILE
+
+    mlc = registry.client(settings)
+    experiments = [e for f in schemas.FAMILIES if (e := mlc.get_experiment_by_name(f"omnicart/{f}")) is not None]
+    removed: dict[str, int] = {}
+    if not experiments:
+        return removed
+    token = None
+    while True:
+        page = mlc.search_logged_models([e.experiment_id for e in experiments], page_token=token)
+        for model in page:
+            for path in _artifact_files(mlc, model.model_id, HISTORIES_FILE):
+                with tempfile.TemporaryDirectory(prefix="omnicart-erase-") as tmp:
+                    local = Path(
+                        mlflow.artifacts.download_artifacts(
+                            artifact_uri=f"{model.artifact_location.rstrip('/')}/{path}", dst_path=tmp
+                        )
+                    )
+                    if rows := _erase_histories(local, customer_ids):
+                        mlc.log_model_artifact(model.model_id, str(local), artifact_path=str(Path(path).parent))
+                        removed[f"mlflow/{model.model_id}/{path}"] = rows
+        token = page.token
+        if not token:
+            return removed
+
+
+def _artifact_files(mlc: Any, model_id: str, name: str, path: str | None = None) -> list[str]:
+    """Paths of the logged model's artifact files called ``name``, at any depth."""
+    found = []
+    for info in mlc.list_logged_model_artifacts(model_id, path):
+        if info.is_dir:
+            found += _artifact_files(mlc, model_id, name, info.path)
+        elif Path(info.path).name == name:
+            found.append(info.path)
+    return found
 
 
 def _erase_online(settings: Settings, customer_ids: list[str]) -> int:

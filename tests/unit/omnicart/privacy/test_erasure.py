@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -170,6 +171,69 @@ def test_erasure_removes_the_customer_from_support_logs_and_prediction_logs(shop
     assert set(feedback[C.request_id]) == set(planted["other"][:2])  # rows that rate the customer's answers went
     assert report.rows_removed["lake/predictions_support"] == 3
     assert report.rows_removed["lake/predictions_support_feedback"] == 3
+
+
+class Histories:
+    """Stands in for the recommender's pyfunc in MLflow: what matters here is its model directory artifact."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def plant_recommender(settings: Settings, cid: str, other: str, versions: int = 2) -> list[str]:
+    """A recommender model directory holding both customers' histories under ``<home>/models``, logged to MLflow
+    and registered ``versions`` times (champion and older versions each keep a copy); returns the versions."""
+    import mlflow.pyfunc
+
+    from omnicart import registry
+    from omnicart.recommend import HISTORIES_FILE
+
+    model = type("HistoriesModel", (Histories, mlflow.pyfunc.PythonModel), {})()
+    out = []
+    for n in range(versions):
+        directory = settings.home_dir / "models" / "recommend" / f"as_of=2026-01-0{n + 1}"
+        (directory / "recsys").mkdir(parents=True)
+        (directory / "recsys" / "recsys.json").write_text("{}")
+        histories = pd.DataFrame({C.customer_id: [cid, cid, other], C.item_id: ["I1", "I2", "I1"]})
+        histories.to_parquet(directory / HISTORIES_FILE, index=False)
+        registered = registry.log_model(
+            settings, "recommend", model, artifacts={"model_dir": directory}, params={}, metrics={"ndcg_at_10": 0.1}
+        )
+        out.append(registered.version)
+    registry.promote(settings, "recommend", out[-1])
+    return out
+
+
+def _histories_everywhere(settings: Settings, versions: list[str]) -> dict[str, pd.DataFrame]:
+    import mlflow.artifacts
+
+    from omnicart import registry
+    from omnicart.recommend import HISTORIES_FILE
+
+    found = {str(p): pd.read_parquet(p) for p in (settings.home_dir / "models").rglob(HISTORIES_FILE)}
+    registry.client(settings)
+    for version in versions:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{registry.model_name('recommend')}/{version}"))
+        [path] = local.rglob(HISTORIES_FILE)
+        found[f"version {version}"] = pd.read_parquet(path)
+    return found
+
+
+def test_erasure_rewrites_the_recommender_histories_in_model_dirs_and_every_mlflow_version(shop):
+    settings, cid, _ = shop
+    other = next(c for c in lake.read_table(settings.lake_dir, schemas.CUSTOMERS)[C.customer_id] if c != cid)
+    versions = plant_recommender(settings, cid, other)
+    before = _histories_everywhere(settings, versions)
+    assert len(before) == 4 and all(set(h[C.customer_id]) == {cid, other} for h in before.values())
+
+    report = erasure.erase(settings, customer_id=cid)
+
+    after = _histories_everywhere(settings, versions)
+    assert after.keys() == before.keys()
+    for name, histories in after.items():  # only the customer's rows went; the file keeps its columns
+        assert histories.to_dict("records") == [{C.customer_id: other, C.item_id: "I1"}], name
+    assert sorted(report.artifact_rows_removed.values()) == [2, 2, 2, 2]
+    assert sum(k.startswith("mlflow/") for k in report.artifact_rows_removed) == 2
 
 
 @pytest.mark.slow

@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from omnicart import lake, schemas
@@ -28,7 +30,7 @@ from omnicart.ingest.identity import latest_identity_map, links_from_tables, res
 from omnicart.ingest.pipeline import pseudonymise_frame
 from omnicart.ingest.validate import SUBJECT_COLUMNS
 from omnicart.privacy import suppression
-from omnicart.privacy.pseudonymise import token
+from omnicart.privacy.pseudonymise import scrub_text, token
 from omnicart.schemas import C
 from omnicart.settings import Settings
 from omnicart.support.logs import escalations_path, feedback_path
@@ -95,11 +97,15 @@ def erase(
     removed: dict[str, int] = {}
     rewritten = 0
     answers: set[str] = set()  # request ids of the customer's logged answers: their feedback goes with them
+    tickets = pd.DataFrame()  # the customer's support tickets: the support model's knowledge base holds their text
     for area, root in (("lake", settings.lake_dir), ("landing", settings.landing_dir)):
         for table in _tables(root):
             hits = _subject_hits(values, key if area == "landing" else None)
-            rows, parts, request_ids = _erase_table(root, table, hits)
-            answers |= request_ids
+            rows, parts, gone = _erase_table(root, table, hits)
+            if C.request_id in gone.columns:
+                answers |= set(gone[C.request_id].dropna().astype(str))
+            if area == "lake" and table == schemas.SUPPORT:
+                tickets = gone
             if rows:
                 removed[f"{area}/{table}"] = rows
                 rewritten += parts
@@ -114,9 +120,8 @@ def erase(
             removed[f"lake/{table}"] = removed.get(f"lake/{table}", 0) + rows
             rewritten += parts
     online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
-    artifacts = (
-        {**_erase_model_dirs(settings, customer_ids), **_erase_mlflow(settings, customer_ids)} if customer_ids else {}
-    )
+    kb = _KnowledgeMatch.of(tickets, key, values - customer_ids)
+    artifacts = {**_erase_model_dirs(settings, customer_ids, kb), **_erase_mlflow(settings, customer_ids, kb)}
 
     families = sorted({f for name in removed for f in TABLE_FAMILIES.get(name.split("/", 1)[1], ())})
     subject_token = subject[0][1] if subject[0][0] != C.customer_id else token(key, C.customer_id, subject[0][1])
@@ -187,21 +192,20 @@ def _subject_hits(values: set[str], landing_key: str | None) -> Callable[[pd.Dat
     return hits
 
 
-def _erase_table(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Series]) -> tuple[int, int, set[str]]:
+def _erase_table(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Series]) -> tuple[int, int, pd.DataFrame]:
     """Rewrite every partition of the table that holds rows ``hits`` picks; returns (rows removed, partitions
-    rewritten, the request ids of the removed rows)."""
+    rewritten, the removed rows)."""
     rows = parts = 0
-    request_ids: set[str] = set()
+    gone: list[pd.DataFrame] = []
     for day in lake.partitions(root, table):
         frame = lake.read_partition(root, table, day)  # appended chunks too (the prediction logs)
         hit = hits(frame)
         if hit.any():
-            if C.request_id in frame.columns:
-                request_ids |= set(frame.loc[hit, C.request_id].dropna().astype(str))
+            gone.append(frame[hit])
             lake.write_partition(root, table, day, frame[~hit].reset_index(drop=True))
             rows += int(hit.sum())
             parts += 1
-    return rows, parts, request_ids
+    return rows, parts, pd.concat(gone, ignore_index=True) if gone else pd.DataFrame()
 
 
 def _mentions(
@@ -260,28 +264,92 @@ def _erase_histories(path: Path, customer_ids: set[str]) -> int:
     return int(hit.sum())
 
 
-def _erase_model_dirs(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
-    """The trained models' directories under ``<home>/models`` (what training saves before MLflow copies it)."""
+@dataclass(frozen=True)
+class _KnowledgeMatch:
+    """What of the support model's knowledge base is the subject's: their tickets' questions, the answers they got
+    (dropped when no one else's question is left on them), and any text with a token of their email or phone."""
+
+    questions: frozenset[str]
+    answers: frozenset[str]
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def of(cls, tickets: pd.DataFrame, key: str, tokens: set[str]) -> _KnowledgeMatch:
+        from omnicart.support.knowledge import doc_key
+
+        def texts(column: str) -> list[str]:
+            values = tickets[column] if column in tickets.columns else []
+            return [scrub_text(v, key) for v in values if isinstance(v, str) and v.strip()]
+
+        return cls(frozenset(texts(C.question)), frozenset(map(doc_key, texts(C.answer))), tuple(sorted(tokens)))
+
+    def __bool__(self) -> bool:
+        return bool(self.questions or self.answers or self.tokens)
+
+    def mentions(self, texts: pd.Series) -> pd.Series:
+        return texts.fillna("").astype(str).map(lambda t: any(x in t for x in self.tokens))
+
+
+def _erase_knowledge(directory: Path, match: _KnowledgeMatch) -> int:
+    """Rewrite a support model directory's knowledge base without the subject's questions and answers (the
+    embeddings row for row, BM25 refitted); returns the questions and docs removed."""
+    from omnicart.support.knowledge import FILES, KnowledgeBase, doc_key
+
+    kb = KnowledgeBase.load(directory)
+    questions = kb.questions[C.question]
+    drop_questions = (questions.isin(match.questions) | match.mentions(questions)).to_numpy()
+    doc_of = kb.questions["doc"].to_numpy(dtype=int)
+    asked = np.bincount(doc_of[~drop_questions], minlength=len(kb.docs)) > 0
+    answers = kb.docs[C.answer]
+    theirs = (kb.docs[C.kb_source] == "ticket") & answers.map(doc_key).isin(match.answers) & ~asked
+    drop_docs = (theirs | match.mentions(answers)).to_numpy()
+    if not (drop_questions.any() or drop_docs.any()):
+        return 0
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".erase-") as tmp:
+        kb.without(drop_questions, drop_docs).save(Path(tmp))
+        for name in FILES:
+            if (directory / name).is_dir():
+                shutil.rmtree(directory / name)
+            os.replace(Path(tmp) / name, directory / name)
+    meta_path = directory / "meta.json"
+    if meta_path.is_file():  # its counts describe the knowledge base
+        meta = json.loads(meta_path.read_text())
+        meta.update(docs=int((~drop_docs).sum()), questions=int(len(kb.questions) - drop_questions.sum()))
+        meta_path.write_text(json.dumps(meta, indent=2, default=float))
+    return int(drop_questions.sum() + drop_docs.sum())
+
+
+def _erase_model_dirs(settings: Settings, customer_ids: set[str], kb: _KnowledgeMatch) -> dict[str, int]:
+    """The trained models' directories under ``<home>/models`` (what training saves before MLflow copies it): the
+    recommender's histories and the support model's knowledge base."""
     from omnicart.recommend import HISTORIES_FILE
+    from omnicart.support.knowledge import FILES
 
     root = settings.home_dir / "models"
     removed = {}
-    for path in sorted(root.rglob(HISTORIES_FILE)) if root.is_dir() else []:
+    for path in sorted(root.rglob(HISTORIES_FILE)) if root.is_dir() and customer_ids else []:
         if rows := _erase_histories(path, customer_ids):
+            removed[f"models/{path.parent.relative_to(root)}"] = rows
+    for path in sorted(root.rglob(FILES[1])) if root.is_dir() and kb else []:
+        if rows := _erase_knowledge(path.parent, kb):
             removed[f"models/{path.parent.relative_to(root)}"] = rows
     return removed
 
 
-def _erase_mlflow(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
-    """Every logged model of every family in MLflow (champion, previous and older versions alike): the histories
-    file of each is downloaded, rewritten without the customers and uploaded over the original through MLflow's
-    artifact API, so a tracking server's object store is reached the same way as the local artifact folder."""
+def _erase_mlflow(settings: Settings, customer_ids: set[str], kb: _KnowledgeMatch) -> dict[str, int]:
+    """Every logged model of every family in MLflow (champion, previous and older versions alike): the files that
+    hold the customer's rows (the recommender's histories, the support knowledge base) are downloaded, rewritten
+    and uploaded over the originals through MLflow's artifact API, so a tracking server's object store is reached
+    the same way as the local artifact folder."""
+    if not (customer_ids or kb):
+        return {}
     if not settings.mlflow_tracking_uri and not (settings.home_dir / "mlflow.db").is_file():
         return {}  # nothing was ever logged (and a client would create the database)
     import mlflow.artifacts
 
     from omnicart import registry
     from omnicart.recommend import HISTORIES_FILE
+    from omnicart.support.knowledge import FILES
 
     mlc = registry.client(settings)
     experiments = [e for f in schemas.FAMILIES if (e := mlc.get_experiment_by_name(f"omnicart/{f}")) is not None]
@@ -292,28 +360,44 @@ def _erase_mlflow(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
     while True:
         page = mlc.search_logged_models([e.experiment_id for e in experiments], page_token=token)
         for model in page:
-            for path in _artifact_files(mlc, model.model_id, HISTORIES_FILE):
+            root = model.artifact_location.rstrip("/")
+            for path in _artifact_files(mlc, model.model_id, {HISTORIES_FILE, FILES[1]}):
+                parent = str(Path(path).parent)
                 with tempfile.TemporaryDirectory(prefix="omnicart-erase-") as tmp:
-                    local = Path(
-                        mlflow.artifacts.download_artifacts(
-                            artifact_uri=f"{model.artifact_location.rstrip('/')}/{path}", dst_path=tmp
-                        )
-                    )
-                    if rows := _erase_histories(local, customer_ids):
-                        mlc.log_model_artifact(model.model_id, str(local), artifact_path=str(Path(path).parent))
-                        removed[f"mlflow/{model.model_id}/{path}"] = rows
+                    if Path(path).name == HISTORIES_FILE:
+                        local = Path(mlflow.artifacts.download_artifacts(f"{root}/{path}", dst_path=tmp))
+                        if rows := _erase_histories(local, customer_ids):
+                            mlc.log_model_artifact(model.model_id, str(local), artifact_path=parent)
+                            removed[f"mlflow/{model.model_id}/{path}"] = rows
+                        continue
+                    names = {Path(p).name for p in _artifact_names(mlc, model.model_id, parent)}
+                    for name in (n for n in (*FILES, "meta.json") if n in names):
+                        mlflow.artifacts.download_artifacts(f"{root}/{parent}/{name}", dst_path=tmp)
+                    if rows := _erase_knowledge(Path(tmp), kb):
+                        for item in sorted(Path(tmp).iterdir()):
+                            if item.is_dir():
+                                mlc.log_model_artifacts(
+                                    model.model_id, str(item), artifact_path=f"{parent}/{item.name}"
+                                )
+                            else:
+                                mlc.log_model_artifact(model.model_id, str(item), artifact_path=parent)
+                        removed[f"mlflow/{model.model_id}/{parent}"] = rows
         token = page.token
         if not token:
             return removed
 
 
-def _artifact_files(mlc: Any, model_id: str, name: str, path: str | None = None) -> list[str]:
-    """Paths of the logged model's artifact files called ``name``, at any depth."""
+def _artifact_names(mlc: Any, model_id: str, path: str) -> list[str]:
+    return [info.path for info in mlc.list_logged_model_artifacts(model_id, path)]
+
+
+def _artifact_files(mlc: Any, model_id: str, names: set[str], path: str | None = None) -> list[str]:
+    """Paths of the logged model's artifact files with one of ``names``, at any depth."""
     found = []
     for info in mlc.list_logged_model_artifacts(model_id, path):
         if info.is_dir:
-            found += _artifact_files(mlc, model_id, name, info.path)
-        elif Path(info.path).name == name:
+            found += _artifact_files(mlc, model_id, names, info.path)
+        elif Path(info.path).name in names:
             found.append(info.path)
     return found
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -234,6 +236,109 @@ def test_erasure_rewrites_the_recommender_histories_in_model_dirs_and_every_mlfl
         assert histories.to_dict("records") == [{C.customer_id: other, C.item_id: "I1"}], name
     assert sorted(report.artifact_rows_removed.values()) == [2, 2, 2, 2]
     assert sum(k.startswith("mlflow/") for k in report.artifact_rows_removed) == 2
+
+
+def encode(texts) -> np.ndarray:
+    """A stand-in sentence encoder for knowledge bases in these tests (one seeded unit vector per text): erasure
+    moves rows, so any fixed encoder shows whether each embedding stayed with its text."""
+    from omnicart.text import DIM
+
+    rows = [
+        np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:12], 16)).standard_normal(DIM) for t in texts
+    ]
+    out = np.asarray(rows, dtype=np.float32).reshape(-1, DIM)
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-9)
+
+
+def plant_support_model(settings: Settings, versions: int = 1) -> Path:
+    """A support model directory whose knowledge base indexes the lake's tickets (MiniLM embeddings, BM25), saved
+    under ``<home>/models`` and logged to MLflow ``versions`` times; returns the directory."""
+    import mlflow.pyfunc
+
+    from omnicart import registry
+    from omnicart.support.dataset import canonical
+    from omnicart.support.knowledge import KnowledgeBase
+
+    tickets = lake.read_table(settings.lake_dir, schemas.SUPPORT)
+    frame = canonical(tickets.assign(**{C.product_id: tickets[C.item_id]}), "ticket")
+    kb = KnowledgeBase.build(frame, encode, encode)
+    directory = settings.home_dir / "models" / "support" / "shop-test"
+    kb.save(directory)
+    (directory / "meta.json").write_text(json.dumps({"docs": len(kb), "questions": len(kb.questions)}))
+    model = type("SupportFiles", (Histories, mlflow.pyfunc.PythonModel), {})()
+    for _ in range(versions):
+        registry.log_model(settings, "support", model, artifacts={"model_dir": directory}, params={}, metrics={})
+    return directory
+
+
+def _knowledge_everywhere(settings: Settings) -> dict[str, object]:
+    import mlflow.artifacts
+
+    from omnicart import registry
+    from omnicart.support.knowledge import KnowledgeBase
+
+    found = {"models": KnowledgeBase.load(settings.home_dir / "models" / "support" / "shop-test")}
+    registry.client(settings)
+    for version in registry.client(settings).search_model_versions(f"name='{registry.model_name('support')}'"):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{registry.model_name('support')}/{version.version}"))
+        [questions] = local.rglob("kb_questions.jsonl")
+        found[f"version {version.version}"] = KnowledgeBase.load(questions.parent)
+    return found
+
+
+def test_erasure_takes_the_customer_s_tickets_out_of_the_support_knowledge_base(shop):
+    settings, _, _ = shop
+    tickets = lake.read_table(settings.lake_dir, schemas.SUPPORT)
+    ticket = tickets[tickets[C.question].str.contains("tok_")].iloc[0]  # a question that names its asker
+    cid = ticket[C.customer_id]
+    plant_support_model(settings)
+    before = _knowledge_everywhere(settings)
+    assert len(before) == 2 and all(ticket[C.question] in set(kb.questions[C.question]) for kb in before.values())
+
+    report = erasure.erase(settings, customer_id=cid)
+
+    for name, kb in _knowledge_everywhere(settings).items():
+        old = before[name]
+        assert ticket[C.question] not in set(kb.questions[C.question]), name
+        assert len(kb.questions) == len(old.questions) - 1 and kb.bm25_questions.n_ == len(kb.questions)
+        # the answer is shared with others' tickets: it stays, and so does every other question, on its own doc
+        assert set(kb.docs[C.doc_id]) == set(old.docs[C.doc_id])
+        pairs = {(q, kb.docs[C.doc_id][d]) for q, d in zip(kb.questions[C.question], kb.questions["doc"], strict=True)}
+        old_pairs = {
+            (q, old.docs[C.doc_id][d]) for q, d in zip(old.questions[C.question], old.questions["doc"], strict=True)
+        }
+        assert pairs == old_pairs - {(q, d) for q, d in old_pairs if q == ticket[C.question]}
+        # embeddings stay row for row with their questions
+        assert np.allclose(kb.question_emb, encode(kb.questions[C.question].tolist()), atol=1e-2)
+    meta = json.loads((settings.home_dir / "models" / "support" / "shop-test" / "meta.json").read_text())
+    assert meta["questions"] == len(before["models"].questions) - 1
+    assert sum(k.startswith("mlflow/") for k in report.artifact_rows_removed) == 1
+
+
+def test_a_knowledge_base_without_a_doc_drops_its_questions_and_keeps_the_rest_aligned():
+    from omnicart.support.knowledge import KnowledgeBase
+
+    frame = pd.DataFrame(
+        {
+            C.question: ["Where is my parcel?", "Has my order shipped?", "When do you open?", "Can I return it?"],
+            C.answer: ["Track it online.", "Track it online.", "At nine.", "Within 30 days."],
+            C.intent: ["order", "order", "hours", "returns"],
+            C.product_id: [None, None, None, "P1"],
+            C.kb_source: "ticket",
+        }
+    )
+    kb = KnowledgeBase.build(frame, encode, encode)
+    smaller = kb.without(np.array([True, False, False, False]), np.array([False, True, False]))
+    assert smaller.docs[C.answer].tolist() == ["Track it online.", "Within 30 days."]
+    assert smaller.questions.to_dict("list") == {
+        C.question: ["Has my order shipped?", "Can I return it?"],
+        "doc": [0, 1],
+    }
+    assert np.array_equal(smaller.question_emb, kb.question_emb[[1, 3]])
+    assert np.array_equal(smaller.answer_emb, kb.answer_emb[[0, 2]])
+    assert smaller.bm25_answers.n_ == 2 and smaller.by_product_ == {"P1": np.array([1])}
+    scores = smaller.bm25_questions.scores([["ship"]])
+    assert scores.shape == (1, 2) and scores[0, 0] > 0 == scores[0, 1]
 
 
 @pytest.mark.slow

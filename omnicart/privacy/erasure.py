@@ -1,11 +1,21 @@
-"""Erasure ("right to be forgotten"): remove one customer from every table, the feature store and future ingests.
+"""Erasure ("right to be forgotten"): remove one customer from everywhere the platform keeps data, and from future
+ingests.
 
 The customer is found through identity resolution, so an erasure by email also removes the rows seen under their
-phone, loyalty card, devices, cookies and social handle. Affected partitions are rewritten atomically through
-``omnicart.lake`` (lake and landing area, including the quarantine and the Feast offline feature tables); the
-Feast SQLite online store loses the customer's entity rows. The erasure log keeps tokens and counts only, never the
-personal data, and doubles as a suppression list that ingest consults so a re-import cannot bring the customer back.
-A marker lists the model families trained on the removed rows, for the retraining DAG.
+phone, loyalty card, devices, cookies and social handle. Where they go:
+
+- the lake and the landing area: affected partitions are rewritten atomically through ``omnicart.lake`` (the
+  quarantine, the Feast offline feature tables and serving's prediction logs are lake tables too; a logged answer's
+  feedback rows go with it, found by request id);
+- the Feast online store: SQLite rows or Redis entity keys of every view keyed by customer_id;
+- the support logs (escalations and feedback, JSON lines under ``<home>/support``);
+- the model artefacts that hold customer rows, in ``<home>/models`` and in every MLflow logged model (champion and
+  older versions alike): the recommender's saved purchase histories and the support knowledge base's questions and
+  answers are rewritten without them. What a model's weights learned in aggregate stays until its next training,
+  which reads the cleaned lake; ``retrain`` names the families concerned.
+
+The erasure log keeps tokens and counts only, never the personal data, and doubles as a suppression list that ingest
+consults so a re-import cannot bring the customer back.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from omnicart.schemas import C
 from omnicart.settings import Settings
 from omnicart.support.logs import escalations_path, feedback_path
 
-# Which model families learn from which tables (retrain them after an erasure touched the table).
+# Which model families learn from which tables (their weights saw the rows an erasure removed from the table).
 TABLE_FAMILIES: dict[str, tuple[str, ...]] = {
     schemas.EVENTS: ("recommend", "pricing"),
     schemas.CUSTOMERS: ("recommend",),
@@ -58,15 +68,11 @@ class ErasureReport:
     partitions_rewritten: int = 0
     online_rows_removed: int = 0
     artifact_rows_removed: dict[str, int] = field(default_factory=dict)  # "models/<dir>" or "mlflow/<model>/<path>"
-    retrain: list[str] = field(default_factory=list)
+    retrain: list[str] = field(default_factory=list)  # families whose weights learned from removed rows
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows_removed.values())
-
-
-def marker_path(settings: Settings) -> Path:
-    return suppression.log_path(settings).with_name("retrain_required.json")
 
 
 def erase(
@@ -141,8 +147,6 @@ def erase(
     # Customer ids are stored as tokens too: the log holds nothing that names the person.
     suppress = sorted({token(key, C.customer_id, c) for c in customer_ids} | (values - customer_ids))
     suppression.append(settings, {**asdict(report), "at": at.isoformat(), "suppress": suppress})
-    if families:
-        _mark_retrain(settings, families, erasure_id)
     return report
 
 
@@ -494,34 +498,3 @@ def _erase_redis(store: Any, online: Any, views: list[Any], targets: set[str]) -
 def _glob_escape(raw: bytes) -> bytes:
     """``raw`` as a literal in a Redis MATCH pattern (the key bytes may hold ``*``, ``?``, ``[`` or ``\\``)."""
     return re.sub(rb"([*?\[\]\\])", rb"\\\1", raw)
-
-
-def _mark_retrain(settings: Settings, families: list[str], erasure_id: str) -> None:
-    path = marker_path(settings)
-    state = json.loads(path.read_text()) if path.is_file() else {"families": [], "erasures": []}
-    state["families"] = sorted(set(state["families"]) | set(families))
-    state["erasures"] = [*state["erasures"], erasure_id]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".retrain-", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def retrain_required(settings: Settings) -> list[str]:
-    """Model families that must be retrained because an erasure removed rows they learned from."""
-    path = marker_path(settings)
-    return json.loads(path.read_text())["families"] if path.is_file() else []
-
-
-def clear_retrain(settings: Settings, families: list[str]) -> None:
-    """Called after retraining: drop these families from the marker (the marker goes when none is left)."""
-    path = marker_path(settings)
-    if not path.is_file():
-        return
-    state = json.loads(path.read_text())
-    state["families"] = sorted(set(state["families"]) - set(families))
-    if state["families"]:
-        path.write_text(json.dumps(state, indent=2, sort_keys=True))
-    else:
-        path.unlink()

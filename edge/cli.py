@@ -231,6 +231,31 @@ def erase(
 BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
 
 
+@app.command("channel-report")
+def channel_report(
+    day: Annotated[str, typer.Option(help="The day to report (YYYY-MM-DD).")],
+) -> None:
+    """Release a day's per-channel report (buying customers, orders, revenue) with differential privacy, spending
+    the day's ε budget once (the `ingest_omnichannel` DAG does it daily); a release beyond the budget is refused."""
+    from omnicart.privacy.dp import BudgetAccountant, BudgetExceededError
+    from omnicart.privacy.reports import budget_dataset, release_channel_report
+
+    settings = _settings()
+    try:
+        when = dt.date.fromisoformat(day)
+    except ValueError as exc:
+        console.print(f"[red]--day: {exc}[/]")
+        raise typer.Exit(2) from exc
+    try:
+        path = release_channel_report(settings, when)
+    except BudgetExceededError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    accountant = BudgetAccountant.for_settings(settings, default_budget=settings.dp_report_epsilon)
+    dataset = budget_dataset(when)
+    console.print(f"{path} (ε spent {accountant.spent(dataset):g} of {accountant.budget(dataset):g})")
+
+
 @app.command()
 def bench(
     family: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHMARKS)}.")],

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from omnicart.privacy.pseudonymise import scrub_text
 from omnicart.schemas import CHANNELS, C
+from omnicart.support import logs
 from omnicart.support.logs import escalations_path, feedback_path
 
 log = logging.getLogger("omnicart.serving.support")
@@ -204,6 +205,4 @@ class SupportService:
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line)
+            logs.append(path, line)

@@ -43,6 +43,7 @@ from omnicart.privacy import suppression
 from omnicart.privacy.pseudonymise import scrub_text, token
 from omnicart.schemas import C
 from omnicart.settings import Settings
+from omnicart.support import logs
 from omnicart.support.logs import escalations_path, feedback_path
 
 # Which model families learn from which tables (their weights saw the rows an erasure removed from the table).
@@ -202,11 +203,13 @@ def _erase_table(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Serie
     rows = parts = 0
     gone: list[pd.DataFrame] = []
     for day in lake.partitions(root, table):
-        frame = lake.read_partition(root, table, day)  # appended chunks too (the prediction logs)
+        files = lake.partition_files(root, table, day)  # appended chunks too (the prediction logs)
+        frame = lake.read_files(files)
         hit = hits(frame)
         if hit.any():
             gone.append(frame[hit])
-            lake.write_partition(root, table, day, frame[~hit].reset_index(drop=True))
+            # only the files read are replaced: a chunk serving appends meanwhile stays
+            lake.write_partition(root, table, day, frame[~hit].reset_index(drop=True), replaces=files)
             rows += int(hit.sum())
             parts += 1
     return rows, parts, pd.concat(gone, ignore_index=True) if gone else pd.DataFrame()
@@ -233,6 +236,11 @@ def _erase_jsonl(path: Path, drop: Callable[[dict[str, Any]], bool]) -> tuple[in
     new one); returns how many went and their request ids. A line that is not JSON is kept as it was."""
     if not path.is_file():
         return 0, set()
+    with logs.locked(path):  # serving appends under the same lock: nothing it writes meanwhile is lost
+        return _rewrite_jsonl(path, drop)
+
+
+def _rewrite_jsonl(path: Path, drop: Callable[[dict[str, Any]], bool]) -> tuple[int, set[str]]:
     kept: list[str] = []
     request_ids: set[str] = set()
     gone = 0

@@ -549,3 +549,25 @@ def test_a_customer_planted_everywhere_leaves_no_trace(tmp_path, request, monkey
     assert report.resolved_ids and report.online_rows_removed > 0 and report.artifact_rows_removed
     assert _traces(settings, needles, store, [cid]) == []
     assert _traces(settings, {other}, store, [other])  # and the others are still there
+
+
+def test_a_support_log_line_appended_while_erasure_rewrites_the_log_is_kept(tmp_path):
+    import threading
+
+    from omnicart.support import logs
+
+    path = logs.escalations_path(tmp_path)
+    for who in ("A", "B"):
+        logs.append(path, json.dumps({C.customer_id: who}) + "\n")
+    writer = threading.Thread(target=logs.append, args=(path, json.dumps({C.customer_id: "C"}) + "\n"))
+
+    def drop(record: dict) -> bool:
+        if not writer.is_alive() and writer.ident is None:  # serving answers while the log is being read
+            writer.start()
+            writer.join(timeout=0.3)
+            assert writer.is_alive()  # it waits for the erasure's lock
+        return record[C.customer_id] == "A"
+
+    assert erasure._erase_jsonl(path, drop) == (1, set())
+    writer.join(timeout=5)
+    assert [json.loads(line)[C.customer_id] for line in path.read_text().splitlines()] == ["B", "C"]

@@ -101,18 +101,22 @@ def erase(
     customer_ids = {v for k, v in subject if k == C.customer_id}
     customer_ids |= set(members.loc[members[C.id_kind] == C.customer_id, C.identifier])
 
+    # The copies first, the lake last: if a store fails, the lake still holds what a re-run needs to find them.
+    online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
+    # the customer's support tickets: the support model's knowledge base holds their text
+    tickets = _rows(settings.lake_dir, schemas.SUPPORT, _subject_hits(values, None))
+    kb = _KnowledgeMatch.of(tickets, key, values - customer_ids)
+    artifacts = {**_erase_model_dirs(settings, customer_ids, kb), **_erase_mlflow(settings, customer_ids, kb)}
+
     removed: dict[str, int] = {}
     rewritten = 0
     answers: set[str] = set()  # request ids of the customer's logged answers: their feedback goes with them
-    tickets = pd.DataFrame()  # the customer's support tickets: the support model's knowledge base holds their text
     for area, root in (("lake", settings.lake_dir), ("landing", settings.landing_dir)):
         for table in _tables(root):
             hits = _subject_hits(values, key if area == "landing" else None)
             rows, parts, gone = _erase_table(root, table, hits)
             if C.request_id in gone.columns:
                 answers |= set(gone[C.request_id].dropna().astype(str))
-            if area == "lake" and table == schemas.SUPPORT:
-                tickets = gone
             if rows:
                 removed[f"{area}/{table}"] = rows
                 rewritten += parts
@@ -126,9 +130,6 @@ def erase(
         if rows:
             removed[f"lake/{table}"] = removed.get(f"lake/{table}", 0) + rows
             rewritten += parts
-    online_rows = _erase_online(settings, sorted(customer_ids)) if online and customer_ids else 0
-    kb = _KnowledgeMatch.of(tickets, key, values - customer_ids)
-    artifacts = {**_erase_model_dirs(settings, customer_ids, kb), **_erase_mlflow(settings, customer_ids, kb)}
 
     families = sorted({f for name in removed for f in TABLE_FAMILIES.get(name.split("/", 1)[1], ())})
     subject_token = subject[0][1] if subject[0][0] != C.customer_id else token(key, C.customer_id, subject[0][1])
@@ -195,6 +196,12 @@ def _subject_hits(values: set[str], landing_key: str | None) -> Callable[[pd.Dat
         return hit
 
     return hits
+
+
+def _rows(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Series]) -> pd.DataFrame:
+    """The table's rows ``hits`` picks, read only."""
+    frames = [f[hits(f)] for day in lake.partitions(root, table) if len(f := lake.read_partition(root, table, day))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _erase_table(root: Path, table: str, hits: Callable[[pd.DataFrame], pd.Series]) -> tuple[int, int, pd.DataFrame]:
@@ -266,7 +273,10 @@ def _rewrite_jsonl(path: Path, drop: Callable[[dict[str, Any]], bool]) -> tuple[
 
 def _erase_histories(path: Path, customer_ids: set[str]) -> int:
     """Rewrite a recommender's saved purchase histories without the customers' rows; returns the rows removed."""
-    histories = pd.read_parquet(path)
+    try:
+        histories = pd.read_parquet(path)
+    except Exception as exc:  # a damaged copy must stop the erasure before the lake loses what finds the customer
+        raise ValueError(f"cannot read the saved histories {path}: {exc}") from exc
     hit = histories[C.customer_id].astype(str).isin(customer_ids)
     if hit.any():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")

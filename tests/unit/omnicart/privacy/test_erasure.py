@@ -80,6 +80,25 @@ def test_erase_by_email_removes_every_row_of_the_customer(shop, tmp_path):
     assert "recommend" in report.retrain
 
 
+def test_a_store_that_fails_stops_the_erasure_before_the_lake_and_a_rerun_finishes_it(shop):
+    from omnicart.recommend import HISTORIES_FILE
+
+    settings, cid, _ = shop
+    damaged = settings.home_dir / "models" / "recommend" / "as_of=2026-01-02" / HISTORIES_FILE
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="cannot read the saved histories"):
+        erasure.erase(settings, customer_id=cid)
+    assert cid in set(lake.read_table(settings.lake_dir, schemas.EVENTS)[C.customer_id])  # still findable
+    assert not suppression.log_path(settings).exists()
+    damaged.unlink()
+
+    report = erasure.erase(settings, customer_id=cid)
+
+    assert report.rows_removed["lake/events"] > 0
+    assert cid not in set(lake.read_table(settings.lake_dir, schemas.EVENTS)[C.customer_id])
+
+
 def test_a_reingest_cannot_bring_an_erased_customer_back(shop):
     settings, cid, person = shop
     erasure.erase(settings, customer_id=cid)

@@ -210,21 +210,26 @@ def erase(
     phone: Annotated[str | None, typer.Option(help="The customer's phone number.")] = None,
     customer_id: Annotated[str | None, typer.Option(help="The customer's id.")] = None,
 ) -> None:
-    """Erase a customer everywhere (lake, landing, Feast offline and online) across all linked identifiers."""
+    """Erase a customer everywhere (lake, landing, Feast offline and online, support and prediction logs, model
+    artefacts in MLflow) across all linked identifiers; when the platform serves, redeploy so that replicas load the
+    rewritten artefacts."""
     from omnicart.privacy.erasure import erase as erase_customer
 
     if not any((email, phone, customer_id)):
         console.print("[red]name the customer with --email, --phone or --customer-id[/]")
         raise typer.Exit(2)
-    report = erase_customer(_settings(), email=email, phone=phone, customer_id=customer_id)
+    settings = _settings()
+    report = erase_customer(settings, email=email, phone=phone, customer_id=customer_id)
     console.print(
         f"erasure {report.erasure_id}: {len(report.resolved_ids)} linked id(s), {report.total_rows} rows "
         f"in {report.partitions_rewritten} partitions, {report.online_rows_removed} online rows removed"
     )
-    for table, rows in sorted(report.rows_removed.items()):
+    for table, rows in sorted({**report.rows_removed, **report.artifact_rows_removed}.items()):
         console.print(f"  {table}: {rows}")
     if report.retrain:
-        console.print(f"marked for retraining: {', '.join(report.retrain)}")
+        console.print(f"trained on removed rows (their next training leaves them out): {', '.join(report.retrain)}")
+    if report.artifact_rows_removed and (serving := _serving(settings)) is not None:
+        _redeploy(serving)  # the replicas hold the artefacts they loaded at start
 
 
 BENCHMARKS = (
@@ -239,6 +244,31 @@ BENCHMARKS = (
     "offpolicy",
     "scale",
 )
+
+
+@app.command("channel-report")
+def channel_report(
+    day: Annotated[str, typer.Option(help="The day to report (YYYY-MM-DD).")],
+) -> None:
+    """Release a day's per-channel report (buying customers, orders, revenue) with differential privacy, spending
+    the day's ε budget once (the `ingest_omnichannel` DAG does it daily); a release beyond the budget is refused."""
+    from omnicart.privacy.dp import BudgetAccountant, BudgetExceededError
+    from omnicart.privacy.reports import budget_dataset, release_channel_report
+
+    settings = _settings()
+    try:
+        when = dt.date.fromisoformat(day)
+    except ValueError as exc:
+        console.print(f"[red]--day: {exc}[/]")
+        raise typer.Exit(2) from exc
+    try:
+        path = release_channel_report(settings, when)
+    except BudgetExceededError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    accountant = BudgetAccountant.for_settings(settings, default_budget=settings.dp_report_epsilon)
+    dataset = budget_dataset(when)
+    console.print(f"{path} (ε spent {accountant.spent(dataset):g} of {accountant.budget(dataset):g})")
 
 
 @app.command()

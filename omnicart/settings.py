@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     recent_items_n: int = Field(10, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
 
+    # --- privacy ---
+    dp_report_epsilon: float = Field(
+        3.0,
+        gt=0,
+        description="Differential privacy: the ε budget of each day's released per-channel report (customers, orders, "
+        "revenue), spent once per day; a release beyond it is refused.",
+    )
+
     # --- monitoring and alerts ---
     drift_reference_days: int = Field(7, ge=1)
     drift_threshold: float = Field(

@@ -223,7 +223,7 @@ def erase(
         console.print(f"marked for retraining: {', '.join(report.retrain)}")
 
 
-BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online")
+BENCHMARKS = ("recommend", "support", "pricing", "identity", "drift", "serving", "feast_online", "federated")
 
 
 @app.command()

@@ -45,7 +45,11 @@ COLUMNS: tuple[str, ...] = (
     "week_cos",
     "intercept",
 )
-ELASTICITY_COLUMN = COLUMNS.index(pf.PRICE_INDEX)  # its weight / its scale = the own-price elasticity
+
+
+def own_price_elasticity(weights: np.ndarray) -> float:
+    """d log units / d log price of the model: every price feature moves one for one with the log price."""
+    return float(sum(weights[COLUMNS.index(name)] / scale for name, _, scale in NUMERIC if name in pf.PRICE_FEATURES))
 
 
 @dataclass(frozen=True)

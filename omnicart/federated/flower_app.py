@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import sys
 import time
@@ -207,7 +208,7 @@ class RecordingGrid(Grid):
                 for key, value in record.items():
                     for item in value if isinstance(value, list) else [value]:
                         if isinstance(item, bytes) and item[:6] == b"\x93NUMPY":  # an ndarray sent as bytes
-                            self.received.append(np.load(__import__("io").BytesIO(item), allow_pickle=False))
+                            self.received.append(np.load(io.BytesIO(item), allow_pickle=False))
                             self.kinds.append(f"config:{name}.{key}")
         return messages
 

@@ -243,6 +243,7 @@ BENCHMARKS = (
     "experiments",
     "offpolicy",
     "scale",
+    "federated",
 )
 
 

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     airflow_port: int = 8080
     mlflow_port: int = 5000
     ray_dashboard_port: int = 8265
+
+    # --- federated training (omnicart.federated): Flower runs from its own virtual environment ---
+    flower_python: Path | None = Field(
+        None,
+        description="Python of the Flower environment (`make flower`); None: .venv-flwr/bin/python at the "
+        "project root.",
+    )
     evidently_port: int = 8001
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025

@@ -185,6 +185,34 @@ def train(
     console.print_json(data=outcome.to_dict())
 
 
+federated_app = typer.Typer(help="Federated training: the data owners' files.", no_args_is_help=True)
+app.add_typer(federated_app, name="federated")
+
+
+@federated_app.command("owners")
+def federated_owners(
+    dataset: Annotated[str, typer.Option(help="The public dataset whose stores become owners: dominicks_beer.")],
+    stores: Annotated[int | None, typer.Option(help="Only the first N stores (by number).")] = None,
+) -> None:
+    """Write each store of a public dataset as its own data owner's file (in `federated_owners_dir`), standing in
+    for the owners' sites; the `train_federated` DAG trains over them."""
+    from benchmarks.runner import datasets_dir
+    from omnicart.datasets import dominicks
+    from omnicart.federated.owners import dominicks_owners
+
+    if dataset != dominicks.NAME:
+        console.print(f"[red]owners can be cut from --dataset {dominicks.NAME} only (got {dataset!r})[/]")
+        raise typer.Exit(2)
+    root = datasets_dir() / dominicks.NAME
+    if not dominicks.available(root):
+        console.print(f"[red]{dominicks.NAME} is not in {root}[/]")
+        raise typer.Exit(1)
+    settings = _settings()
+    with console.status(f"writing {dominicks.NAME}'s stores as owners…"):
+        written = dominicks_owners(root, settings.owners_dir, stores)
+    console.print(f"{len(written)} owner file(s) in {settings.owners_dir}")
+
+
 @app.command("import")
 def import_(
     mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto the canonical schema.", exists=True)],

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge import experiments_cli
-from omnicart.schemas import FAMILIES
+from omnicart.schemas import FAMILIES, REGISTERED_MODELS
 from omnicart.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -98,12 +98,21 @@ def _check_family(family: str) -> None:
         raise typer.Exit(2)
 
 
+MODEL_HELP = f"Registered model: {', '.join(REGISTERED_MODELS)}."
+
+
+def _check_model(name: str) -> None:
+    if name not in REGISTERED_MODELS:
+        console.print(f"[red]unknown registered model {name!r}; known: {', '.join(REGISTERED_MODELS)}[/]")
+        raise typer.Exit(2)
+
+
 @models_app.command("list")
-def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "recommend") -> None:
-    """List a family's registered versions and which one is champion."""
+def models_list(family: Annotated[str, typer.Argument(help=MODEL_HELP)] = "recommend") -> None:
+    """List a family's (or the federated model's) registered versions and which one is champion."""
     from omnicart import registry
 
-    _check_family(family)
+    _check_model(family)
     settings = _settings()
     mlc = registry.client(settings)
     champion = registry.champion_version(settings, family)
@@ -111,9 +120,9 @@ def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "reco
     for column in ("version", "aliases", "run", "created"):
         table.add_column(column)
     for mv in sorted(mlc.search_model_versions(f"name='{registry.model_name(family)}'"), key=lambda v: int(v.version)):
-        aliases = ", ".join(mv.aliases) or ("champion" if mv.version == champion else "")
+        aliases = ", ".join(mv.aliases) or ("champion" if str(mv.version) == champion else "")
         created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000).isoformat(timespec="seconds")
-        table.add_row(mv.version, aliases, mv.run_id, created)
+        table.add_row(str(mv.version), aliases, mv.run_id, created)
     console.print(table)
 
 
@@ -147,12 +156,12 @@ app.add_typer(experiments_cli.build(_check_family, _serving, _redeploy), name="e
 
 
 @models_app.command("rollback")
-def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) -> None:
+def models_rollback(family: Annotated[str, typer.Argument(help=MODEL_HELP)]) -> None:
     """Point `champion` back at the previous champion and, when the platform serves, redeploy the Serve app
     (a rolling update: replicas are replaced one at a time, so requests keep being answered)."""
     from omnicart import registry
 
-    _check_family(family)
+    _check_model(family)
     settings = _settings()
     try:
         version = registry.rollback(settings, family)

@@ -26,13 +26,13 @@ from omnicart.federated.owners import list_owner_files, read_owner
 from omnicart.federated.predictor import ARTIFACT, FederatedDemandPredictor, save
 from omnicart.federated.silos import COLUMNS, Silo, own_price_elasticity, split_by_owner
 from omnicart.pricing.features import period_kind
-from omnicart.schemas import C
+from omnicart.schemas import FEDERATED_PRICING, C
 from omnicart.settings import Settings
 from training.family import MODEL, decide
 
 log = logging.getLogger(__name__)
 
-FAMILY = "pricing-federated"  # registered as omnicart-pricing-federated, beside (not instead of) omnicart-pricing
+FAMILY = FEDERATED_PRICING  # registered as omnicart-pricing-federated, beside (not instead of) omnicart-pricing
 GATE_METRIC = "rmse"  # of log units over every owner's held-out rows; lower is better
 WEEK = pd.Timedelta(weeks=1)
 MIN_OWNERS = 3  # SecAgg+ needs three clients

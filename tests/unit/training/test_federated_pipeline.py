@@ -152,3 +152,37 @@ def test_a_model_whose_demand_rises_with_price_is_never_promoted(settings, frame
     weights[COLUMNS.index(PRICE_INDEX)] = 1.0
     judged = federated.evaluate(settings, shards, _trained(settings, shards, weights, "rising"))
     assert not judged["promote"] and "elasticity" in judged["reason"]
+
+
+def test_the_cli_lists_and_rolls_back_the_federated_model(tmp_path, monkeypatch, frame):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+    from omnicart.settings import get_settings
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("OMNICART_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMNICART_SERVE_PORT", str(port))  # nothing serves there: a rollback redeploys nothing
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        write_owner_files(frame, settings.owners_dir)
+        shards = [federated.build_shard(settings, f, AS_OF) for f in federated.owners(settings)]
+        for name in ("first", "second"):
+            trained = _trained(settings, shards, np.full(len(COLUMNS), -0.1), name)
+            out = federated.register(settings, trained, {**federated.evaluate(settings, shards, trained)})
+            assert out["promoted"]  # the same weights tie the champion, and a tie promotes the newer model
+        assert registry.champion_version(settings, federated.FAMILY) == "2"
+        listed = CliRunner().invoke(app, ["models", "list", "pricing-federated"])
+        assert listed.exit_code == 0, listed.output
+        assert "omnicart-pricing-federated" in listed.output and "champion" in listed.output
+        rolled = CliRunner().invoke(app, ["models", "rollback", "pricing-federated"])
+        assert rolled.exit_code == 0, rolled.output
+        assert registry.champion_version(settings, federated.FAMILY) == "1"
+        assert CliRunner().invoke(app, ["models", "list", "nonsense"]).exit_code == 2
+    finally:
+        get_settings.cache_clear()

@@ -132,6 +132,8 @@ def train(
         "known_until": known_until.isoformat(),
         "rounds": fed.rounds,
         "owners": [s["owner"] for s in shards],
+        "train_rows": sum(int(s["train_rows"]) for s in shards),
+        "test_rows": sum(int(s["test_rows"]) for s in shards),
         "dp": dp is not None,
         "epsilon": fed.guarantee.epsilon if fed.guarantee else None,
         "delta": fed.guarantee.delta if fed.guarantee else None,
@@ -222,7 +224,17 @@ def register(settings: Settings, trained: dict[str, Any], judged: dict[str, Any]
 
     params = {
         key: trained[key]
-        for key in ("as_of", "train_until", "known_until", "rounds", "dp", "clipping_norm", "noise_multiplier")
+        for key in (
+            "as_of",
+            "train_until",
+            "known_until",
+            "train_rows",
+            "test_rows",
+            "rounds",
+            "dp",
+            "clipping_norm",
+            "noise_multiplier",
+        )
         if trained.get(key) is not None
     }
     params |= {"owners": len(trained["owners"]), "columns": ",".join(COLUMNS), "delta": trained.get("delta")}

@@ -62,7 +62,7 @@ def train_federated():
         return owners(_settings())
 
     @task
-    def build_shard(owner_file: str, data_interval_end=None) -> dict | None:
+    def build_shard(owner_file: str, data_interval_end=None) -> dict:
         from training.federated import build_shard as build
 
         return build(_settings(), owner_file, data_interval_end)

@@ -70,9 +70,9 @@ def owners(settings: Settings) -> list[str]:
     return [str(path) for path in files]
 
 
-def build_shard(settings: Settings, owner_file: str | Path, as_of: dt.datetime | dt.date | str) -> dict | None:
+def build_shard(settings: Settings, owner_file: str | Path, as_of: dt.datetime | dt.date | str) -> dict:
     """One owner's shard, from its own file alone: the features of its rows known at ``as_of``, split into training
-    and held-out weeks; None when the owner has no training rows yet (it sits the run out)."""
+    and held-out weeks. An owner without training rows yet sits the run out (its ``shard`` is None)."""
     from training.pricing import from_frame
 
     frame = read_owner(Path(owner_file))
@@ -86,7 +86,7 @@ def build_shard(settings: Settings, owner_file: str | Path, as_of: dt.datetime |
     known = frame[(periods <= known_until).to_numpy()]
     if not (pd.to_datetime(known[C.period]) < split).any():
         log.info("owner %s has no rows before %s: it sits this run out", owner, split)
-        return None
+        return {"owner": owner, "shard": None, "train_rows": 0, "test_rows": 0}
     dataset = from_frame(known, split=split, name=owner)
     (silo,) = split_by_owner(dataset.frame, split)
     directory = run_dir(settings, as_of) / "shards"
@@ -95,9 +95,14 @@ def build_shard(settings: Settings, owner_file: str | Path, as_of: dt.datetime |
     return {"owner": owner, "shard": str(path), "train_rows": len(silo.y_train), "test_rows": len(silo.y_test)}
 
 
+def taking_part(shards: list[dict]) -> list[dict]:
+    """The shards of the owners that train in this run."""
+    return [s for s in shards if s and s.get("shard")]
+
+
 def train(
     settings: Settings,
-    shards: list[dict | None],
+    shards: list[dict],
     as_of: dt.datetime | dt.date | str,
     *,
     rounds: int = 3,
@@ -107,7 +112,7 @@ def train(
 ) -> dict[str, Any]:
     """A Flower run over the owners' shards (SecAgg+; client-level DP at (epsilon, delta) when epsilon is set);
     writes model.json beside the shards and returns what the registry keeps of the run."""
-    shards = [s for s in shards if s]
+    shards = taking_part(shards)
     if len(shards) < MIN_OWNERS:
         raise ValueError(f"{len(shards)} owner(s) have training rows: secure aggregation needs {MIN_OWNERS}")
     if rounds < 1:
@@ -194,10 +199,10 @@ def guardrails(weights: np.ndarray) -> list[str]:
     return [] if elasticity < 0 else [f"own-price elasticity {elasticity:.3g} is not negative"]
 
 
-def evaluate(settings: Settings, shards: list[dict | None], trained: dict[str, Any]) -> dict[str, Any]:
+def evaluate(settings: Settings, shards: list[dict], trained: dict[str, Any]) -> dict[str, Any]:
     """The model and the current federated champion on the same held-out rows of every owner, and ``decide``'s
     verdict (the gate every family uses: RMSE no worse than the champion's, guardrails held)."""
-    silos = [Silo.load(Path(s["shard"])) for s in shards if s]
+    silos = [Silo.load(Path(s["shard"])) for s in taking_part(shards)]
     weights = FederatedDemandPredictor.from_file(Path(trained["model"])).weights_
     model = score(silos, weights)
     evaluation = {MODEL: {**model, "own_price_elasticity": own_price_elasticity(weights)}}

@@ -70,7 +70,9 @@ def test_a_shard_is_its_owner_rows_known_at_the_run_date(settings, frame):
 
 def test_an_owner_without_training_weeks_sits_the_run_out(settings, frame):
     write_owner_files(frame[frame[C.period] >= pd.Timestamp("2024-09-05")], settings.owners_dir)
-    assert federated.build_shard(settings, federated.owners(settings)[0], AS_OF) is None
+    out = federated.build_shard(settings, federated.owners(settings)[0], AS_OF)
+    assert out == {"owner": "0", "shard": None, "train_rows": 0, "test_rows": 0}
+    assert federated.taking_part([out, {"owner": "1", "shard": "1.npz"}]) == [{"owner": "1", "shard": "1.npz"}]
 
 
 def test_too_few_owners_is_a_clear_error(settings, frame):
@@ -78,7 +80,7 @@ def test_too_few_owners_is_a_clear_error(settings, frame):
     with pytest.raises(ValueError, match="at least 3"):
         federated.owners(settings)
     with pytest.raises(ValueError, match="secure aggregation"):
-        federated.train(settings, [None, {"shard": "x", "train_rows": 1, "owner": "0"}], AS_OF)
+        federated.train(settings, [{"owner": "1", "shard": None}, {"shard": "x", "train_rows": 1, "owner": "0"}], AS_OF)
 
 
 def _trained(settings, shards, weights, name: str) -> dict:

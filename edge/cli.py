@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge import experiments_cli
-from omnicart.schemas import FAMILIES
+from omnicart.schemas import FAMILIES, REGISTERED_MODELS
 from omnicart.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -98,12 +98,21 @@ def _check_family(family: str) -> None:
         raise typer.Exit(2)
 
 
+MODEL_HELP = f"Registered model: {', '.join(REGISTERED_MODELS)}."
+
+
+def _check_model(name: str) -> None:
+    if name not in REGISTERED_MODELS:
+        console.print(f"[red]unknown registered model {name!r}; known: {', '.join(REGISTERED_MODELS)}[/]")
+        raise typer.Exit(2)
+
+
 @models_app.command("list")
-def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "recommend") -> None:
-    """List a family's registered versions and which one is champion."""
+def models_list(family: Annotated[str, typer.Argument(help=MODEL_HELP)] = "recommend") -> None:
+    """List a family's (or the federated model's) registered versions and which one is champion."""
     from omnicart import registry
 
-    _check_family(family)
+    _check_model(family)
     settings = _settings()
     mlc = registry.client(settings)
     champion = registry.champion_version(settings, family)
@@ -111,9 +120,9 @@ def models_list(family: Annotated[str, typer.Argument(help=FAMILY_HELP)] = "reco
     for column in ("version", "aliases", "run", "created"):
         table.add_column(column)
     for mv in sorted(mlc.search_model_versions(f"name='{registry.model_name(family)}'"), key=lambda v: int(v.version)):
-        aliases = ", ".join(mv.aliases) or ("champion" if mv.version == champion else "")
+        aliases = ", ".join(mv.aliases) or ("champion" if str(mv.version) == champion else "")
         created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000).isoformat(timespec="seconds")
-        table.add_row(mv.version, aliases, mv.run_id, created)
+        table.add_row(str(mv.version), aliases, mv.run_id, created)
     console.print(table)
 
 
@@ -147,12 +156,12 @@ app.add_typer(experiments_cli.build(_check_family, _serving, _redeploy), name="e
 
 
 @models_app.command("rollback")
-def models_rollback(family: Annotated[str, typer.Argument(help=FAMILY_HELP)]) -> None:
+def models_rollback(family: Annotated[str, typer.Argument(help=MODEL_HELP)]) -> None:
     """Point `champion` back at the previous champion and, when the platform serves, redeploy the Serve app
     (a rolling update: replicas are replaced one at a time, so requests keep being answered)."""
     from omnicart import registry
 
-    _check_family(family)
+    _check_model(family)
     settings = _settings()
     try:
         version = registry.rollback(settings, family)
@@ -185,6 +194,34 @@ def train(
     console.print_json(data=outcome.to_dict())
 
 
+federated_app = typer.Typer(help="Federated training: the data owners' files.", no_args_is_help=True)
+app.add_typer(federated_app, name="federated")
+
+
+@federated_app.command("owners")
+def federated_owners(
+    dataset: Annotated[str, typer.Option(help="The public dataset whose stores become owners: dominicks_beer.")],
+    stores: Annotated[int | None, typer.Option(help="Only the first N stores (by number).")] = None,
+) -> None:
+    """Write each store of a public dataset as its own data owner's file (in `federated_owners_dir`), standing in
+    for the owners' sites; the `train_federated` DAG trains over them."""
+    from benchmarks.runner import datasets_dir
+    from omnicart.datasets import dominicks
+    from omnicart.federated.owners import dominicks_owners
+
+    if dataset != dominicks.NAME:
+        console.print(f"[red]owners can be cut from --dataset {dominicks.NAME} only (got {dataset!r})[/]")
+        raise typer.Exit(2)
+    root = datasets_dir() / dominicks.NAME
+    if not dominicks.available(root):
+        console.print(f"[red]{dominicks.NAME} is not in {root}[/]")
+        raise typer.Exit(1)
+    settings = _settings()
+    with console.status(f"writing {dominicks.NAME}'s stores as owners…"):
+        written = dominicks_owners(root, settings.owners_dir, stores)
+    console.print(f"{len(written)} owner file(s) in {settings.owners_dir}")
+
+
 @app.command("import")
 def import_(
     mapping: Annotated[Path, typer.Option("--mapping", help="YAML mapping onto the canonical schema.", exists=True)],
@@ -210,21 +247,26 @@ def erase(
     phone: Annotated[str | None, typer.Option(help="The customer's phone number.")] = None,
     customer_id: Annotated[str | None, typer.Option(help="The customer's id.")] = None,
 ) -> None:
-    """Erase a customer everywhere (lake, landing, Feast offline and online) across all linked identifiers."""
+    """Erase a customer everywhere (lake, landing, Feast offline and online, support and prediction logs, model
+    artefacts in MLflow) across all linked identifiers; when the platform serves, redeploy so that replicas load the
+    rewritten artefacts."""
     from omnicart.privacy.erasure import erase as erase_customer
 
     if not any((email, phone, customer_id)):
         console.print("[red]name the customer with --email, --phone or --customer-id[/]")
         raise typer.Exit(2)
-    report = erase_customer(_settings(), email=email, phone=phone, customer_id=customer_id)
+    settings = _settings()
+    report = erase_customer(settings, email=email, phone=phone, customer_id=customer_id)
     console.print(
         f"erasure {report.erasure_id}: {len(report.resolved_ids)} linked id(s), {report.total_rows} rows "
         f"in {report.partitions_rewritten} partitions, {report.online_rows_removed} online rows removed"
     )
-    for table, rows in sorted(report.rows_removed.items()):
+    for table, rows in sorted({**report.rows_removed, **report.artifact_rows_removed}.items()):
         console.print(f"  {table}: {rows}")
     if report.retrain:
-        console.print(f"marked for retraining: {', '.join(report.retrain)}")
+        console.print(f"trained on removed rows (their next training leaves them out): {', '.join(report.retrain)}")
+    if report.artifact_rows_removed and (serving := _serving(settings)) is not None:
+        _redeploy(serving)  # the replicas hold the artefacts they loaded at start
 
 
 BENCHMARKS = (
@@ -238,7 +280,33 @@ BENCHMARKS = (
     "experiments",
     "offpolicy",
     "scale",
+    "federated",
 )
+
+
+@app.command("channel-report")
+def channel_report(
+    day: Annotated[str, typer.Option(help="The day to report (YYYY-MM-DD).")],
+) -> None:
+    """Release a day's per-channel report (buying customers, orders, revenue) with differential privacy, spending
+    the day's ε budget once (the `ingest_omnichannel` DAG does it daily); a release beyond the budget is refused."""
+    from omnicart.privacy.dp import BudgetAccountant, BudgetExceededError
+    from omnicart.privacy.reports import budget_dataset, release_channel_report
+
+    settings = _settings()
+    try:
+        when = dt.date.fromisoformat(day)
+    except ValueError as exc:
+        console.print(f"[red]--day: {exc}[/]")
+        raise typer.Exit(2) from exc
+    try:
+        path = release_channel_report(settings, when)
+    except BudgetExceededError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    accountant = BudgetAccountant.for_settings(settings, default_budget=settings.dp_report_epsilon)
+    dataset = budget_dataset(when)
+    console.print(f"{path} (ε spent {accountant.spent(dataset):g} of {accountant.budget(dataset):g})")
 
 
 @app.command()

@@ -40,15 +40,23 @@ def partition_dir(root: Path, table: str, day: date) -> Path:
     return _table_dir(root, table) / f"{_PREFIX}{day.isoformat()}"
 
 
-def write_partition(root: Path, table: str, day: date, df: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
+def write_partition(
+    root: Path,
+    table: str,
+    day: date,
+    df: pd.DataFrame,
+    schema: pa.Schema | None = None,
+    replaces: Sequence[Path] | None = None,
+) -> Path:
     """Write ``df`` as the table's partition for ``day``, atomically replacing any earlier one; returns the file.
 
     ``schema`` fixes the Arrow types (else inferred), so that a day whose column is all null or all empty lists
-    still agrees with the table's other partitions. Appended chunks present when the write starts are replaced too.
+    still agrees with the table's other partitions. Appended chunks present when the write starts are replaced too,
+    or only those of ``replaces`` (the files ``df`` was read from), so that a rewrite keeps chunks appended since.
     """
     directory = partition_dir(root, table, day)
     directory.mkdir(parents=True, exist_ok=True)
-    chunks = sorted(directory.glob(CHUNK_GLOB))
+    chunks = sorted(directory.glob(CHUNK_GLOB)) if replaces is None else [p for p in replaces if p.name != PART_FILE]
     target = _write_file(directory, PART_FILE, df, schema)
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
@@ -86,10 +94,12 @@ def partition_files(root: Path, table: str, day: date) -> list[Path]:
 
 def read_partition(root: Path, table: str, day: date, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Every row of one day's partition (its part and its appended chunks)."""
-    frames = [
-        pq.read_table(f, columns=list(columns) if columns else None).to_pandas()
-        for f in partition_files(root, table, day)
-    ]
+    return read_files(partition_files(root, table, day), columns)
+
+
+def read_files(files: Sequence[Path], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of these partition files (from ``partition_files``), in order."""
+    frames = [pq.read_table(f, columns=list(columns) if columns else None).to_pandas() for f in files]
     return _concat(frames, columns)
 
 

@@ -32,6 +32,10 @@ PREDICTIONS_PREFIX: Final = "predictions_"
 # --- model families: each is ``training/<name>.py`` implementing ``training.family.Family``; the DAGs, monitoring
 # and the CLI read this tuple, so adding a family is that module plus one name here ---
 FAMILIES: Final = ("recommend", "pricing", "support")
+# Registered beside the families: federated pricing (training/federated.py, the train_federated DAG) has its own
+# registered model and champion, but no family contract (it is trained over data owners, not from the lake).
+FEDERATED_PRICING: Final = "pricing-federated"
+REGISTERED_MODELS: Final = (*FAMILIES, FEDERATED_PRICING)
 
 
 def predictions_table(family: str) -> str:

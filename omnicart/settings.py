@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     airflow_port: int = 8080
     mlflow_port: int = 5000
     ray_dashboard_port: int = 8265
+
+    # --- federated training (omnicart.federated): Flower runs from its own virtual environment ---
+    flower_python: Path | None = Field(
+        None,
+        description="Python of the Flower environment (`make flower`); None: .venv-flwr/bin/python at the "
+        "project root.",
+    )
+    federated_owners_dir: Path | None = Field(
+        None,
+        description="Where each data owner's rows live, one Parquet file per owner in the canonical pricing frame "
+        "(the owners' sites; `omnicart federated owners` writes stand-ins); None: home/federated/owners.",
+    )
+    federated_holdout_weeks: int = Field(
+        13,
+        ge=1,
+        description="train_federated: the last weeks each owner knows at the run's date are held out to evaluate "
+        "the model and the champion; it trains on the weeks before.",
+    )
     evidently_port: int = 8001
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
@@ -129,6 +147,14 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, le=100)
     recent_items_n: int = Field(10, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
+
+    # --- privacy ---
+    dp_report_epsilon: float = Field(
+        3.0,
+        gt=0,
+        description="Differential privacy: the ε budget of each day's released per-channel report (customers, orders, "
+        "revenue), spent once per day; a release beyond it is refused.",
+    )
 
     # --- monitoring and alerts ---
     drift_reference_days: int = Field(7, ge=1)
@@ -276,6 +302,16 @@ class Settings(BaseSettings):
         return url.set(
             drivername=f"postgresql+{driver}", query={**url.query, "options": f"-csearch_path={store}"}
         ).render_as_string(hide_password=False)
+
+    @property
+    def federated_dir(self) -> Path:
+        """The train_federated DAG's runs: each owner's shard and the Flower run, one folder per run date."""
+        return self.home_dir / "federated"
+
+    @property
+    def owners_dir(self) -> Path:
+        """The data owners' files (``federated_owners_dir``, else home/federated/owners)."""
+        return self.federated_owners_dir or self.federated_dir / "owners"
 
     @property
     def ray_storage(self) -> Path:

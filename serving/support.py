@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from omnicart.privacy.pseudonymise import scrub_text
 from omnicart.schemas import CHANNELS, C
+from omnicart.support import logs
+from omnicart.support.logs import escalations_path, feedback_path
 
 log = logging.getLogger("omnicart.serving.support")
 
@@ -31,14 +33,6 @@ HANDOVER = "Thanks for your question. I'm handing it over to a colleague in cust
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)]
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-
-
-def escalations_path(home: Path) -> Path:
-    return Path(home) / "support" / "escalations.jsonl"
-
-
-def feedback_path(home: Path) -> Path:
-    return Path(home) / "support" / "feedback.jsonl"
 
 
 class SupportRequest(BaseModel):
@@ -214,6 +208,4 @@ class SupportService:
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line)
+            logs.append(path, line)

@@ -88,11 +88,13 @@ def report_path(settings: Settings, day: dt.date) -> Path:
     return settings.reports_dir / "channels" / f"{day.isoformat()}.json"
 
 
-def release_channel_report(settings: Settings, day: dt.date, epsilon: float = EPSILON) -> Path:
+def release_channel_report(settings: Settings, day: dt.date, epsilon: float | None = None) -> Path:
     """Release ``day``'s per-channel report from the lake's events into ``<home>/reports/channels/<day>.json``
-    (written once; a re-run returns the file already released)."""
+    (written once; a re-run returns the file already released). ``epsilon``: the day's ε, by default the settings'
+    ``dp_report_epsilon``, which is also the day's budget when the day has none yet."""
     from omnicart.features import attribute_customers
 
+    epsilon = settings.dp_report_epsilon if epsilon is None else epsilon
     path = report_path(settings, day)
     if path.is_file():
         return path

@@ -13,7 +13,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from omnicart.recommend import candidates, fastpath, ranker, recsys
+from omnicart.recommend import HISTORIES_FILE, candidates, fastpath, ranker, recsys
 from omnicart.schemas import ALL_CHANNELS, C, F, windowed
 
 HISTORY_COLUMNS = (C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.order_id, C.channel)
@@ -50,7 +50,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         model.save(directory / "recsys")
         history = candidates.normalize_events(purchases)
         history = history[[c for c in HISTORY_COLUMNS if c in history]]
-        history.to_parquet(directory / "histories.parquet", index=False)
+        history.to_parquet(directory / HISTORIES_FILE, index=False)
         return cls.from_directory(directory)
 
     @classmethod
@@ -66,7 +66,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self.model_dir_ = directory
         self.fast_: fastpath.FastPath | None = None  # ``prepare`` makes it
         self.model_ = recsys.RecSys.load(directory / "recsys")
-        self.histories_ = pd.read_parquet(directory / "histories.parquet")
+        self.histories_ = pd.read_parquet(directory / HISTORIES_FILE)
         self.rows_ = self.histories_.groupby(C.customer_id).indices
 
     @property

@@ -26,6 +26,9 @@ from omnicart.support.bm25 import BM25Index
 from omnicart.support.fusion import normalise
 from omnicart.text import DIM
 
+# What ``KnowledgeBase.save`` writes into a model directory (files and folders).
+FILES = ("kb_docs.jsonl", "kb_questions.jsonl", "kb_embeddings.npz", "bm25_answers", "bm25_questions")
+
 
 def doc_key(answer: str) -> str:
     """Docs are unique answer texts: compared after whitespace normalisation."""
@@ -139,6 +142,27 @@ class KnowledgeBase:
             "bm25_q": bm25_q,
             "intent": intent,
         }
+
+    def without(self, questions: np.ndarray, docs: np.ndarray) -> KnowledgeBase:
+        """A copy without the questions and docs the boolean masks pick (a dropped doc's questions go with it): the
+        embeddings are kept row for row, the BM25 indexes refitted on what is left, doc ids unchanged."""
+        keep_docs = ~np.asarray(docs, dtype=bool)
+        doc_of = self.questions["doc"].to_numpy(dtype=int) if len(self.questions) else np.zeros(0, int)
+        keep_questions = ~np.asarray(questions, dtype=bool) & keep_docs[doc_of]
+        renumber = np.cumsum(keep_docs) - 1
+        kept_docs = self.docs[keep_docs].reset_index(drop=True)
+        kept_questions = self.questions[keep_questions].reset_index(drop=True)
+        kept_questions["doc"] = renumber[doc_of[keep_questions]].astype(int)
+        return KnowledgeBase(
+            docs=kept_docs,
+            questions=kept_questions,
+            answer_emb=self.answer_emb[keep_docs],
+            question_emb=self.question_emb[keep_questions],
+            bm25_answers=BM25Index(self.bm25_answers.k1, self.bm25_answers.b).fit(kept_docs[C.answer].tolist()),
+            bm25_questions=BM25Index(self.bm25_questions.k1, self.bm25_questions.b).fit(
+                kept_questions[C.question].tolist()
+            ),
+        )
 
     # --- plain files ---
     def save(self, directory: Path) -> None:

@@ -3,7 +3,15 @@ SQLite online store, a local Ray cluster with Serve on a free loopback port, MLf
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import orchestration, services
 from edge.mailsink import MailSink
 from omnicart.settings import Settings, get_settings
 
@@ -166,3 +175,105 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 def mails(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.eml"))
+
+
+# --- a backfill from Airflow's CLI, run by Airflow's scheduler ---------------------------------------------------
+@contextlib.contextmanager
+def scheduler(platform_settings: Settings, logs: Path) -> Iterator[dict[str, subprocess.Popen]]:
+    """Airflow's scheduler (LocalExecutor) and the API server's task execution API on a free loopback port, over
+    this process's metadata DB, for the duration of the block; then both stop, with every task process they started.
+
+    No DAG processor: the DAGs are already serialized in the DB (dag.test syncs them) and each task parses its own
+    file. The scheduler creates no runs of its own (``use_job_schedule`` off): unpausing a DAG for its backfill must
+    not add a scheduled run of today.
+    """
+    port = free_port()
+    airflow_settings = platform_settings.model_copy(update={"airflow_port": port})
+    env = {
+        **os.environ,  # the OMNICART_* of this module's home: what the tasks read
+        **services.airflow_env(airflow_settings, orchestration.dags_folder()),
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # the scheduler signs task tokens, the API checks them
+        "PYTHONUNBUFFERED": "1",
+    }
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    commands = {
+        "api-server": [airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1"],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+    }
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for name, argv in commands.items():
+            with (logs / f"{name}.log").open("wb") as out:
+                started[name] = subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        services.wait_for_port("127.0.0.1", port, timeout=120)
+        yield started
+    finally:
+        for proc in started.values():
+            services.stop_session(proc.pid)  # its whole session: the executor's workers and task processes too
+
+
+def backfill_cli(dag_id: str, first: dt.date, last: dt.date, conf: dict | None = None) -> None:
+    """`airflow backfill create` of ``dag_id`` over [first, last], oldest first, redoing runs that exist."""
+    airflow = Path(sys.executable).with_name("airflow")
+    command = [str(airflow), "backfill", "create", "--dag-id", dag_id]
+    command += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
+    command += ["--max-active-runs", "1", "--reprocess-behavior", "completed"]  # oldest first; redo the daily runs
+    if conf is not None:
+        command += ["--dag-run-conf", json.dumps(conf)]
+    done = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command[1:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def backfill_runs(dag_id: str, timeout: float, started: dict[str, subprocess.Popen], logs: Path) -> list:
+    """Wait until the newest backfill of ``dag_id`` is complete; its DagRuns, oldest first."""
+    from airflow.models.backfill import Backfill, BackfillDagRun
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with create_session() as session:
+            backfill = session.scalars(
+                select(Backfill).where(Backfill.dag_id == dag_id).order_by(Backfill.id.desc())
+            ).first()
+            if backfill is not None and backfill.completed_at is not None:
+                runs = session.scalars(
+                    select(DagRun)
+                    .join(BackfillDagRun, BackfillDagRun.dag_run_id == DagRun.id)
+                    .where(BackfillDagRun.backfill_id == backfill.id)
+                    .order_by(DagRun.logical_date)
+                ).all()
+                session.expunge_all()
+                return runs
+        dead = [name for name, proc in started.items() if proc.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            tails = {name: (logs / f"{name}.log").read_text(errors="replace")[-3000:] for name in started}
+            pytest.fail(f"backfill not complete ({'exited: ' + str(dead) if dead else 'timed out'}): {tails}")
+        time.sleep(2)
+
+
+def queued_by_the_scheduler(run) -> dict[str, str]:
+    """Task id → state of the run's task instances that a SchedulerJob queued (dag.test queues none)."""
+    from airflow.jobs.job import Job
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.state)
+            .join(Job, Job.id == TaskInstance.queued_by_job_id)
+            .where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id, Job.job_type == "SchedulerJob")
+        ).all()
+    return {task_id: str(state) for task_id, state in rows}

@@ -11,16 +11,11 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import secrets
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +23,22 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from edge import orchestration, services
+from edge import orchestration
 from omnicart import lake, schemas
 from omnicart.assets import DAY_KEY, lake_uri
 from omnicart.ingest.channels import LANDING_CHANNELS
 from omnicart.schemas import C, F
 from omnicart.settings import Settings, get_settings
-from tests.integration.conftest import asset_events, free_port, settings_env, unpaused, xcom_return
+from tests.integration.conftest import (
+    asset_events,
+    backfill_cli,
+    backfill_runs,
+    queued_by_the_scheduler,
+    scheduler,
+    settings_env,
+    unpaused,
+    xcom_return,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -134,104 +138,6 @@ def test_rerunning_a_past_day_changes_nothing(omni):
 
 
 # --- a backfill from Airflow's CLI, run by Airflow's scheduler ---------------------------------------------------
-@contextlib.contextmanager
-def _scheduler(platform_settings: Settings, logs: Path) -> Iterator[dict[str, subprocess.Popen]]:
-    """Airflow's scheduler (LocalExecutor) and the API server's task execution API on a free loopback port, over
-    this process's metadata DB, for the duration of the block; then both stop, with every task process they started.
-
-    No DAG processor: the DAGs are already serialized in the DB (dag.test syncs them) and each task parses its own
-    file. The scheduler creates no runs of its own (``use_job_schedule`` off): unpausing ingest_omnichannel must not
-    add a scheduled run of today, and materialize_features is run once afterwards, as the daily runs did.
-    """
-    port = free_port()
-    airflow_settings = platform_settings.model_copy(update={"airflow_port": port})
-    env = {
-        **os.environ,  # the OMNICART_* of this module's home: what the tasks read
-        **services.airflow_env(airflow_settings, orchestration.dags_folder()),
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # the scheduler signs task tokens, the API checks them
-        "PYTHONUNBUFFERED": "1",
-    }
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    commands = {
-        "api-server": [airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1"],
-        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
-    }
-    started: dict[str, subprocess.Popen] = {}
-    try:
-        for name, argv in commands.items():
-            with (logs / f"{name}.log").open("wb") as out:
-                started[name] = subprocess.Popen(
-                    argv,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        services.wait_for_port("127.0.0.1", port, timeout=120)
-        yield started
-    finally:
-        for proc in started.values():
-            services.stop_session(proc.pid)  # its whole session: the executor's workers and task processes too
-
-
-def _backfill_cli(first: dt.date, last: dt.date) -> None:
-    airflow = Path(sys.executable).with_name("airflow")
-    command = [str(airflow), "backfill", "create", "--dag-id", "ingest_omnichannel"]
-    command += ["--from-date", first.isoformat(), "--to-date", last.isoformat()]
-    command += ["--max-active-runs", "1", "--reprocess-behavior", "completed"]  # oldest first; redo the daily runs
-    done = subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(command[1:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-
-
-def _backfill_runs(timeout: float, started: dict[str, subprocess.Popen], logs: Path) -> list:
-    """Wait until the newest backfill of ingest_omnichannel is complete; its DagRuns, oldest first."""
-    from airflow.models.backfill import Backfill, BackfillDagRun
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with create_session() as session:
-            backfill = session.scalars(
-                select(Backfill).where(Backfill.dag_id == "ingest_omnichannel").order_by(Backfill.id.desc())
-            ).first()
-            if backfill is not None and backfill.completed_at is not None:
-                runs = session.scalars(
-                    select(DagRun)
-                    .join(BackfillDagRun, BackfillDagRun.dag_run_id == DagRun.id)
-                    .where(BackfillDagRun.backfill_id == backfill.id)
-                    .order_by(DagRun.logical_date)
-                ).all()
-                session.expunge_all()
-                return runs
-        dead = [name for name, proc in started.items() if proc.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            tails = {name: (logs / f"{name}.log").read_text(errors="replace")[-3000:] for name in started}
-            pytest.fail(f"backfill not complete ({'exited: ' + str(dead) if dead else 'timed out'}): {tails}")
-        time.sleep(2)
-
-
-def _queued_by_the_scheduler(run) -> dict[str, str]:
-    """Task id → state of the run's task instances that a SchedulerJob queued (dag.test queues none)."""
-    from airflow.jobs.job import Job
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.execute(
-            select(TaskInstance.task_id, TaskInstance.state)
-            .join(Job, Job.id == TaskInstance.queued_by_job_id)
-            .where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id, Job.job_type == "SchedulerJob")
-        ).all()
-    return {task_id: str(state) for task_id, state in rows}
-
-
 def _drop_days(root: Path, days: list[dt.date]) -> int:
     """Remove every table's partitions of ``days`` under ``root``; how many there were."""
     doomed = [p for d in days for p in root.glob(f"*/{C.dt}={d.isoformat()}")]
@@ -250,17 +156,18 @@ def test_backfill_from_the_cli_by_the_scheduler_equals_the_daily_runs(omni, plat
     assert _drop_days(s.landing_dir, redone) >= 5 and _drop_days(s.lake_dir, redone) >= 10
     started = time.perf_counter()
     with unpaused("ingest_omnichannel"):  # a paused DAG's backfill runs wait
-        _backfill_cli(logical[0], logical[-1])  # queues the runs; SQLite takes one writer at a time, so before
-        with _scheduler(platform.settings, tmp_path) as components:
+        # queues the runs; SQLite takes one writer at a time, so before the scheduler starts
+        backfill_cli("ingest_omnichannel", logical[0], logical[-1])
+        with scheduler(platform.settings, tmp_path) as components:
             omni.seconds["scheduler_start"] = round(time.perf_counter() - started, 1)
-            runs = _backfill_runs(240, components, tmp_path)
+            runs = backfill_runs("ingest_omnichannel", 240, components, tmp_path)
     omni.seconds["backfill_by_scheduler"] = round(time.perf_counter() - started, 1)
 
     assert [r.logical_date.date() for r in runs] == logical
     task_logs = platform.settings.airflow_home / "logs" / "dag_id=ingest_omnichannel"
     for run in runs:
         assert (str(run.run_type), str(run.state)) == ("backfill", "success"), run
-        states = _queued_by_the_scheduler(run)
+        states = queued_by_the_scheduler(run)
         assert states == dict.fromkeys(orchestration.task_states(run), "success"), (run.run_id, states)
         assert len(list(task_logs.glob(f"run_id={run.run_id}/*/*.log"))) >= len(states)  # each task logged to a file
     started = time.perf_counter()

@@ -42,3 +42,14 @@ def test_skeleton_wiring(dagbag):
     }
     assert "materialize" in dag.get_task("train").upstream_task_ids
     assert dag.get_task("alert").upstream_task_ids == {"check_drift"}
+
+
+def test_train_federated_wiring(dagbag):
+    dag = dagbag.dags["train_federated"]
+    assert {t.task_id for t in dag.tasks} == {"list_owners", "build_shard", "train", "evaluate", "register"}
+    assert dag.get_task("build_shard").upstream_task_ids == {"list_owners"}
+    assert dag.get_task("train").upstream_task_ids == {"build_shard"}
+    assert dag.get_task("evaluate").upstream_task_ids == {"build_shard", "train"}
+    assert dag.get_task("register").upstream_task_ids == {"train", "evaluate"}
+    assert not dag.catchup and dag.max_active_runs == 1
+    assert set(dag.params) == {"rounds", "dp_epsilon", "dp_delta", "clipping_norm"}

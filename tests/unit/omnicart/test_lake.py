@@ -124,3 +124,17 @@ def test_appended_chunks_are_read_with_the_day_and_replaced_by_a_rewrite(tmp_pat
     lake.write_partition(tmp_path, table, D1, day1[day1[C.price] == 2.0])  # e.g. an erasure rewriting the day
     assert len(lake.read_table(tmp_path, table, start=D1, end=D1)) == 3
     assert [p.name for p in lake.partition_dir(tmp_path, table, D1).iterdir()] == [lake.PART_FILE]
+
+
+def test_a_rewrite_of_the_files_it_read_keeps_a_chunk_appended_meanwhile(tmp_path):
+    table = schemas.predictions_table("pricing")
+    lake.append_partition(tmp_path, table, D1, _frame(D1, n=2, price=1.0))
+    lake.append_partition(tmp_path, table, D1, _frame(D1, n=3, price=2.0))
+    files = lake.partition_files(tmp_path, table, D1)
+    read = lake.read_files(files)
+    lake.append_partition(tmp_path, table, D1, _frame(D1, n=1, price=3.0))  # serving logs while the rewrite runs
+
+    lake.write_partition(tmp_path, table, D1, read[read[C.price] == 2.0], replaces=files)
+
+    assert sorted(lake.read_partition(tmp_path, table, D1)[C.price]) == [2.0, 2.0, 2.0, 3.0]
+    assert len(lake.partition_files(tmp_path, table, D1)) == 2  # the rewritten part and the new chunk

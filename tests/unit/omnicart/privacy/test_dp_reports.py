@@ -106,3 +106,41 @@ def test_release_from_the_lake_writes_once_and_refuses_beyond_the_budget(tmp_pat
     with pytest.raises(dp.BudgetExceededError):  # the budget is persisted under the home, not in the file
         reports.release_channel_report(settings, DAY)
     assert not path.exists()
+
+
+def test_the_cli_releases_with_the_configured_budget_and_refuses_once_it_is_spent(tmp_path, monkeypatch):
+    """`omnicart channel-report` (the DAG's release, by hand): the settings' ε is the day's budget; once spent, a
+    later run is refused with a clear message, even after the setting is raised, and writes nothing."""
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+    from omnicart.settings import get_settings
+
+    home = tmp_path / "home"
+    events = _events().assign(**{C.event_timestamp: pd.Timestamp(DAY, tz="UTC") + pd.Timedelta(hours=12)})
+    lake.write_partition(home / "lake", schemas.EVENTS, DAY, events)
+    monkeypatch.setenv("OMNICART_HOME", str(home))
+    monkeypatch.setenv("OMNICART_DP_REPORT_EPSILON", "1.5")
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    first = runner.invoke(app, ["channel-report", "--day", DAY.isoformat()])
+    assert first.exit_code == 0, first.output
+    assert "ε spent 1.5 of 1.5" in first.output
+    path = reports.report_path(get_settings(), DAY)
+    assert json.loads(path.read_text())["epsilon"] == 1.5
+    path.unlink()  # the report is lost; the spend is not
+    monkeypatch.setenv("OMNICART_DP_REPORT_EPSILON", "3")  # nor does a larger setting reopen a spent day
+    get_settings.cache_clear()
+
+    again = runner.invoke(app, ["channel-report", "--day", DAY.isoformat()])
+
+    assert again.exit_code == 1 and "nothing was released" in again.output
+    assert not path.exists()
+    accountant = dp.BudgetAccountant.for_settings(get_settings())
+    assert (
+        accountant.budget(reports.budget_dataset(DAY)) == 1.5 and accountant.spent(reports.budget_dataset(DAY)) == 1.5
+    )
+    bad = runner.invoke(app, ["channel-report", "--day", "2026-13-01"])
+    assert bad.exit_code == 2 and "--day" in bad.output
+    get_settings.cache_clear()

@@ -509,7 +509,7 @@ class RecSys:
         if values is not None:
             wanted = [n.removeprefix(cand.CUSTOMER_PREFIX) for n in self.customer_features_]
             found = values.reset_index(drop=True).reindex(index=range(len(users)), columns=wanted)
-            if any(dtype == object for dtype in found.dtypes):  # text from a source: what is no number is NaN
+            if any(pd.api.types.is_object_dtype(d) for d in found.dtypes):  # text: what is no number is NaN
                 found = found.apply(pd.to_numeric, errors="coerce")
             table[:] = found.to_numpy(np.float32)
         return table

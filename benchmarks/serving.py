@@ -597,10 +597,12 @@ def measure(s: Settings, plan: Plan, workdir: Path, say: Callable[[str], None]) 
     trivial_port, bare_port = free_port(), free_port()
     settings_file = workdir / "settings.pkl"
     settings_file.write_bytes(pickle.dumps(s))
-    # the bare server loads its champions while Serve is measured; it idles until its turn
+    # the bare server loads its champions (and precomputes rankings) before anything is measured: that start-up
+    # would otherwise take CPU from the Serve steps; then it idles until its turn
     bare = start_subprocess(["uvicorn", str(settings_file), str(bare_port)], workdir / "uvicorn.log")
     trivial = start_subprocess(["trivial", str(trivial_port)], workdir / "trivial.log")
     try:
+        wait_http(f"http://127.0.0.1:{bare_port}/health", 300, bare)
         wait_http(f"{s.serve_url}/health", 120)
         rss_before = replica_rss_mb()
         for endpoint in ENDPOINTS:
@@ -612,7 +614,6 @@ def measure(s: Settings, plan: Plan, workdir: Path, say: Callable[[str], None]) 
             rows.append(_row(f"serve {endpoint}", steps, half, alone))
         rss_after = replica_rss_mb()
 
-        wait_http(f"http://127.0.0.1:{bare_port}/health", 300, bare)
         url = f"http://127.0.0.1:{bare_port}/recommend"
         steps, half, alone = _saturate("uvicorn /recommend", url, bodies["/recommend"], headers, plan, say)
         fig.bare_saturation = saturation(steps)

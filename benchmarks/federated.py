@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.runner import BenchOptions, BenchResult, NotAvailable, datasets_dir, gate
 from omnicart.federated import linear, runner
-from omnicart.federated.silos import COLUMNS, Silo, split_by_owner
+from omnicart.federated.silos import COLUMNS, Silo, score, split_by_owner
 from omnicart.schemas import C
 from omnicart.settings import Settings
 
@@ -39,17 +39,10 @@ CONFIG = runner.FederatedConfig(rounds=3)
 DP_CONFIG = runner.FederatedConfig(rounds=3, dp=runner.DPConfig(epsilon=4.0, delta=1e-5, clipping_norm=1.0))
 
 
-def _scores(silos: list[Silo], predict) -> dict[str, float]:
+def _scores(silos: list[Silo], weights) -> dict[str, float]:
     """RMSE pooled over every test row, and the mean over stores (with test rows) of each store's own RMSE."""
-    errors, per_store = [], []
-    for silo in silos:
-        if not len(silo.y_test):
-            continue
-        e = predict(silo) - silo.y_test
-        errors.append(e)
-        per_store.append(float(np.sqrt(np.mean(e * e))))
-    pooled = np.concatenate(errors)
-    return {"rmse": float(np.sqrt(np.mean(pooled * pooled))), "rmse_store_mean": float(np.mean(per_store))}
+    scores = score(silos, weights)
+    return {"rmse": scores["rmse"], "rmse_store_mean": scores["rmse_owner_mean"]}
 
 
 def _load(options: BenchOptions) -> tuple[Any, list[Silo]]:
@@ -103,12 +96,12 @@ def run(settings: Settings, options: BenchOptions) -> BenchResult:
 
     started = time.perf_counter()
     central_w = linear.fit(np.vstack([s.A_train for s in silos]), np.concatenate([s.y_train for s in silos]))
-    central = _scores(silos, lambda s: linear.predict(s.A_test, central_w))
+    central = _scores(silos, central_w)
     rows.append({"model": "centralised (rows pooled)", **central, "seconds": round(time.perf_counter() - started, 1)})
 
     started = time.perf_counter()
     local_w = {s.owner: linear.fit(s.A_train, s.y_train) for s in silos}
-    local = _scores(silos, lambda s: linear.predict(s.A_test, local_w[s.owner]))
+    local = _scores(silos, lambda s: local_w[s.owner])
     stores_tested = sum(bool(len(s.y_test)) for s in silos)
     rows.append(
         {
@@ -125,11 +118,11 @@ def run(settings: Settings, options: BenchOptions) -> BenchResult:
         shards = [s.save(Path(tmp) / f"store-{s.owner}.npz") for s in silos]
         sizes = [len(s.y_train) for s in silos]
         fed = runner.run(settings, shards, sizes, dims, Path(tmp) / "secagg", CONFIG)
-        fed_scores = _scores(silos, lambda s: linear.predict(s.A_test, fed.weights))
+        fed_scores = _scores(silos, fed.weights)
         rows.append(_federated_row("federated (FedAvg, SecAgg+)", fed, fed_scores))
         dp_config = runner.FederatedConfig(rounds=DP_CONFIG.rounds, dp=DP_CONFIG.dp, seed=seed)
         dp = runner.run(settings, shards, sizes, dims, Path(tmp) / "secagg-dp", dp_config)
-        dp_scores = _scores(silos, lambda s: linear.predict(s.A_test, dp.weights))
+        dp_scores = _scores(silos, dp.weights)
         rows.append(_federated_row("federated + DP (SecAgg+, clipped, noised)", dp, dp_scores))
 
     loglog = LogLog.fit(ds.train)

@@ -400,26 +400,26 @@ class Ingress:
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except RayServeException:  # the handler outside Serve (the serving bench's bare uvicorn): one local tally
-            replica, self._tally = "local", None
+            replica, self._tally = "local", tally.Tally()
+            send = self._tally.put
         else:
             self._tally = tally.connect()
-        local = tally.Tally()
+            send = lambda replica, snapshot: self._tally.put.remote(replica, snapshot)  # noqa: E731
         self._reporter = tally.Reporter(
             replica,
             lambda: {
                 "fallbacks.recommend": dict(self.recommender.fallbacks),
                 "prediction_log": dict(self.predictions.counts),
             },
-            local.put if self._tally is None else lambda replica, snapshot: self._tally.put.remote(replica, snapshot),
+            send,
         ).start()
-        self._local_tally = local
         self.recommender.on_fallback = self._reporter.poke
 
     async def counters(self) -> dict[str, dict[str, int]]:
         """The counters of every replica, this one's current (its report is sent, in order, before the read)."""
         self._reporter.flush()
-        if self._tally is None:
-            return self._local_tally.totals()
+        if isinstance(self._tally, tally.Tally):
+            return self._tally.totals()
         return await self._tally.totals.remote()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -423,12 +423,8 @@ def active_since(settings: Any, cut: Any) -> list[str]:
     model trained then may not know yet, whose recent items ``Recommender.prepare`` ranks ahead."""
     from omnicart import lake, schemas
 
-    day = pd.Timestamp(cut).date()
-    ids: set[str] = set()
-    for d in (p for p in lake.partitions(settings.lake_dir, schemas.EVENTS) if p >= day):
-        frame = lake.read_partition(settings.lake_dir, schemas.EVENTS, d, columns=[C.customer_id])
-        ids.update(frame[C.customer_id].dropna().astype(str))
-    return sorted(ids)
+    events = lake.read_table(settings.lake_dir, schemas.EVENTS, start=pd.Timestamp(cut).date(), columns=[C.customer_id])
+    return sorted(events[C.customer_id].dropna().astype(str).unique())
 
 
 def time_requests(service: RecommendService, requests: Sequence[RecommendRequest]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from omnicart import registry
 from omnicart.federated import runner
 from omnicart.federated.owners import list_owner_files, read_owner
 from omnicart.federated.predictor import ARTIFACT, FederatedDemandPredictor, save
-from omnicart.federated.silos import COLUMNS, Silo, own_price_elasticity, split_by_owner
+from omnicart.federated.silos import COLUMNS, Silo, own_price_elasticity, score, split_by_owner
 from omnicart.pricing.features import period_kind
 from omnicart.schemas import FEDERATED_PRICING, C
 from omnicart.settings import Settings
@@ -84,7 +84,7 @@ def build_shard(settings: Settings, owner_file: str | Path, as_of: dt.datetime |
     if getattr(periods.dt, "tz", None) is not None:
         periods = periods.dt.tz_convert("UTC").dt.tz_localize(None)
     known = frame[(periods <= known_until).to_numpy()]
-    if not (pd.to_datetime(known[C.period]) < split).any():
+    if not (periods < split).any():
         log.info("owner %s has no rows before %s: it sits this run out", owner, split)
         return {"owner": owner, "shard": None, "train_rows": 0, "test_rows": 0}
     dataset = from_frame(known, split=split, name=owner)
@@ -150,30 +150,6 @@ def train(
     }
     path = save(directory / "model.json", fed.weights, **info)
     return {"model": str(path), **info}
-
-
-def owner_errors(silo: Silo, weights: np.ndarray) -> tuple[float, int]:
-    """What an owner reports of a model on its held-out rows: the sum of squared errors and the row count."""
-    if not len(silo.y_test):
-        return 0.0, 0
-    error = silo.A_test.astype(np.float64) @ np.asarray(weights, dtype=np.float64) - silo.y_test
-    return float(error @ error), len(error)
-
-
-def score(silos: list[Silo], weights: np.ndarray) -> dict[str, float]:
-    """RMSE of log units over every owner's held-out rows, and the mean over owners of each one's own RMSE, from
-    the owners' error sums alone."""
-    reports = [owner_errors(silo, weights) for silo in silos]
-    rows = sum(n for _, n in reports)
-    if rows == 0:
-        raise ValueError("no owner has held-out rows to evaluate on: hold out more weeks or wait for more data")
-    per_owner = [math.sqrt(sse / n) for sse, n in reports if n]
-    return {
-        "rmse": math.sqrt(sum(sse for sse, _ in reports) / rows),
-        "rmse_owner_mean": float(np.mean(per_owner)),
-        "test_rows": float(rows),
-        "owners_tested": float(len(per_owner)),
-    }
 
 
 def champion_weights(settings: Settings) -> tuple[str, np.ndarray] | None:

@@ -11,7 +11,9 @@ then mix arbitrary splits between the two.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from omnicart.federated import linear
 from omnicart.pricing import features as pf
 from omnicart.schemas import C
 
@@ -126,3 +129,28 @@ def split_by_owner(frame: pd.DataFrame, split: Any, owner: str = C.store_id) -> 
     if not silos:
         raise ValueError("no owner has training rows before the split")
     return silos
+
+
+def owner_errors(silo: Silo, weights: np.ndarray) -> tuple[float, int]:
+    """What an owner reports of a model on its held-out rows: the sum of squared errors and the row count."""
+    if not len(silo.y_test):
+        return 0.0, 0
+    error = linear.predict(silo.A_test, weights) - silo.y_test
+    return float(error @ error), len(error)
+
+
+def score(silos: list[Silo], weights: np.ndarray | Callable[[Silo], np.ndarray]) -> dict[str, float]:
+    """RMSE of log units over every owner's held-out rows, and the mean over owners of each one's own RMSE, from
+    the owners' error sums alone. ``weights``: one model for all, or each owner's own (a function of its silo)."""
+    weights_of = weights if callable(weights) else lambda _silo: weights
+    reports = [owner_errors(silo, weights_of(silo)) for silo in silos]
+    rows = sum(n for _, n in reports)
+    if rows == 0:
+        raise ValueError("no owner has held-out rows to evaluate on: hold out more weeks or wait for more data")
+    per_owner = [math.sqrt(sse / n) for sse, n in reports if n]
+    return {
+        "rmse": math.sqrt(sum(sse for sse, _ in reports) / rows),
+        "rmse_owner_mean": float(np.mean(per_owner)),
+        "test_rows": float(rows),
+        "owners_tested": float(len(per_owner)),
+    }

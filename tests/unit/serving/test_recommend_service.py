@@ -275,6 +275,19 @@ def test_time_requests_reports_latency(shop):
     assert stats["n"] == 20 and 0 < stats["p50_ms"] <= stats["p99_ms"]
 
 
+def _count_live_rankings(predictor) -> list[int]:
+    """Count the live path's rankings of ``predictor`` from now on: the one-element list holds the count."""
+    count = [0]
+    original = predictor.model_.recommend
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    predictor.model_.recommend = counting
+    return count
+
+
 def test_recent_items_read_at_start_keep_the_fast_path_until_they_change(shop):
     """A customer who viewed items they had not bought is ranked with them at start (one read for many
     customers), answers from the precomputed ranking exactly as the live path would, and goes live when an event
@@ -303,26 +316,18 @@ def test_recent_items_read_at_start_keep_the_fast_path_until_they_change(shop):
     live_model = Recommender.from_directory(predictor.model_dir_)
     live = RecommendService(lambda: live_model, read, "3", precompute=False)
     assert sum(reads) == purchases[C.customer_id].nunique() and len(reads) < sum(reads)
-    ranked_live = 0
-    original = fast_model.model_.recommend
-
-    def counting(*args, **kwargs):
-        nonlocal ranked_live
-        ranked_live += 1
-        return original(*args, **kwargs)
-
-    fast_model.model_.recommend = counting
+    ranked_live = _count_live_rankings(fast_model)
     for c in customers:
         assert fast_model.fast_.lookup(c).touched == [recent[c][0], recent[c][2]]
         for request in (RecommendRequest(customer_id=c, k=10), RecommendRequest(customer_id=c, k=5)):
             assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
-    assert ranked_live == 0, "every request above is one the precomputed rankings answer"
+    assert ranked_live[0] == 0, "every request above is one the precomputed rankings answer"
     # an event since the start: the customer's recent items differ, the live path answers, as the live service does
     c = customers[0]
     features[c] = {C.segment: "family", F.recent_items: [recent[c][2], recent[c][0]]}
     request = RecommendRequest(customer_id=c, k=10)
     assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
-    assert ranked_live == 1
+    assert ranked_live[0] == 1
 
 
 def test_newcomers_with_recent_items_are_ranked_ahead_as_the_live_path_would(shop):
@@ -355,23 +360,15 @@ def test_newcomers_with_recent_items_are_ranked_ahead_as_the_live_path_would(sho
     assert asked == [fast_model.cut]
     assert fast_model.fast_.lookup("N-1").touched == [catalog[0], catalog[3]]
     assert fast_model.fast_.lookup("N-2") is None and fast_model.fast_.lookup("N-3") is None
-    ranked_live = 0
-    original = fast_model.model_.recommend
-
-    def counting(*args, **kwargs):
-        nonlocal ranked_live
-        ranked_live += 1
-        return original(*args, **kwargs)
-
-    fast_model.model_.recommend = counting
+    ranked_live = _count_live_rankings(fast_model)
     for request in (RecommendRequest(customer_id="N-1", k=10), RecommendRequest(customer_id="N-1", k=4)):
         a, b = fast.recommend(request), live.recommend(request)
         assert a.source == "personal" and a.model_dump() == b.model_dump()
-    assert ranked_live == 0
+    assert ranked_live[0] == 0
     features["N-1"] = {C.segment: "family", F.recent_items: [catalog[3]]}  # an event since the start
     request = RecommendRequest(customer_id="N-1", k=10)
     assert fast.recommend(request).model_dump() == live.recommend(request).model_dump()
-    assert ranked_live == 1
+    assert ranked_live[0] == 1
 
 
 def test_active_since_names_the_customers_with_events_from_the_cut_day_on(tmp_path):

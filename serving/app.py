@@ -453,12 +453,17 @@ def replica_count(settings: Settings, cluster_cpus: float) -> int:
     return 2 if cluster_cpus >= 2 * settings.serve_replica_cpus + 1 else 1
 
 
+PROXY_QUEUE_FLOOR = 1024  # the least Serve's proxy holds unassigned before its own plain-text 503
+
+
 def deployment_options(settings: Settings, cluster_cpus: float) -> dict[str, Any]:
     """The Ingress deployment's options: replicas (fixed or autoscaled), CPUs and the request limits.
 
     Serve may give a replica twice what ``LoadShedder`` lets it run and hold, so an overflow reaches LoadShedder
     (503 + Retry-After, JSON) at once instead of waiting in Serve's proxy; Serve's own queue (``max_queued_requests``,
-    503 + Retry-After, plain text) is only a backstop for a burst beyond that. A rolling update starts each
+    503 + Retry-After, plain text) is only a backstop for a flood beyond that. Its router counts every request of a
+    simultaneous burst as queued until it is assigned to a replica, so even a burst the replicas would take in full
+    can overrun a small bound: it is at least ``PROXY_QUEUE_FLOOR``. A rolling update starts each
     replacement before it stops an old replica (``max_surge_percent``: one extra replica of two, or of one)."""
     capacity = settings.serve_max_ongoing_requests + settings.serve_max_queued_requests
     options: dict[str, Any] = {
@@ -472,7 +477,7 @@ def deployment_options(settings: Settings, cluster_cpus: float) -> dict[str, Any
         most = int(settings.serve_autoscaling.get("max_replicas", 1))
     else:
         most = options["num_replicas"] = replica_count(settings, cluster_cpus)
-    options["max_queued_requests"] = 4 * capacity * most
+    options["max_queued_requests"] = max(4 * capacity * most, PROXY_QUEUE_FLOOR)
     return options
 
 

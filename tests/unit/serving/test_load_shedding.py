@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from omnicart.settings import Settings
-from serving.app import create_api, deployment_options, load_limits, replica_count
+from serving.app import PROXY_QUEUE_FLOOR, create_api, deployment_options, load_limits, replica_count
 from serving.security import LoadShedder
 
 OVERLOADED = {"error": "overloaded: too many requests in progress; retry after the Retry-After delay", "field": None}
@@ -110,7 +110,7 @@ def test_serve_gives_a_replica_more_than_the_shedder_holds_and_backs_it_with_its
     options = deployment_options(settings, cluster_cpus=2)
     assert options["num_replicas"] == 2 and "autoscaling_config" not in options
     assert options["max_ongoing_requests"] == 20  # twice the 4 + 6 LoadShedder lets a replica hold
-    assert options["max_queued_requests"] == 4 * 10 * 2
+    assert options["max_queued_requests"] == PROXY_QUEUE_FLOOR  # 4 x 10 x 2 is under the floor
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert options["ray_actor_options"] == {"num_cpus": 0.5}
     assert options["max_surge_percent"] == 50  # a redeploy starts a replacement before it stops an old replica
@@ -120,4 +120,13 @@ def test_autoscaling_replaces_the_fixed_replica_count(tmp_path) -> None:
     scaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
     options = deployment_options(Settings(home=tmp_path, serve_autoscaling=scaling), cluster_cpus=16)
     assert "num_replicas" not in options and options["autoscaling_config"] == scaling
-    assert options["max_queued_requests"] == 4 * 40 * 4  # sized for the most replicas
+    assert options["max_queued_requests"] == PROXY_QUEUE_FLOOR  # 4 x 40 x 4 is under the floor
+    big = Settings(home=tmp_path, serve_autoscaling=scaling | {"max_replicas": 8})
+    assert deployment_options(big, cluster_cpus=16)["max_queued_requests"] == 4 * 40 * 8  # sized for the most replicas
+
+
+def test_a_burst_the_replicas_take_never_meets_serves_plain_text_queue_limit(tmp_path) -> None:
+    # the proxy's router counts a simultaneous burst as queued until each request is assigned; the test of the
+    # tiny deployment (1 running, 1 waiting) sends 10 at once, and all of them must reach LoadShedder's JSON 503
+    tiny = Settings(home=tmp_path, serve_replicas=1, serve_max_ongoing_requests=1, serve_max_queued_requests=1)
+    assert deployment_options(tiny, cluster_cpus=2)["max_queued_requests"] >= 10

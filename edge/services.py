@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnicart import stores
-from omnicart.raycluster import JOIN_ENV
+from omnicart.raycluster import JOIN_ENV, haproxy_env
 from omnicart.settings import Settings
 
 SERVICES = ("mail", "mlflow", "evidently", "ray", "airflow")
@@ -286,7 +286,11 @@ def _specs(settings: Settings, dags_folder: Path | None = None) -> dict[str, _Sp
                 "true",
                 "--disable-usage-stats",
             ],
-            env={**RAY_CLIENT_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # nothing to drain to locally
+            env={
+                **RAY_CLIENT_ENV,
+                **(haproxy_env(settings) if settings.serve_haproxy else {}),  # Serve's ingress: HAProxy
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # nothing to drain to locally
+            },
             ready=_http_ok(dashboard_url),
         ),
         "airflow": _Spec(

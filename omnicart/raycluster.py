@@ -62,9 +62,6 @@ def ensure_ray(settings: Settings) -> None:
     # Ray reads these from the process environment, some at import (workers inherit them); the user's values win.
     for key, value in (JOIN_ENV if settings.ray_address else LOOPBACK_ENV).items():
         os.environ.setdefault(key, value)
-    if not settings.ray_address and settings.serve_haproxy:
-        for key, value in haproxy_env(settings).items():
-            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
@@ -72,6 +69,9 @@ def ensure_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
+        if settings.serve_haproxy:  # read by the Serve controller that this cluster's workers will run
+            for key, value in haproxy_env(settings).items():
+                os.environ.setdefault(key, value)
         # "local": always a fresh in-process cluster, never a head someone else started on this machine
         ray.init(address="local", include_dashboard=False, _node_ip_address=settings.host, log_to_driver=False)
 

@@ -195,21 +195,21 @@ class _Stages:
     def __init__(self, path: Path, sampler: MemorySampler) -> None:
         self.path, self.sampler = path, sampler
         self.record: dict[str, Any] = {"stages": {}, "rows": None, "metrics": None, "error": None}
-        self._write()
+        self.write()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.sampler.mark()
         self.record["running"] = name
-        self._write()
+        self.write()
         started = time.perf_counter()
         yield
         seconds = time.perf_counter() - started
         self.record["stages"][name] = {"seconds": seconds, "peak_bytes": self.sampler.mark()}
         self.record["running"] = None
-        self._write()
+        self.write()
 
-    def _write(self) -> None:
+    def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.record, default=float))
         os.replace(tmp, self.path)
@@ -229,7 +229,7 @@ def _child(job: str, settings_json: str, out: str) -> None:
         except BaseException as exc:  # recorded for the parent, which reports a failed level
             stages.record["error"] = f"{type(exc).__name__}: {exc}"
             stages.record["traceback"] = traceback.format_exc(limit=8)
-            stages._write()
+            stages.write()
         finally:
             from omnicart import raycluster
 
@@ -280,6 +280,7 @@ def run_family(settings: Settings, family: str, stages: _Stages) -> None:
     stages.record["metrics"] = {
         name: float(evaluation[name][metric]) for name in ("model", *baselines) if name in evaluation
     }
+    stages.write()
 
 
 def run_child(job: str, settings: Settings, kill_gb: float, timeout_s: float | None = None) -> dict[str, Any]:

@@ -110,3 +110,26 @@ def test_a_family_that_fails_or_outgrows_its_memory_is_recorded_not_raised(tmp_p
     done = scale.run_child("shop", settings, kill_gb=8.0)
     assert done["error"] is None and done["rows"]["purchases"] > 1_000
     assert done["stages"]["simulate"]["seconds"] > 0 and done["peak_bytes"] > 50e6
+
+
+def test_a_family_s_metrics_reach_the_record_file_the_parent_reads(tmp_path: Path, monkeypatch) -> None:
+    """The parent only sees what the child wrote: the evaluation's figures must be in the file, not just in memory."""
+    import json
+    from types import SimpleNamespace
+
+    import omnicart.raycluster
+    import training.family
+
+    fake = SimpleNamespace(
+        build_dataset=lambda settings, as_of: SimpleNamespace(train=[1, 2, 3]),
+        train=lambda settings, dataset: "model",
+        evaluate=lambda model, dataset: {"model": {"rmse": 1.5}, "series_mean": {"rmse": 2.0}, "log_log": {"rmse": 1.8}},
+    )
+    monkeypatch.setattr(training.family, "get", lambda name: fake)
+    monkeypatch.setattr(omnicart.raycluster, "ensure_ray", lambda settings: None)
+    out = tmp_path / "record.json"
+    with scale.MemorySampler(os.getpid()) as sampler:
+        scale.run_family(_shop(tmp_path), "pricing", scale._Stages(out, sampler))
+    written = json.loads(out.read_text())
+    assert written["metrics"] == {"model": 1.5, "series_mean": 2.0, "log_log": 1.8}
+    assert written["rows"] == 3 and set(written["stages"]) == {"ray", "dataset", "train", "evaluate"}

@@ -123,7 +123,11 @@ def test_a_family_s_metrics_reach_the_record_file_the_parent_reads(tmp_path: Pat
     fake = SimpleNamespace(
         build_dataset=lambda settings, as_of: SimpleNamespace(train=[1, 2, 3]),
         train=lambda settings, dataset: "model",
-        evaluate=lambda model, dataset: {"model": {"rmse": 1.5}, "series_mean": {"rmse": 2.0}, "log_log": {"rmse": 1.8}},
+        evaluate=lambda model, dataset: {
+            "model": {"rmse": 1.5},
+            "series_mean": {"rmse": 2.0},
+            "log_log": {"rmse": 1.8},
+        },
     )
     monkeypatch.setattr(training.family, "get", lambda name: fake)
     monkeypatch.setattr(omnicart.raycluster, "ensure_ray", lambda settings: None)

@@ -137,3 +137,15 @@ def test_a_family_s_metrics_reach_the_record_file_the_parent_reads(tmp_path: Pat
     written = json.loads(out.read_text())
     assert written["metrics"] == {"model": 1.5, "series_mean": 2.0, "log_log": 1.8}
     assert written["rows"] == 3 and set(written["stages"]) == {"ray", "dataset", "train", "evaluate"}
+
+
+def test_train_stages_are_read_from_recommend_s_timings_and_support_s_meta() -> None:
+    from types import SimpleNamespace
+
+    recommend = SimpleNamespace(model_=SimpleNamespace(timings_={"two_tower": 71.04, "ranker": 450}))
+    support = SimpleNamespace(meta_={"seconds": {"fine_tune": 68.66, "validate": 146.0}})
+    assert scale.train_stages(recommend) == {"two_tower": 71.0, "ranker": 450.0}
+    assert scale.train_stages(support) == {"fine_tune": 68.7, "validate": 146.0}
+    assert scale.train_stages(SimpleNamespace()) == {}
+    row = scale.row_for(scale.level(250_000), "support", {"stages": {}, "train_stages": {"fine_tune": 68.7}}, 1)
+    assert row["train_stages"] == "fine_tune 68.7 s"

@@ -176,10 +176,11 @@ def test_partitions_keep_their_arrow_types(lake_home):
 
 def test_text_embeddings_only_for_landed_catalog_rows(lake_home, monkeypatch):
     class FakeEncoder:
-        def encode(self, texts, **_):
+        def encode(self, texts, *_, **__):
             return np.ones((len(texts), text.DIM), dtype=np.float32)
 
     monkeypatch.setattr(text, "encoder", lambda device=None: FakeEncoder())
+    monkeypatch.setattr(text, "onnx_encoder", FakeEncoder)
     s = lake_home
     stale = features.item_text_embeddings(
         pd.DataFrame({C.item_id: ["X"], C.title: ["x"], C.description: [None]}), s.sim_start

@@ -147,3 +147,17 @@ def test_a_worker_whose_files_hold_no_rows_of_a_booster_still_trains(tmp_path):
     assert len(out["main"]) == 2 and len(out["discover"]) == 2
     full = ranker.fit_boosters(shards, params)
     assert len(full["main"]) == 2 and np.isfinite(full["main_holdout_ndcg@10"])
+
+
+def test_a_cut_learns_from_at_most_users_per_cut_buyers_a_uniform_sample(two_fits):
+    """Past ``users_per_cut`` buyers a cut keeps a sample of them: the ranker's query groups stop growing."""
+    purchases, catalog = channel_shop()
+    (whole, one) = two_fits["whole"]
+    executor = _Capture()
+    params = replace(PARAMS, users_per_cut=3, ranker=replace(PARAMS.ranker, neg_per_user=5))
+    sampled = recsys.RecSys(params).fit(purchases, catalog, executor=executor)
+    cuts = len(params.cuts(whole.now_))
+    groups_whole, groups_sampled = len(np.unique(one.rows["group"])), len(np.unique(executor.rows["group"]))
+    assert groups_sampled <= 3 * cuts < groups_whole
+    assert 0 < sampled.train_rows_ < whole.train_rows_
+    assert recsys.RecSysParams().users_per_cut == 6_000  # the default, chosen on the inner split

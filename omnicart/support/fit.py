@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from omnicart import text
+from omnicart.encoder import Encoder, export_onnx, quantize_int8, throughput
 from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
 from omnicart.support import NAME
 from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import Calibration, calibrate
 from omnicart.support.dataset import SupportDataset, scrub_dataset
-from omnicart.support.encoder import Encoder, export_onnx, quantize_int8, throughput
 from omnicart.support.finetune import fine_tune, fine_tune_queries
 from omnicart.support.fusion import FEATURES, fuse, tune_weights
 from omnicart.support.intents import IntentClassifier

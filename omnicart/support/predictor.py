@@ -14,10 +14,10 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from omnicart.encoder import Encoder
 from omnicart.schemas import C
 from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import Calibration, confidence_features
-from omnicart.support.encoder import Encoder
 from omnicart.support.fusion import fuse
 from omnicart.support.intents import IntentClassifier
 from omnicart.support.knowledge import KnowledgeBase, scope_mask

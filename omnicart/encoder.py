@@ -1,4 +1,4 @@
-"""Dense retrieval: L2-normalised MiniLM sentence embeddings by torch or onnxruntime, the ONNX export of the encoder,
+"""Sentence encoders: L2-normalised MiniLM sentence embeddings by torch or onnxruntime, the ONNX export of the encoder,
 its dynamic int8 quantisation, and encoding throughput."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from omnicart.text import DIM
+DIM = 384  # all-MiniLM-L6-v2's sentence vectors
 
 
 class Encoder:

@@ -112,11 +112,17 @@ def scores(x: sp.spmatrix | np.ndarray, weights: ItemMatrix, batch: int = 2048) 
 
 
 def tune_ease_lambda(
-    events: pd.DataFrame, now: pd.Timestamp, grid: tuple[float, ...], days: int = 30
+    events: pd.DataFrame,
+    now: pd.Timestamp,
+    grid: tuple[float, ...],
+    days: int = 30,
+    block_cells: int = 10_000_000,
 ) -> tuple[float, dict[float, float]]:
     """λ of EASE with the best novel NDCG@10 on the last ``days`` before ``now``, fitted on the events before them.
 
-    ``events``: customer_id, item_id, event_timestamp (UTC). Returns the best λ and the score of every λ tried."""
+    ``events``: customer_id, item_id, event_timestamp (UTC). Returns the best λ and the score of every λ tried.
+    Customers are scored in blocks of at most ``block_cells`` customer × item cells, so memory does not grow with
+    customers × items (the figures are those of one pass)."""
     from omnicart.metrics import evaluate_rankings
 
     cut = now - pd.Timedelta(days=days)
@@ -131,14 +137,19 @@ def tune_ease_lambda(
     truth = {u: t for u, t in truth.items() if t}
     if not truth:
         return float(grid[len(grid) // 2]), {}
-    rows = np.searchsorted(users, np.array(list(truth)))
-    xt = x[rows]
+    judged = list(truth)
+    rows = np.searchsorted(users, np.array(judged))
+    block = max(1, block_cells // max(len(items), 1))  # customers scored at once: a block × items matrix at most
     results = {}
     for lam in grid:
-        s = scores(xt, ease(x, lam))
-        s[xt.toarray() > 0] = -np.inf
-        top = np.argsort(-s, axis=1, kind="stable")[:, :10]
-        rankings = {u: items[top[n]].tolist() for n, u in enumerate(truth)}
+        weights = ease(x, lam)
+        rankings = {}
+        for start in range(0, len(rows), block):
+            xt = x[rows[start : start + block]]
+            s = scores(xt, weights)
+            s[xt.toarray() > 0] = -np.inf
+            top = np.argsort(-s, axis=1, kind="stable")[:, :10]
+            rankings.update({u: items[top[n]].tolist() for n, u in enumerate(judged[start : start + block])})
         results[float(lam)] = evaluate_rankings(rankings, truth, ks=(10,))["ndcg@10"]
     best = max(results, key=lambda lam: (results[lam], -lam))
     return best, results

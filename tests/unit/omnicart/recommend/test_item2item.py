@@ -19,7 +19,7 @@ def test_ease_matches_the_closed_form_and_has_a_zero_diagonal():
     assert np.allclose(b, expected, atol=1e-5)
 
 
-def test_ease_lambda_is_tuned_on_the_last_month_only():
+def test_ease_lambda_is_tuned_on_the_last_month_only(monkeypatch):
     rng = np.random.default_rng(0)
     rows = []
     for u in range(60):
@@ -34,6 +34,12 @@ def test_ease_lambda_is_tuned_on_the_last_month_only():
     # events after `now` cannot change the choice
     later = events.assign(**{C.event_timestamp: events[C.event_timestamp] + pd.Timedelta(days=400)})
     assert item2item.tune_ease_lambda(pd.concat([events, later]), now, (1.0, 10.0, 100.0)) == (best, tried)
+    # scored in blocks of 3 customers (12 items: 36 cells), the figures are those of one pass
+    scored: list[int] = []
+    whole_pass = item2item.scores
+    monkeypatch.setattr(item2item, "scores", lambda x, w: scored.append(x.shape[0]) or whole_pass(x, w))
+    assert item2item.tune_ease_lambda(events, now, (1.0, 10.0, 100.0), block_cells=36) == (best, tried)
+    assert max(scored) <= 3 < sum(scored)
 
 
 def _purchases(n_users: int = 400, n_items: int = 60, seed: int = 0) -> np.ndarray:

@@ -249,8 +249,8 @@ def _choose_onnx(
     cfg: dict[str, Any],
 ) -> dict[str, Any]:
     """The query encoder to serve: the fastest of torch and the fp32 and int8 ONNX exports (``exports``) whose
-    validation hit@1 is within tolerance of the index's own encoder (``index_backend``, ``index_hit1``); the exports
-    not chosen are deleted."""
+    validation hit@1 is within tolerance of the index's own encoder (``index_backend``, ``index_hit1``, always one of
+    the candidates, so there is always one to choose)."""
     sample = questions[:256]
     report: dict[str, Any] = {
         "tolerance": cfg["onnx_tolerance"],
@@ -269,7 +269,7 @@ def _choose_onnx(
     # the fastest encoder whose quality is within tolerance of the index encoder's
     floor = (1 - cfg["onnx_tolerance"]) * index_hit1
     good = [n for n in candidates if report[f"{n}_hit@1"] >= floor]
-    chosen = max(good or [index_backend], key=lambda n: report[f"{n}_sentences_per_s"])
+    chosen = max(good, key=lambda n: report[f"{n}_sentences_per_s"])
     report["backend"] = chosen
     report["file"] = exports[chosen].name if chosen in exports else None
     return report

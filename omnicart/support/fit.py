@@ -22,13 +22,12 @@ from omnicart.encoder import Encoder, export_onnx, quantize_int8, throughput
 from omnicart.metrics import rank_metrics
 from omnicart.schemas import C
 from omnicart.support import NAME
-from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import Calibration, calibrate
 from omnicart.support.dataset import SupportDataset, scrub_dataset
 from omnicart.support.finetune import fine_tune, fine_tune_queries
 from omnicart.support.fusion import FEATURES, fuse, tune_weights
 from omnicart.support.intents import IntentClassifier
-from omnicart.support.knowledge import KnowledgeBase, doc_key, relevance, scope_mask
+from omnicart.support.knowledge import Candidates, KnowledgeBase, candidates, doc_key
 from omnicart.support.predictor import SupportModel
 
 MODEL_FORMAT = 1
@@ -55,6 +54,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_val": 1000,
     "target_precision": 0.9,
     "use_product_scope": True,  # validate (tune, calibrate) with product-scoped retrieval when ids are given
+    # validation tunes and calibrates on each question's candidates: the docs among the best this many by each score
+    "candidate_depth": 50,
     "onnx": True,
     # the runtime that encodes the knowledge base (validation's and the served one) on a CPU: "onnx" is the same
     # fp32 transformer as torch (the same vectors up to float rounding) at about twice its speed here; "onnx_int8"
@@ -159,39 +160,30 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     classifier = IntentClassifier.fit(enc_q(labelled[C.question].tolist()), labelled[C.intent].tolist())
     val_questions = val_rows[C.question].tolist()
     val_products = val_rows[C.product_id].tolist() if cfg["use_product_scope"] else [None] * len(val_rows)
-    mask, _ = scope_mask(val_kb, val_products)
-    relevant = relevance(dataset.protocol, val_rows, val_kb)
-    val_tokens = tokenize(val_questions)
 
-    def val_features(q_emb: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def val_candidates(q_emb: np.ndarray) -> tuple[Candidates, np.ndarray]:
         p = classifier.proba(q_emb)
-        return val_kb.features(q_emb, val_tokens, p, classifier.classes), p
+        pool = candidates(
+            val_kb, val_rows, dataset.protocol, q_emb, p, classifier.classes, val_products, cfg["candidate_depth"]
+        )
+        return pool, p
 
     weights = {name: float(name == "dense_a") for name in FEATURES}
     val_metrics: dict[str, float] = {}
     calibration = Calibration(target_precision=cfg["target_precision"])
     onnx_report: dict[str, Any] = {"backend": "torch", "index_backend": index_backend}
     if len(val_rows) and len(val_kb):
-        feats, intent_p = val_features(enc_q(val_questions))
-        weights, val_metrics = tune_weights(feats, relevant, _available(val_kb, classifier), mask)
-        fused = fuse(feats, weights, mask)
-        calibration = calibrate(fused, intent_p, relevant, cfg["target_precision"])
-        dense_only = rank_metrics(fuse(feats, {"dense_a": 1.0}, mask), relevant)
+        pool, intent_p = val_candidates(enc_q(val_questions))
+        weights, val_metrics = tune_weights(pool.features, pool.relevant, _available(val_kb, classifier), pool.mask)
+        fused = fuse(pool.features, weights, pool.mask)
+        calibration = calibrate(fused, intent_p, pool.relevant, cfg["target_precision"])
+        dense_only = rank_metrics(fuse(pool.features, {"dense_a": 1.0}, pool.mask), pool.relevant)
         val_metrics = {**val_metrics, "dense_a_hit@1": dense_only["hit@1"]}
         stages["validate"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if exports:
             onnx_report = _choose_onnx(
-                directory,
-                exports,
-                index_backend,
-                val_questions,
-                val_features,
-                weights,
-                mask,
-                relevant,
-                val_metrics["hit@1"],
-                cfg,
+                directory, exports, index_backend, val_questions, val_candidates, weights, val_metrics["hit@1"], cfg
             )
             stages["onnx"] = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -241,10 +233,8 @@ def _choose_onnx(
     exports: dict[str, Path],
     index_backend: str,
     questions: list[str],
-    val_features: Any,
+    val_candidates: Any,
     weights: dict[str, float],
-    mask: np.ndarray | None,
-    relevant: np.ndarray,
     index_hit1: float,
     cfg: dict[str, Any],
 ) -> dict[str, Any]:
@@ -263,8 +253,8 @@ def _choose_onnx(
     }
     for name, candidate in candidates.items():
         if name != index_backend:
-            feats, _ = val_features(candidate.encode(questions, cfg["question_length"]))
-            report[f"{name}_hit@1"] = rank_metrics(fuse(feats, weights, mask), relevant)["hit@1"]
+            pool, _ = val_candidates(candidate.encode(questions, cfg["question_length"]))
+            report[f"{name}_hit@1"] = rank_metrics(fuse(pool.features, weights, pool.mask), pool.relevant)["hit@1"]
         report[f"{name}_sentences_per_s"] = throughput(candidate, sample, cfg["question_length"])
     # the fastest encoder whose quality is within tolerance of the index encoder's
     floor = (1 - cfg["onnx_tolerance"]) * index_hit1

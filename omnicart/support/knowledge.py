@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from omnicart.schemas import C
-from omnicart.support.bm25 import BM25Index
-from omnicart.support.fusion import normalise
+from omnicart.support.bm25 import BM25Index, tokenize
+from omnicart.support.fusion import FEATURES, normalise
 from omnicart.text import DIM
 
 # What ``KnowledgeBase.save`` writes into a model directory (files and folders).
@@ -226,3 +226,72 @@ def scope_mask(kb: KnowledgeBase, product_ids: Sequence[Any]) -> tuple[np.ndarra
         masks.append(row)
         scopes.append(scope)
     return (np.stack(masks) if any_scoped else None), scopes
+
+
+@dataclass
+class Candidates:
+    """Each query's candidate docs, as (queries × width) arrays aligned column for column: by each feature, the
+    ``depth`` best docs in scope and the ``depth`` best of those that are not relevant (calibration asks again without
+    the right answers), merged. A column that repeats a doc, or holds one out of scope, has ``mask`` False."""
+
+    docs: np.ndarray  # doc rows of the knowledge base
+    features: dict[str, np.ndarray]  # FEATURES → scores
+    relevant: np.ndarray
+    mask: np.ndarray
+
+
+def candidates(
+    kb: KnowledgeBase,
+    queries: pd.DataFrame,
+    protocol: str,
+    query_emb: np.ndarray,
+    intent_p: np.ndarray,
+    classes: Sequence[str],
+    product_ids: Sequence[Any],
+    depth: int = 50,
+    block_cells: int = 20_000_000,
+) -> Candidates:
+    """The candidate docs of ``queries`` (question, answer, intent as ``relevance`` reads them) in a non-empty ``kb``.
+
+    A fusion of the five scores ranks first only docs that are among the best by some score, so tuning the fusion and
+    calibrating it on the candidates gives the figures of all docs, as long as the fused top 10 (and the best wrong
+    doc) is among them; the
+    queries are scored a block at a time (at most ``block_cells`` queries × docs cells), so memory grows with queries
+    plus docs, not with their product."""
+    n, k = len(queries), min(depth, len(kb))
+    rows = max(1, block_cells // len(kb))
+    tokens = tokenize(queries[C.question].tolist())
+    parts: list[Candidates] = []
+    for start in range(0, n, rows):
+        block = slice(start, min(start + rows, n))
+        feats = kb.features(query_emb[block], tokens[block], intent_p[block], classes)
+        mask, _ = scope_mask(kb, list(product_ids[block]))
+        relevant = relevance(protocol, queries.iloc[block], kb)
+        wrong = ~relevant if mask is None else mask & ~relevant
+        best = []
+        for f in feats.values():
+            for allowed in (mask, wrong):
+                scores = f if allowed is None else np.where(allowed, f, -np.inf)
+                best.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+        docs = np.sort(np.concatenate(best, axis=1), axis=1)
+        keep = np.ones(docs.shape, dtype=bool)
+        keep[:, 1:] = docs[:, 1:] != docs[:, :-1]
+        if mask is not None:
+            keep &= np.take_along_axis(mask, docs, axis=1)
+        parts.append(
+            Candidates(
+                docs=docs,
+                features={name: np.take_along_axis(f, docs, axis=1) for name, f in feats.items()},
+                relevant=np.take_along_axis(relevant, docs, axis=1),
+                mask=keep,
+            )
+        )
+    if not parts:
+        empty = np.zeros((0, 2 * k * len(FEATURES)))
+        return Candidates(empty.astype(int), {f: empty.astype(np.float32) for f in FEATURES}, empty > 0, empty > 0)
+    return Candidates(
+        docs=np.concatenate([c.docs for c in parts]),
+        features={f: np.concatenate([c.features[f] for c in parts]) for f in FEATURES},
+        relevant=np.concatenate([c.relevant for c in parts]),
+        mask=np.concatenate([c.mask for c in parts]),
+    )

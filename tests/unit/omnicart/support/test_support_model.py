@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from omnicart.schemas import C
+from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import Calibration, calibrate, confidence_features, threshold_for_precision
 from omnicart.support.dataset import SupportDataset
 from omnicart.support.finetune import _batches, _key_batch_sampler
@@ -270,3 +271,40 @@ def test_evaluation_in_chunks_of_questions_gives_the_figures_of_one_pass(model_d
     for name, figures in whole.items():
         assert chunked[name] == pytest.approx(figures, nan_ok=True), name
     assert whole["model"]["questions"] == len(test) and whole["model"]["hit@1"] > 0
+
+
+def test_validation_on_candidates_gives_the_figures_of_every_doc(model_dir):
+    """Tuning and calibrating on each question's candidates (a few docs per score, scored a block of questions at a
+    time) gives the weights, metrics and calibration that all docs give, with duplicates and out-of-scope docs
+    masked."""
+    from omnicart.metrics import rank_metrics
+    from omnicart.support.fusion import FEATURES, fuse, tune_weights
+    from omnicart.support.knowledge import candidates, relevance, scope_mask
+
+    model = SupportModel.from_directory(model_dir)
+    kb, classifier = model.kb_, model.intents_
+    queries = _frame(TICKETS)
+    emb = model.encode(queries[C.question].tolist())
+    intent_p = classifier.proba(emb)
+    products = queries[C.product_id].tolist()
+    feats = kb.features(emb, tokenize(queries[C.question].tolist()), intent_p, classifier.classes)
+    mask, _ = scope_mask(kb, products)
+    truth = relevance("intent", queries, kb)
+    pool = candidates(kb, queries, "intent", emb, intent_p, classifier.classes, products, depth=3, block_cells=40)
+
+    assert pool.docs.shape == (len(queries), 2 * 3 * len(FEATURES)) and len(kb) > 3
+    for row in range(len(queries)):  # each doc once, and only docs in scope
+        kept = pool.docs[row][pool.mask[row]]
+        assert len(set(kept)) == len(kept) and mask[row, kept].all()
+    assert (~pool.mask).any()  # repeats were there to mask
+    available = [f for f in FEATURES if f != "intent"]
+    w_all, m_all = tune_weights(feats, truth, available, mask)
+    w_pool, m_pool = tune_weights(pool.features, pool.relevant, available, pool.mask)
+    assert w_pool == w_all and m_pool == pytest.approx(m_all)
+    assert rank_metrics(fuse(pool.features, w_all, pool.mask), pool.relevant) == pytest.approx(
+        rank_metrics(fuse(feats, w_all, mask), truth)
+    )
+    full = calibrate(fuse(feats, w_all, mask), intent_p, truth, 0.9)
+    pooled = calibrate(fuse(pool.features, w_all, pool.mask), intent_p, pool.relevant, 0.9)
+    assert pooled.threshold == pytest.approx(full.threshold, rel=1e-4)
+    assert pooled.coef == pytest.approx(full.coef, rel=1e-4) and pooled.validation == full.validation

@@ -3,9 +3,11 @@
 Item tower: an id embedding (dropped at random while training, and absent for new items) plus an MLP over the
 MiniLM text embedding of the item text (``text.item_text``), a category embedding, a brand embedding, log price (with
 a missing flag) and an optional image embedding. User tower: the recency-weighted mean of the item vectors of the user's
-history, through a linear map. Score = scale · ⟨user, item⟩ + a content bias of the item. Trained with a full
-softmax over the warm catalog to predict the items of each basket that are new to the user (discovery), from the
-baskets before it.
+history, through a linear map. Score = scale · ⟨user, item⟩ + a content bias of the item. Trained with a softmax to
+predict the items of each basket that are new to the user (discovery), from the baskets before it: over the whole
+warm catalog when it has at most ``full_softmax_items`` items, otherwise over a sampled one (every target of the
+batch plus ``negatives`` items drawn by popularity, with the logQ correction), so that a step's cost depends on the
+batch and not on the catalog: the towers run only over the items a step reads.
 
 ``fit`` is plain PyTorch (one process, or one Ray Train worker of many: it shards examples by rank and uses
 ``ray.train.torch.prepare_model``); ``TwoTowerIndex`` is the numpy inference side stored as plain arrays.
@@ -39,6 +41,8 @@ class TwoTowerParams:
     half_life_days: float = 60.0
     max_targets_per_user: int = 8
     max_history: int = 200
+    negatives: int = 1024  # sampled softmax: items drawn per step by target popularity (logQ-corrected)
+    full_softmax_items: int = 8192  # a warm catalog up to this size gets the exact softmax over every item
     seed: int = 0
 
 
@@ -281,17 +285,29 @@ def fit(
     n = history.shape[0]
     steps = max(1, -(-n // params.batch_size)) * params.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=steps, pct_start=0.1)
+    sampler = _Sampler(targets, params) if n_warm > params.full_softmax_items else None
     losses = []
     for _ in range(params.epochs):
         order = rng.permutation(n)
         for start in range(0, n, params.batch_size):
             rows = order[start : start + params.batch_size]
-            ids = warm_ids * (torch.rand(n_warm, device=device) >= params.id_dropout)
-            v, b = core.items(dense[:n_warm], category[:n_warm], brand[:n_warm], ids)
-            h = torch.from_numpy(history[rows].toarray()).to(device)
-            t = torch.from_numpy(targets[rows].toarray()).to(device)
-            u = core.users(h, v)
-            logits = core.scale * u @ v.T + b
+            h_rows, t_rows = history[rows], targets[rows]
+            if sampler is None:  # exact: every warm item is a class
+                need = columns = np.arange(n_warm)
+                log_q = None
+            else:
+                columns = np.union1d(t_rows.indices, sampler.draw(rng))
+                need = np.union1d(columns, h_rows.indices)  # the item tower runs over these only
+                log_q = torch.from_numpy(sampler.log_q[columns]).to(device)
+            at = torch.from_numpy(need).to(device)
+            ids = warm_ids[at] * (torch.rand(len(need), device=device) >= params.id_dropout)
+            v, b = core.items(dense[at], category[at], brand[at], ids)
+            u = core.users(_sparse(h_rows, need, device), v)
+            c = torch.from_numpy(np.searchsorted(need, columns)).to(device)
+            logits = core.scale * u @ v[c].T + b[c]
+            if log_q is not None:
+                logits = logits - log_q
+            t = _sparse(t_rows, columns, device).to_dense()
             loss = -(torch.log_softmax(logits, dim=1) * (t / t.sum(1, keepdim=True))).sum(1).mean()
             opt.zero_grad()
             loss.backward()
@@ -317,6 +333,33 @@ def fit(
         "loss_last": float(np.mean(losses[-max(1, len(losses) // 20) :])),
         "examples": int(n),
     }
+
+
+class _Sampler:
+    """Negatives for the sampled softmax: ``negatives`` draws (with replacement) from the targets' popularity,
+    smoothed by one. ``log_q`` is the log of an item's chance to be among the draws, the correction that keeps the
+    sampled softmax an unbiased stand-in for the full one (Bengio & Senécal; Yi et al. 2019, "logQ")."""
+
+    def __init__(self, targets: sp.csr_matrix, params: TwoTowerParams) -> None:
+        counts = np.bincount(targets.indices, minlength=targets.shape[1]).astype(np.float64) + 1.0
+        self.p = counts / counts.sum()
+        self.k = params.negatives
+        self.cdf = np.cumsum(self.p)
+        self.log_q = np.log(-np.expm1(self.k * np.log1p(-self.p))).astype(np.float32)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return np.searchsorted(self.cdf, rng.random(self.k) * self.cdf[-1]).clip(max=len(self.p) - 1)
+
+
+def _sparse(rows: sp.csr_matrix, columns: np.ndarray, device):
+    """A batch's sparse rows restricted to ``columns`` (sorted; every stored column of ``rows`` is among them) as a
+    torch sparse tensor of batch × len(columns)."""
+    import torch
+
+    coo = rows.tocoo()
+    index = np.stack([coo.row, np.searchsorted(columns, coo.col)]).astype(np.int64)
+    values = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(torch.from_numpy(index), values, (rows.shape[0], len(columns))).to(device)
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from omnicart import text
 from omnicart.recommend import two_tower
@@ -46,7 +49,9 @@ def world():
     return events, catalog, user_topic
 
 
-def test_a_cold_item_is_retrieved_by_its_content(world):
+@pytest.mark.parametrize("softmax", ["full", "sampled"])
+def test_a_cold_item_is_retrieved_by_its_content(world, softmax):
+    """Both softmaxes: over every warm item, and over the batch's targets plus a few popularity-drawn items."""
     events, catalog, user_topic = world
     warm_ids = np.array(sorted(events[C.item_id].unique()), dtype=object)
     cold_ids = np.array([f"{t}-new" for t in COLD], dtype=object)
@@ -56,6 +61,8 @@ def test_a_cold_item_is_retrieved_by_its_content(world):
         item_ids, catalog, np.stack([emb[i] for i in item_ids]), np.arange(len(item_ids)) < len(warm_ids)
     )
     params = TwoTowerParams(dim=32, hidden=64, epochs=40, batch_size=64, lr=5e-3, id_dropout=0.5, seed=0)
+    if softmax == "sampled":  # 24 warm items: 6 draws a step, so most of the catalog is left out of each step
+        params = dataclasses.replace(params, negatives=6, full_softmax_items=0)
     index_of = {item: n for n, item in enumerate(warm_ids.tolist())}
     history, targets = two_tower.training_examples(events, index_of, params)
     assert history.shape[0] > 0 and history.shape == targets.shape
@@ -90,3 +97,19 @@ def test_the_index_round_trips_through_plain_files(tmp_path):
     u = rng.normal(size=(2, 4))
     assert np.allclose(index.scores(u), again.scores(u))
     assert again.params == params and again.n_warm == 2
+
+
+def test_the_sampled_softmax_corrects_by_each_items_chance_to_be_drawn():
+    """logQ is the log of an item's chance to be among a step's draws: popular items are drawn more often and their
+    logits are lowered by that much; the draws' frequencies match it."""
+    counts = np.array([50, 20, 5, 1, 0])
+    targets = sp.csr_matrix(
+        (np.ones(counts.sum()), (np.arange(counts.sum()), np.repeat(np.arange(5), counts))), shape=(counts.sum(), 5)
+    )
+    sampler = two_tower._Sampler(targets, TwoTowerParams(negatives=4))
+    rng = np.random.default_rng(0)
+    seen = np.zeros(5)
+    for _ in range(20_000):
+        seen[np.unique(sampler.draw(rng))] += 1
+    assert np.allclose(seen / 20_000, np.exp(sampler.log_q), atol=0.01)
+    assert np.all(np.diff(sampler.log_q) < 0)  # by popularity

@@ -274,7 +274,7 @@ def run_family(settings: Settings, family: str, stages: _Stages) -> None:
     stages.record["rows"] = _train_rows(family, dataset)
     with stages.stage("train"):
         model = fam.train(settings, dataset)
-    stages.record["train_stages"] = train_stages(model)
+    stages.record["train_stages"] = fam.stages(model)
     with stages.stage("evaluate"):
         evaluation = fam.evaluate(model, dataset)
     metric, _, baselines = QUALITY[family]
@@ -282,16 +282,6 @@ def run_family(settings: Settings, family: str, stages: _Stages) -> None:
         name: float(evaluation[name][metric]) for name in ("model", *baselines) if name in evaluation
     }
     stages.write()
-
-
-def train_stages(model: Any) -> dict[str, float]:
-    """Seconds of the steps inside ``train`` where the family reports them: recommend's stage timings, support's
-    fine-tuning, validation and index; empty for a family that does not."""
-    timings = getattr(getattr(model, "model_", None), "timings_", None)
-    meta = getattr(model, "meta_", None)
-    if not isinstance(timings, dict) and isinstance(meta, dict):
-        timings = meta.get("seconds")
-    return {str(k): round(float(v), 1) for k, v in timings.items()} if isinstance(timings, dict) else {}
 
 
 def run_child(job: str, settings: Settings, kill_gb: float, timeout_s: float | None = None) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Family:
     registration: Callable[[Any, Any], Registration]  # (predictor, dataset)
     guardrails: Callable[[Evaluation], list[str]] = lambda evaluation: []
     predictor_type: type | None = None  # the champion must be one to be judged on the new dataset
+    stages: Callable[[Any], dict[str, float]] = lambda predictor: {}  # seconds of the steps inside train, by name
 
 
 def get(name: str) -> Family:

@@ -265,6 +265,11 @@ def registration(model: Recommender, dataset: RecommendDataset) -> Registration:
     )
 
 
+def stages(model: Recommender) -> dict[str, float]:
+    """Seconds of each stage of ``RecSys.fit`` (text, EASE tuning, item state, two-tower, features, ranker)."""
+    return {k: round(float(v), 1) for k, v in getattr(model.model_, "timings_", {}).items()}
+
+
 FAMILY = Family(
     name="recommend",
     gate_metric=GATE_METRIC,
@@ -274,4 +279,5 @@ FAMILY = Family(
     evaluate=evaluate,
     registration=registration,
     predictor_type=Recommender,
+    stages=stages,
 )

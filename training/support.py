@@ -201,6 +201,11 @@ def registration(model: SupportModel, dataset: SupportDataset) -> Registration:
     )
 
 
+def stages(model: SupportModel) -> dict[str, float]:
+    """Seconds of each step of the fit (fine-tuning, ONNX export, validation, encoder choice, index)."""
+    return {k: round(float(v), 1) for k, v in model.meta_.get("seconds", {}).items()}
+
+
 FAMILY = Family(
     name=NAME,
     gate_metric=GATE_METRIC,
@@ -210,4 +215,5 @@ FAMILY = Family(
     evaluate=evaluate,
     registration=registration,
     predictor_type=SupportModel,
+    stages=stages,
 )

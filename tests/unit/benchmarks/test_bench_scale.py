@@ -128,6 +128,7 @@ def test_a_family_s_metrics_reach_the_record_file_the_parent_reads(tmp_path: Pat
             "series_mean": {"rmse": 2.0},
             "log_log": {"rmse": 1.8},
         },
+        stages=lambda model: {"fit": 1.0},
     )
     monkeypatch.setattr(training.family, "get", lambda name: fake)
     monkeypatch.setattr(omnicart.raycluster, "ensure_ray", lambda settings: None)
@@ -137,15 +138,18 @@ def test_a_family_s_metrics_reach_the_record_file_the_parent_reads(tmp_path: Pat
     written = json.loads(out.read_text())
     assert written["metrics"] == {"model": 1.5, "series_mean": 2.0, "log_log": 1.8}
     assert written["rows"] == 3 and set(written["stages"]) == {"ray", "dataset", "train", "evaluate"}
+    assert written["train_stages"] == {"fit": 1.0}
 
 
-def test_train_stages_are_read_from_recommend_s_timings_and_support_s_meta() -> None:
+def test_train_stages_come_from_each_family_s_own_timings() -> None:
     from types import SimpleNamespace
+
+    from training.family import get
 
     recommend = SimpleNamespace(model_=SimpleNamespace(timings_={"two_tower": 71.04, "ranker": 450}))
     support = SimpleNamespace(meta_={"seconds": {"fine_tune": 68.66, "validate": 146.0}})
-    assert scale.train_stages(recommend) == {"two_tower": 71.0, "ranker": 450.0}
-    assert scale.train_stages(support) == {"fine_tune": 68.7, "validate": 146.0}
-    assert scale.train_stages(SimpleNamespace()) == {}
+    assert get("recommend").stages(recommend) == {"two_tower": 71.0, "ranker": 450.0}
+    assert get("support").stages(support) == {"fine_tune": 68.7, "validate": 146.0}
+    assert get("pricing").stages(SimpleNamespace()) == {}
     row = scale.row_for(scale.level(250_000), "support", {"stages": {}, "train_stages": {"fine_tune": 68.7}}, 1)
     assert row["train_stages"] == "fine_tune 68.7 s"

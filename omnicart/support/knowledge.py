@@ -249,7 +249,7 @@ def candidates(
     classes: Sequence[str],
     product_ids: Sequence[Any],
     depth: int = 50,
-    block_cells: int = 20_000_000,
+    block_cells: int = 5_000_000,
 ) -> Candidates:
     """The candidate docs of ``queries`` (question, answer, intent as ``relevance`` reads them) in a non-empty ``kb``.
 

@@ -33,6 +33,7 @@ class BenchOptions:
     quick: bool = False  # a short smoke run, where the family has one (serving)
     levels: str | None = None  # sizes to run, in millions (scale: purchase events), e.g. "0.05,0.2"
     time_limit: float | None = None  # seconds one family may take at one level (scale); past it, a failed level
+    families: str | None = None  # the families to run, comma-separated (scale; default all)
 
 
 class NotAvailable(RuntimeError):

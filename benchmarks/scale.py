@@ -94,6 +94,17 @@ def level(purchases: int, days: int = DAYS) -> Level:
     return Level(purchases, customers, max(purchases // PURCHASES_PER_ITEM, 10), days, round(epcd, 3))
 
 
+def parse_families(text: str | None) -> tuple[str, ...]:
+    """``--families recommend,support`` → those families, in the benchmark's order; None: all of them."""
+    if text is None:
+        return FAMILIES
+    asked = {f.strip() for f in text.split(",") if f.strip()}
+    unknown = sorted(asked - set(FAMILIES))
+    if unknown or not asked:
+        raise runner.NotAvailable(f"--families takes some of {', '.join(FAMILIES)} (got {text!r})")
+    return tuple(f for f in FAMILIES if f in asked)
+
+
 def parse_levels(text: str | None) -> list[int]:
     """``--levels 0.05,0.2`` (millions of purchase events) → [50000, 200000]; None: the default levels."""
     if not text:
@@ -444,7 +455,7 @@ def run(settings: Settings, options: runner.BenchOptions) -> runner.BenchResult:
     if options.dataset is not None or options.input is not None:
         raise runner.NotAvailable("scale runs on the shop simulator only (no --dataset or --input)")
     levels = [level(n) for n in parse_levels(options.levels)]
-    families = FAMILIES
+    families = parse_families(options.families)
     base = settings.home_dir / "bench-scale"
     rows: list[dict[str, Any]] = []
     results: dict[str, dict[int, dict[str, Any]]] = {f: {} for f in families}

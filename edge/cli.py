@@ -326,6 +326,9 @@ def bench(
     time_limit: Annotated[
         float | None, typer.Option(help="Seconds one family may take at one level (scale); past it, a failed level.")
     ] = None,
+    families: Annotated[
+        str | None, typer.Option(help="Families to run, e.g. recommend,support (scale; default all three).")
+    ] = None,
 ) -> None:
     """Run a benchmark side by side with its baselines (see PROTOCOLS.md); prints a table, gates and ratios."""
     from benchmarks import runner
@@ -334,7 +337,7 @@ def bench(
         console.print(f"[red]unknown benchmark {family!r}[/]; choose one of {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
     try:
-        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels, time_limit)
+        options = runner.BenchOptions(dataset, input, items, split, protocol, seed, quick, levels, time_limit, families)
         result = runner.run(_settings(), family, options)
     except runner.NotAvailable as exc:
         console.print(f"[yellow]{exc}[/]")

@@ -193,16 +193,20 @@ def train(settings: Settings, dataset: RecommendDataset, params: recsys.RecSysPa
 
 
 def _baselines(purchases: pd.DataFrame, customers: list[str], k: int) -> dict[str, dict[str, list[str]]]:
-    """Popularity (distinct buyers) and repeat history (own purchase count, ties by popularity)."""
+    """Popularity (distinct buyers) and repeat history (own purchase count, ties by popularity, then item id).
+    One grouping of the evaluated customers' lines, so the cost grows with their lines, not customers × lines."""
     popularity = purchases.groupby(C.item_id)[C.customer_id].nunique().sort_values(ascending=False, kind="stable")
     top = popularity.index[:k].tolist()
-    counts = purchases.groupby([C.customer_id, C.item_id]).size()
-    rank_of = {item: n for n, item in enumerate(popularity.index)}
+    rank_of = pd.Series(np.arange(len(popularity)), index=popularity.index)
+    mine = purchases[purchases[C.customer_id].isin(customers)]
+    counts = mine.groupby([C.customer_id, C.item_id]).size().rename("n").reset_index()  # by customer, then item
+    counts["popularity_rank"] = counts[C.item_id].map(rank_of).to_numpy()
+    counts = counts.sort_values([C.customer_id, "n", "popularity_rank"], ascending=[True, False, True], kind="stable")
+    own = counts[counts.groupby(C.customer_id).cumcount() < k].groupby(C.customer_id)[C.item_id].agg(list).to_dict()
     repeat = {}
     for c in customers:
-        own = counts.loc[c] if c in counts.index.get_level_values(0) else pd.Series(dtype=float)
-        mine = sorted(own.index, key=lambda i: (-own[i], rank_of.get(i, 0)))[:k]
-        repeat[c] = mine + [i for i in top if i not in set(mine)][: k - len(mine)]
+        items = own.get(c, [])
+        repeat[c] = items + [i for i in top if i not in set(items)][: k - len(items)]
     return {"popularity": dict.fromkeys(customers, top), "repeat": repeat}
 
 

@@ -153,3 +153,11 @@ def test_train_stages_come_from_each_family_s_own_timings() -> None:
     assert get("pricing").stages(SimpleNamespace()) == {}
     row = scale.row_for(scale.level(250_000), "support", {"stages": {}, "train_stages": {"fine_tune": 68.7}}, 1)
     assert row["train_stages"] == "fine_tune 68.7 s"
+
+
+def test_families_pick_which_ones_run_in_the_benchmark_s_order() -> None:
+    assert scale.parse_families(None) == scale.FAMILIES
+    assert scale.parse_families("support, recommend") == ("recommend", "support")
+    for bad in ("ranker", ","):
+        with pytest.raises(runner.NotAvailable, match="--families"):
+            scale.parse_families(bad)

@@ -337,8 +337,8 @@ def fit(
 
 class _Sampler:
     """Negatives for the sampled softmax: ``negatives`` draws (with replacement) from the targets' popularity,
-    smoothed by one. ``log_q`` is the log of an item's chance to be among the draws, the correction that keeps the
-    sampled softmax an unbiased stand-in for the full one (Bengio & Senécal; Yi et al. 2019, "logQ")."""
+    smoothed by one. ``log_q`` is the log of an item's chance to be among the draws: subtracted from its logit, it
+    keeps popular items from being over-penalised as negatives (the logQ correction of Yi et al. 2019)."""
 
     def __init__(self, targets: sp.csr_matrix, params: TwoTowerParams) -> None:
         counts = np.bincount(targets.indices, minlength=targets.shape[1]).astype(np.float64) + 1.0

@@ -206,7 +206,8 @@ def _baselines(purchases: pd.DataFrame, customers: list[str], k: int) -> dict[st
     repeat = {}
     for c in customers:
         items = own.get(c, [])
-        repeat[c] = items + [i for i in top if i not in set(items)][: k - len(items)]
+        seen = set(items)
+        repeat[c] = items + [i for i in top if i not in seen][: k - len(items)]
     return {"popularity": dict.fromkeys(customers, top), "repeat": repeat}
 
 
@@ -271,7 +272,7 @@ def registration(model: Recommender, dataset: RecommendDataset) -> Registration:
 
 def stages(model: Recommender) -> dict[str, float]:
     """Seconds of each stage of ``RecSys.fit`` (text, EASE tuning, item state, two-tower, features, ranker)."""
-    return {k: round(float(v), 1) for k, v in getattr(model.model_, "timings_", {}).items()}
+    return {k: round(float(v), 1) for k, v in model.model_.timings_.items()}
 
 
 FAMILY = Family(

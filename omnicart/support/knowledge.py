@@ -205,11 +205,14 @@ class KnowledgeBase:
 def relevance(protocol: str, queries: pd.DataFrame, kb: KnowledgeBase) -> np.ndarray:
     """(queries × docs) truth: the query's own answer ("reqa") or any doc of the query's intent ("intent")."""
     if protocol == "reqa":
-        keys = np.asarray([doc_key(a) for a in queries[C.answer]], dtype=object)
-        return keys[:, None] == kb.docs[C.answer].to_numpy(dtype=object)[None, :]
-    q_int = np.asarray([i if isinstance(i, str) else "\0q" for i in queries[C.intent]], dtype=object)
-    d_int = np.asarray([i if isinstance(i, str) else "\0d" for i in kb.docs[C.intent]], dtype=object)
-    return q_int[:, None] == d_int[None, :]
+        q_keys, d_keys = [doc_key(a) for a in queries[C.answer]], kb.docs[C.answer].tolist()
+    else:
+        q_keys = [i if isinstance(i, str) else "\0q" for i in queries[C.intent]]
+        d_keys = [i if isinstance(i, str) else "\0d" for i in kb.docs[C.intent]]
+    # integer codes compare far faster than strings (np.unique compares them as Python does; pandas' hashing would
+    # take the two sentinels, which differ only after a NUL, for one)
+    _, codes = np.unique(np.asarray(q_keys + d_keys, dtype=object), return_inverse=True)
+    return codes[: len(q_keys), None] == codes[None, len(q_keys) :]
 
 
 def scope_mask(kb: KnowledgeBase, product_ids: Sequence[Any]) -> tuple[np.ndarray | None, list[str]]:
@@ -251,13 +254,13 @@ def candidates(
     depth: int = 50,
     block_cells: int = 5_000_000,
 ) -> Candidates:
-    """The candidate docs of ``queries`` (question, answer, intent as ``relevance`` reads them) in a non-empty ``kb``.
+    """The candidate docs of non-empty ``queries`` (question, answer, intent as ``relevance`` reads them) in a
+    non-empty ``kb``.
 
     A fusion of the five scores ranks first only docs that are among the best by some score, so tuning the fusion and
     calibrating it on the candidates gives the figures of all docs, as long as the fused top 10 (and the best wrong
-    doc) is among them; the
-    queries are scored a block at a time (at most ``block_cells`` queries × docs cells), so memory grows with queries
-    plus docs, not with their product."""
+    doc) is among them; the queries are scored a block at a time (at most ``block_cells`` queries × docs cells), so
+    memory grows with queries plus docs, not with their product."""
     n, k = len(queries), min(depth, len(kb))
     rows = max(1, block_cells // len(kb))
     tokens = tokenize(queries[C.question].tolist())
@@ -286,9 +289,6 @@ def candidates(
                 mask=keep,
             )
         )
-    if not parts:
-        empty = np.zeros((0, 2 * k * len(FEATURES)))
-        return Candidates(empty.astype(int), {f: empty.astype(np.float32) for f in FEATURES}, empty > 0, empty > 0)
     return Candidates(
         docs=np.concatenate([c.docs for c in parts]),
         features={f: np.concatenate([c.features[f] for c in parts]) for f in FEATURES},

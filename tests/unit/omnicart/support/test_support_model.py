@@ -308,3 +308,14 @@ def test_validation_on_candidates_gives_the_figures_of_every_doc(model_dir):
     pooled = calibrate(fuse(pool.features, w_all, pool.mask), intent_p, pool.relevant, 0.9)
     assert pooled.threshold == pytest.approx(full.threshold, rel=1e-4)
     assert pooled.coef == pytest.approx(full.coef, rel=1e-4) and pooled.validation == full.validation
+
+
+def test_relevance_never_matches_a_question_without_intent_to_a_doc_without_one():
+    from types import SimpleNamespace
+
+    from omnicart.support.knowledge import relevance
+
+    queries = pd.DataFrame({C.intent: ["a", None, "b"], C.answer: ["x  y", "z", "w"]})
+    kb = SimpleNamespace(docs=pd.DataFrame({C.intent: [None, "a", "b"], C.answer: ["x y", "w", "z"]}))
+    assert relevance("intent", queries, kb).tolist() == [[False, True, False], [False] * 3, [False, False, True]]
+    assert relevance("reqa", queries, kb).tolist() == [[True, False, False], [False, False, True], [False, True, False]]

@@ -35,7 +35,7 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     digest = hashlib.sha256(str(settings.home_dir.resolve()).encode()).hexdigest()[:8]
     run = Path(tempfile.gettempdir()) / f"omnicart-{digest}"
     run.mkdir(parents=True, exist_ok=True)
-    stats_port, metrics_port = _free_ports(settings.host, 2)
+    stats_port, metrics_port = free_ports(settings.host, 2)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(run / "haproxy.cfg"),
@@ -48,8 +48,8 @@ def haproxy_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _free_ports(host: str, n: int) -> list[str]:
-    """``n`` distinct ports free now (each held until all are picked)."""
+def free_ports(host: str, n: int) -> list[str]:
+    """``n`` distinct ports free now (each held until all are picked: ports taken one by one may repeat)."""
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
         for s in sockets:

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from edge.services import _ensure_ray_token, bin_dir, stop_session
-from omnicart.raycluster import JOIN_ENV, worker_of
+from omnicart.raycluster import JOIN_ENV, free_ports, worker_of
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +47,19 @@ NDCG_TOLERANCE = 0.05  # absolute, on NDCG@10 of one day's purchases (some 300 c
 RMSE_TOLERANCE = 0.05  # relative
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _node_ports() -> list[str]:
-    """Ports a node would otherwise take at fixed defaults, which two nodes on one machine cannot share."""
+def _node_ports(ports: list[str]) -> list[str]:
+    """Four of ``ports`` for what a node would otherwise take at fixed defaults, which two nodes on one machine
+    cannot share."""
+    agent, agent_grpc, metrics, runtime_env = ports
     return [
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        agent,
         "--dashboard-agent-grpc-port",
-        str(_free_port()),
+        agent_grpc,
         "--metrics-export-port",
-        str(_free_port()),
+        metrics,
         "--runtime-env-agent-port",
-        str(_free_port()),
+        runtime_env,
         "--object-store-memory",
         str(400 * 1024**2),
     ]
@@ -89,7 +85,8 @@ def cluster() -> Iterator[str]:
     """A head and one worker node with one CPU each on 127.0.0.1; yields the head's address."""
     _ensure_ray_token()
     temp_dir = tempfile.mkdtemp(prefix="omr-")  # short: Ray's socket paths live under it
-    port = _free_port()
+    # every port at once: ports picked one after another may repeat, and Ray refuses a port given twice
+    port, dashboard, client, *node_ports = free_ports("127.0.0.1", 11)
     address = f"{NODE_IP}:{port}"
     env = {
         **os.environ,
@@ -102,7 +99,7 @@ def cluster() -> Iterator[str]:
     common = ["--block", "--num-cpus", "1", "--node-ip-address", NODE_IP, "--disable-usage-stats"]
     head_argv = [ray, "start", "--head", "--port", str(port), "--temp-dir", temp_dir, *common]
     head_argv += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-    head_argv += ["--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port())]
+    head_argv += ["--dashboard-port", dashboard, "--ray-client-server-port", client]
     logs = Path(temp_dir) / "start-logs"
     logs.mkdir()
     nodes: list[subprocess.Popen] = []
@@ -111,16 +108,27 @@ def cluster() -> Iterator[str]:
         with (logs / "head.log").open("wb") as out:
             nodes.append(
                 subprocess.Popen(
-                    [*head_argv, *_node_ports()], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    [*head_argv, *_node_ports(node_ports[:4])],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             )
-        _wait_port(port, nodes[0], logs / "head.log")
+        _wait_port(int(port), nodes[0], logs / "head.log")
         raylets = _raylets(temp_dir)
-        worker_argv = [ray, "start", "--address", address, "--temp-dir", temp_dir, *common, *_node_ports()]
+        worker_argv = [ray, "start", "--address", address, "--temp-dir", temp_dir, *common]
         with (logs / "worker.log").open("wb") as out:
             nodes.append(
-                subprocess.Popen(worker_argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                subprocess.Popen(
+                    [*worker_argv, *_node_ports(node_ports[4:])],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             )
+        _wait_joined(nodes[1], logs / "worker.log")
         yield address
     finally:
         raylets |= _raylets(temp_dir)  # the worker node's too
@@ -134,6 +142,18 @@ def cluster() -> Iterator[str]:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         assert not left, f"Ray processes left behind by the two-node cluster: {[p.pid for p in left]}"
+
+
+def _wait_joined(proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Until the worker node's ``ray start`` says its node runs (it joined the head), or fail with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker node's ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if "Ray runtime started" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the worker node did not join the head in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:

@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 
 from edge import services
+from omnicart.raycluster import free_ports
 from omnicart.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> int:
@@ -80,7 +75,8 @@ def test_unknown_service_is_refused(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_mail_and_mlflow_come_up_on_loopback_and_go_down(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, smtp_port=_free_port(), mlflow_port=_free_port())
+    smtp_port, mlflow_port = map(int, free_ports("127.0.0.1", 2))
+    settings = Settings(home=tmp_path, smtp_port=smtp_port, mlflow_port=mlflow_port)
     try:
         statuses = {s.name: s for s in services.up(settings, tmp_path / "dags", only=["mail", "mlflow"])}
 

@@ -19,6 +19,39 @@ def test_ease_matches_the_closed_form_and_has_a_zero_diagonal():
     assert np.allclose(b, expected, atol=1e-5)
 
 
+def test_ease_in_single_or_double_precision_matches_the_closed_form(monkeypatch):
+    x = _purchases(500, 80, seed=2)
+    for lam in (0.5, 50.0):  # the bound of the condition number picks float64 for the first, float32 for the second
+        p = np.linalg.inv(x.T.astype(np.float64) @ x + lam * np.eye(80))
+        expected = np.eye(80) - p / np.diag(p)
+        chosen = item2item.ease(x, lam)
+        monkeypatch.setattr(item2item, "MAX_SINGLE_ERROR", 0.0)  # always float64
+        double = item2item.ease(x, lam)
+        monkeypatch.undo()
+        for b in (chosen, double):
+            assert b.dtype == np.float32 and np.allclose(b, expected, atol=1e-5 * np.abs(expected).max())
+            assert np.all(np.diag(b) == 0.0)
+
+
+def test_ease_path_gives_each_lambdas_weights_from_one_gram_matrix():
+    x = _purchases(300, 50, seed=3)
+    lams = (1.0, 10.0, 100.0)
+    for (lam, weights), expected in zip(item2item.ease_path(x, lams), lams, strict=True):
+        assert lam == expected and np.array_equal(weights, item2item.ease(x, lam))
+    for (lam, weights), _ in zip(item2item.ease_path(x, lams, max_items=30), lams, strict=True):
+        assert (weights != item2item.ease(x, lam, max_items=30)).nnz == 0
+
+
+def test_top_k_is_the_head_of_a_stable_descending_sort():
+    rng = np.random.default_rng(4)
+    ties = rng.integers(0, 5, (200, 50)).astype(np.float32)  # ties everywhere, at the k-th place too
+    ties[:5, :47] = -np.inf  # fewer finite scores than k
+    spread = rng.random((100, 400)).astype(np.float32)
+    for s in (ties, spread):
+        assert np.array_equal(item2item.top_k(s, 10), np.argsort(-s, axis=1, kind="stable")[:, :10])
+    assert item2item.top_k(spread, 500).shape == (100, 400)
+
+
 def test_ease_lambda_is_tuned_on_the_last_month_only(monkeypatch):
     rng = np.random.default_rng(0)
     rows = []

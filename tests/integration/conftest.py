@@ -21,6 +21,7 @@ import pytest
 
 from edge import orchestration, services
 from edge.mailsink import MailSink
+from omnicart.raycluster import free_ports
 from omnicart.settings import Settings, get_settings
 
 SIM_DAYS = 12
@@ -145,6 +146,7 @@ class Platform:
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("omnicart-home")
+    serve_port, smtp_port = free_ports("127.0.0.1", 2)  # at once: ports picked one by one may repeat
     env = {
         "OMNICART_HOME": str(home),
         "OMNICART_SIM_CUSTOMERS": "1000",
@@ -152,8 +154,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "OMNICART_SIM_DAYS": str(SIM_DAYS + 1),
         "OMNICART_DRIFT_KIND": "price_shock",
         "OMNICART_DRIFT_DAY": str(DRIFT_DAY),
-        "OMNICART_SERVE_PORT": str(free_port()),
-        "OMNICART_SMTP_PORT": str(free_port()),
+        "OMNICART_SERVE_PORT": serve_port,
+        "OMNICART_SMTP_PORT": smtp_port,
     }
     with settings_env(env, unset=("OMNICART_RAY_ADDRESS", "OMNICART_CONFIG")):
         settings = get_settings()

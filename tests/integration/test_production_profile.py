@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from omnicart.raycluster import free_ports
 from omnicart.settings import Settings, get_settings
 from tests.integration.conftest import free_port, settings_env
 
@@ -205,13 +206,14 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             redis_url = stack.enter_context(redis_server(home.parent / "redis", password=REDIS_PASSWORD))
         except NotAvailable as exc:
             pytest.skip(str(exc))
-        mlflow_port = free_port()
+        # at once: ports picked one by one may repeat
+        mlflow_port, serve_port, airflow_port, smtp_port, dashboard_port, evidently_port = free_ports("127.0.0.1", 6)
         env = {
             "OMNICART_PROFILE": "production",
             "OMNICART_HOME": str(home),
             "OMNICART_POSTGRES_URL": postgres_url,
             "OMNICART_REDIS_URL": redis_url,
-            "OMNICART_MLFLOW_PORT": str(mlflow_port),
+            "OMNICART_MLFLOW_PORT": mlflow_port,
             "OMNICART_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "OMNICART_RAY_ADDRESS": f"127.0.0.1:{services.RAY_GCS_PORT}",
             "OMNICART_API_KEY": "production-api-key-" + "x" * 12,
@@ -221,11 +223,11 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             "OMNICART_SIM_DAYS": str(SIM_DAYS + 1),
             "OMNICART_DRIFT_KIND": "price_shock",
             "OMNICART_DRIFT_DAY": str(SIM_DAYS),
-            "OMNICART_SERVE_PORT": str(free_port()),
-            "OMNICART_AIRFLOW_PORT": str(free_port()),
-            "OMNICART_SMTP_PORT": str(free_port()),
-            "OMNICART_RAY_DASHBOARD_PORT": str(free_port()),
-            "OMNICART_EVIDENTLY_PORT": str(free_port()),
+            "OMNICART_SERVE_PORT": serve_port,
+            "OMNICART_AIRFLOW_PORT": airflow_port,
+            "OMNICART_SMTP_PORT": smtp_port,
+            "OMNICART_RAY_DASHBOARD_PORT": dashboard_port,
+            "OMNICART_EVIDENTLY_PORT": evidently_port,
             # only the run triggered below: no run of the cron schedule's latest interval (today, outside the shop)
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",

@@ -67,9 +67,20 @@ def chance_at_k(truth: Mapping[Any, Iterable[Any]], pool: int | Mapping[Any, int
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` highest scores of each row, best first; ties go to the lower index."""
+    """Column indices of the ``k`` highest scores of each row, best first; ties go to the lower index (the first
+    ``k`` of a stable sort by descending score), for a partition and a sort of ``k`` per row."""
     scores = np.asarray(scores)
-    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kept = np.take_along_axis(scores, part, axis=1)
+    top = np.take_along_axis(part, np.lexsort((part, -kept), axis=1), axis=1)
+    # where the k-th score is shared with a column the partition left out, which of them it kept is arbitrary
+    tied = np.nonzero((scores >= kept.min(axis=1, keepdims=True)).sum(axis=1) > k)[0]
+    for r in tied:
+        top[r] = np.argsort(-scores[r], kind="stable")[:k]
+    return top
 
 
 def rank_metrics(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> dict[str, float]:

@@ -164,7 +164,7 @@ def tune_ease_lambda(
     ``events``: customer_id, item_id, event_timestamp (UTC). Returns the best λ and the score of every λ tried.
     Customers are scored in blocks of at most ``block_cells`` customer × item cells, so memory does not grow with
     customers × items (the figures are those of one pass)."""
-    from omnicart.metrics import evaluate_rankings
+    from omnicart.metrics import evaluate_rankings, top_k
 
     cut = now - pd.Timedelta(days=days)
     inner = events[events[C.event_timestamp] < cut]
@@ -192,22 +192,6 @@ def tune_ease_lambda(
         results[lam] = evaluate_rankings(rankings, truth, ks=(10,))["ndcg@10"]
     best = max(results, key=lambda lam: (results[lam], -lam))
     return best, results
-
-
-def top_k(s: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's ``k`` highest scores, best first, ties to the lower index: the first ``k`` of a
-    stable sort of each row by descending score, for a partition and a sort of ``k`` per row."""
-    k = min(k, s.shape[1])
-    if k == 0:
-        return np.zeros((s.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    kept = np.take_along_axis(s, part, axis=1)
-    top = np.take_along_axis(part, np.lexsort((part, -kept), axis=1), axis=1)
-    # where the k-th score is shared with a column the partition left out, which of them it kept is arbitrary
-    tied = np.nonzero((s >= kept.min(axis=1, keepdims=True)).sum(axis=1) > k)[0]
-    for r in tied:
-        top[r] = np.argsort(-s[r], kind="stable")[:k]
-    return top
 
 
 def binary_matrix(events: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> sp.csr_matrix:

@@ -100,3 +100,13 @@ def test_mrr_at_10_matches_a_plain_loop_with_scopes_and_several_answers():
     assert m["hit@1"] == pytest.approx(np.mean(hits))
     assert m["mrr@10"] == pytest.approx(np.mean(reciprocal))
     assert rank_metrics(scores[:0], relevant[:0]) == {"hit@1": 0.0, "mrr@10": 0.0}
+
+
+def test_top_k_is_the_head_of_a_stable_descending_sort():
+    rng = np.random.default_rng(4)
+    ties = rng.integers(0, 5, (200, 50)).astype(np.float32)  # ties everywhere, at the k-th place too
+    ties[:5, :47] = -np.inf  # fewer finite scores than k
+    spread = rng.random((100, 400)).astype(np.float32)
+    for s in (ties, spread):
+        assert np.array_equal(top_k(s, 10), np.argsort(-s, axis=1, kind="stable")[:, :10])
+    assert top_k(spread, 500).shape == (100, 400)

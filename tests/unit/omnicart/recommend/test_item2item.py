@@ -42,16 +42,6 @@ def test_ease_path_gives_each_lambdas_weights_from_one_gram_matrix():
         assert (weights != item2item.ease(x, lam, max_items=30)).nnz == 0
 
 
-def test_top_k_is_the_head_of_a_stable_descending_sort():
-    rng = np.random.default_rng(4)
-    ties = rng.integers(0, 5, (200, 50)).astype(np.float32)  # ties everywhere, at the k-th place too
-    ties[:5, :47] = -np.inf  # fewer finite scores than k
-    spread = rng.random((100, 400)).astype(np.float32)
-    for s in (ties, spread):
-        assert np.array_equal(item2item.top_k(s, 10), np.argsort(-s, axis=1, kind="stable")[:, :10])
-    assert item2item.top_k(spread, 500).shape == (100, 400)
-
-
 def test_ease_lambda_is_tuned_on_the_last_month_only(monkeypatch):
     rng = np.random.default_rng(0)
     rows = []

@@ -3,8 +3,10 @@ through the temporal-full protocol beside its baselines (training in process her
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from recsys_data import DAYS, PARAMS, START, channel_shop
 
 from benchmarks import recommend as bench
@@ -36,9 +38,11 @@ def test_canonical_files_keep_purchases_and_name_a_missing_column(tmp_path):
         bench.read_canonical(tmp_path / "bad.csv")
 
 
-def test_temporal_full_on_canonical_files_ranks_in_the_channel_of_each_test_customer(tmp_path):
+def test_temporal_full_on_canonical_files_ranks_in_the_channel_of_each_test_customer(tmp_path, monkeypatch):
     """The last 14 days hold about one order per customer, in one channel, of that channel's regulars: repeat
-    history cannot tell which half of a customer's regulars is due, the model told the channel can."""
+    history cannot tell which half of a customer's regulars is due, the model told the channel can. The baselines
+    score the test customers a few at a time (as a file of millions of lines would have them)."""
+    monkeypatch.setattr(bench, "BLOCK_CELLS", 40 * 7)  # 40 items: blocks of 7 test customers
     path, items = _canonical_files(tmp_path)
     interactions, catalog = bench.read_canonical(path, items)
     cut = START + pd.Timedelta(days=DAYS - 14)
@@ -55,3 +59,18 @@ def test_temporal_full_on_canonical_files_ranks_in_the_channel_of_each_test_cust
     assert all(0 < g["floor"] < 1 for g in gates)  # between chance and a perfect score, even over 40 items
     ours, repeat = by_model["omnicart"]["ndcg@10"], by_model["repeat"]["ndcg@10"]
     assert ours >= 1.2 * repeat, (ours, repeat)
+
+
+def test_ranking_in_blocks_is_ranking_all_at_once():
+    """Any block size gives the same top items; the discovery ranking never offers an owned item."""
+    rng = np.random.default_rng(0)
+    users, items = [f"u{n}" for n in range(23)], np.array([f"i{n}" for n in range(30)], dtype=object)
+    scores = rng.normal(size=(23, 30)).round(1)  # rounded: ties, broken the same way in every block
+    owned = sp.random(23, 30, density=0.2, random_state=1, format="csr")
+    whole = bench.ranked_in_blocks(lambda part: scores[part], users, owned, items, 10, 23)
+    for block in (1, 4, 7):
+        assert bench.ranked_in_blocks(lambda part: scores[part], users, owned, items, 10, block) == whole
+    ranked, discovered = whole
+    for n, u in enumerate(users):
+        assert ranked[u] == items[np.argsort(-scores[n], kind="stable")[:10]].tolist()
+        assert not set(discovered[u]) & set(items[owned[n].indices])

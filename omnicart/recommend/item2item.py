@@ -158,12 +158,17 @@ def tune_ease_lambda(
     grid: tuple[float, ...],
     days: int = 30,
     block_cells: int = 10_000_000,
+    max_customers: int = 20_000,
+    seed: int = 0,
 ) -> tuple[float, dict[float, float]]:
     """λ of EASE with the best novel NDCG@10 on the last ``days`` before ``now``, fitted on the events before them.
 
     ``events``: customer_id, item_id, event_timestamp (UTC). Returns the best λ and the score of every λ tried.
     Customers are scored in blocks of at most ``block_cells`` customer × item cells, so memory does not grow with
-    customers × items (the figures are those of one pass)."""
+    customers × items (the figures are those of one pass). The λs are judged on at most ``max_customers`` of the
+    customers with new items in those days (a uniform sample by ``seed``), so past that the scoring's cost stops
+    growing with the shop: a mean NDCG@10 over 20,000 customers has a standard error near 0.002, and the λs are
+    compared on the same customers."""
     from omnicart.metrics import evaluate_rankings, top_k
 
     cut = now - pd.Timedelta(days=days)
@@ -179,6 +184,10 @@ def tune_ease_lambda(
     if not truth:
         return float(grid[len(grid) // 2]), {}
     judged = list(truth)
+    if len(judged) > max_customers:
+        keep = np.sort(np.random.default_rng(seed).choice(len(judged), size=max_customers, replace=False))
+        judged = [judged[k] for k in keep]
+        truth = {u: truth[u] for u in judged}
     rows = np.searchsorted(users, np.array(judged))
     block = max(1, block_cells // max(len(items), 1))  # customers scored at once: a block × items matrix at most
     results = {}

@@ -63,6 +63,13 @@ def test_ease_lambda_is_tuned_on_the_last_month_only(monkeypatch):
     monkeypatch.setattr(item2item, "scores", lambda x, w: scored.append(x.shape[0]) or whole_pass(x, w))
     assert item2item.tune_ease_lambda(events, now, (1.0, 10.0, 100.0), block_cells=36) == (best, tried)
     assert max(scored) <= 3 < sum(scored)
+    # judged on a sample of 7 customers: 7 scored per λ, the same sample each time
+    judged = sum(scored) // 3
+    scored.clear()
+    sampled = item2item.tune_ease_lambda(events, now, (1.0, 10.0, 100.0), max_customers=7)
+    assert scored == [7, 7, 7] and judged > 7
+    assert item2item.tune_ease_lambda(events, now, (1.0, 10.0, 100.0), max_customers=7) == sampled
+    assert item2item.tune_ease_lambda(events, now, (1.0, 10.0, 100.0), max_customers=judged) == (best, tried)
 
 
 def _purchases(n_users: int = 400, n_items: int = 60, seed: int = 0) -> np.ndarray:

@@ -153,16 +153,18 @@ def evaluate(
         base_d = text.encode(texts, cache_dir)
     names = ["model", "model-dense", *(["model+scope"] if scoped_too else [])]
     names += [f"{b}{s}" for b in (("bm25", "minilm") if baselines else ()) for s in ("", *(["+scope"] * scoped_too))]
-    for rows, fused, intent_p, _ in model.score(questions, embeddings=emb, chunk=chunk):
+    # each chunk's features once: the model's fused scores (as ``SupportModel.score`` fuses them), its dense score
+    # alone, and both within each question's product scope
+    for rows, feats, intent_p in model.features(questions, chunk, emb):
         relevant = _relevant(dataset.protocol, test.iloc[rows], model.kb_)
         mask, _ = _scope_mask(model.kb_, products[rows]) if scoped_too else (None, None)
+        fused = fuse(feats, model.weights_)
         add("model", fused, relevant)
         correct[rows] = relevant[np.arange(len(fused)), fused.argmax(axis=1)]
         conf[rows] = model.calibration_.confidence(confidence_features(fused, intent_p))
-        add("model-dense", fuse(_features(model, questions[rows], emb[rows]), {"dense_a": 1.0}), relevant)
+        add("model-dense", fuse(feats, {"dense_a": 1.0}), relevant)
         if scoped_too:
-            scoped = next(model.score(questions[rows], products[rows], embeddings=emb[rows], chunk=len(fused)))[1]
-            add("model+scope", scoped, relevant)
+            add("model+scope", fused if mask is None else np.where(mask, fused, -np.inf), relevant)
         if baselines:
             for name, scores in (("bm25", bm25.scores(tokenize(questions[rows]))), ("minilm", base_q[rows] @ base_d.T)):
                 add(name, scores, relevant)
@@ -184,11 +186,6 @@ def evaluate(
     for name in names[1:]:
         out[name] = {metric: value / n for metric, value in sums[name].items()}
     return out
-
-
-def _features(model: SupportModel, questions: list[str], emb: np.ndarray) -> dict[str, np.ndarray]:
-    p = model.intents_.proba(emb)
-    return model.kb_.features(emb, tokenize(questions), p, model.intents_.classes)
 
 
 def registration(model: SupportModel, dataset: SupportDataset) -> Registration:

@@ -48,26 +48,52 @@ class KnowledgeBase:
 
     @staticmethod
     def group(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """One doc per unique answer; ``frame`` has question (may be empty), answer, intent, product_id, kb_source."""
-        rows = frame.assign(_key=[doc_key(a) for a in frame[C.answer]])
-        rows = rows[rows["_key"] != ""]
-        docs, questions = [], []
-        for n, (key, grp) in enumerate(rows.groupby("_key", sort=False)):
-            intents = [i for i in grp[C.intent] if isinstance(i, str) and i]
-            products = sorted({p for p in grp[C.product_id] if isinstance(p, str) and p})
-            docs.append(
-                {
-                    C.doc_id: f"d{n:06d}",
-                    C.answer: key,
-                    C.intent: max(set(intents), key=intents.count) if intents else None,
-                    "product_ids": products,
-                    C.kb_source: str(grp[C.kb_source].iloc[0]),
-                }
+        """One doc per unique answer; ``frame`` has question (may be empty), answer, intent, product_id, kb_source.
+
+        Docs are numbered in order of first appearance; a doc's intent is its most frequent one (a tie goes to the
+        one seen first), its products the sorted distinct ids, its source that of its first row; its questions are
+        the distinct non-blank ones, in row order."""
+        keys = pd.Series([doc_key(a) for a in frame[C.answer]], dtype=object)
+        rows = frame.reset_index(drop=True)[(keys != "").to_numpy()]
+        keys = keys[keys != ""]
+        codes, uniques = pd.factorize(keys, sort=False)  # numbered in order of first appearance
+        n_docs = len(uniques)
+        first = np.unique(codes, return_index=True)[1] if n_docs else np.zeros(0, dtype=int)
+
+        def texts(column: str, strip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            """The rows whose ``column`` is a non-empty string (non-blank with ``strip``): doc numbers and values."""
+            values = rows[column].to_numpy(dtype=object)
+            ok = np.fromiter(
+                (isinstance(v, str) and bool(v.strip() if strip else v) for v in values), bool, len(values)
             )
-            for q in dict.fromkeys(q for q in grp[C.question] if isinstance(q, str) and q.strip()):
-                questions.append({C.question: q, "doc": n})
-        docs_frame = pd.DataFrame(docs, columns=[C.doc_id, C.answer, C.intent, "product_ids", C.kb_source])
-        return docs_frame, pd.DataFrame(questions, columns=[C.question, "doc"])
+            return codes[ok], values[ok]
+
+        doc, intent = texts(C.intent)
+        counts = pd.Series(intent).groupby([doc, intent], sort=False).size()  # pairs in order of first appearance
+        intents = np.full(n_docs, None, dtype=object)
+        if len(counts):
+            best = counts.groupby(level=0, sort=False).idxmax()  # the first of the most frequent
+            intents[best.index.to_numpy(dtype=int)] = [pair[1] for pair in best]
+        doc, product = texts(C.product_id)
+        pairs = pd.DataFrame({"doc": doc, "p": product}).drop_duplicates().sort_values(["doc", "p"])
+        by_doc = pairs.groupby("doc", sort=True)["p"].agg(list)
+        products: list[list[str]] = [[] for _ in range(n_docs)]
+        for n, ids in zip(by_doc.index, by_doc, strict=True):
+            products[n] = ids
+        docs_frame = pd.DataFrame(
+            {
+                C.doc_id: [f"d{n:06d}" for n in range(n_docs)],
+                C.answer: list(uniques),
+                C.intent: intents,
+                "product_ids": products,
+                C.kb_source: [str(v) for v in rows[C.kb_source].to_numpy(dtype=object)[first]],
+            },
+            columns=[C.doc_id, C.answer, C.intent, "product_ids", C.kb_source],
+        )
+        doc, question = texts(C.question, strip=True)
+        questions = pd.DataFrame({C.question: question, "doc": doc}).drop_duplicates()
+        questions = questions.sort_values("doc", kind="stable").reset_index(drop=True)
+        return docs_frame, questions[[C.question, "doc"]]
 
     @classmethod
     def build(

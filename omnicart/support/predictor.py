@@ -73,13 +73,25 @@ class SupportModel(mlflow.pyfunc.PythonModel):
         """Fused (questions × docs) scores, in chunks: (rows, scores with -inf outside scope, intent probs, scopes)."""
         questions = list(questions)
         product_ids = list(product_ids) if product_ids is not None else [None] * len(questions)
+        for rows, feats, intent_p in self.features(questions, chunk, embeddings):
+            mask, scopes = scope_mask(self.kb_, product_ids[rows])
+            yield rows, fuse(feats, weights or self.weights_, mask), intent_p, scopes
+
+    def features(
+        self, questions: Sequence[str], chunk: int = 256, embeddings: np.ndarray | None = None
+    ) -> Iterator[tuple[slice, dict[str, np.ndarray], np.ndarray]]:
+        """The five (questions × docs) score matrices of ``KnowledgeBase.features``, in chunks: (rows, features, intent
+        probs); ``score`` fuses them."""
+        questions = list(questions)
         emb = self.encode(questions) if embeddings is None else embeddings
         for start in range(0, len(questions), chunk):
             rows = slice(start, min(start + chunk, len(questions)))
             intent_p = self.intents_.proba(emb[rows])
-            feats = self.kb_.features(emb[rows], tokenize(questions[rows]), intent_p, self.intents_.classes)
-            mask, scopes = scope_mask(self.kb_, product_ids[rows])
-            yield rows, fuse(feats, weights or self.weights_, mask), intent_p, scopes
+            yield (
+                rows,
+                self.kb_.features(emb[rows], tokenize(questions[rows]), intent_p, self.intents_.classes),
+                intent_p,
+            )
 
     def answer_batch(
         self, questions: Sequence[str], product_ids: Sequence[str | None] | None = None, k: int = 3

@@ -219,13 +219,38 @@ def test_fine_tuning_keeps_a_faster_onnx_encoder_within_tolerance(tmp_path, monk
     model = _fine_tuned(tmp_path, monkeypatch, fastest="onnx_int8")
     report = model.meta_["onnx"]
     assert report["backend"] in {"onnx", "onnx_int8"}, report  # int8 when it is within tolerance, else fp32
-    assert report["index_backend"] == "onnx"  # the default: the knowledge base encoded by the fp32 export
+    # the default ("auto"): the knowledge base encoded by the int8 export when it is within tolerance on a sample
+    check = report["index_check"]
+    assert report["index_backend"] == check["chosen"] and check["docs"] > 0
+    assert (check["chosen"] == "onnx_int8") == (check["onnx_int8_hit@1"] >= 0.99 * check["onnx_hit@1"]), check
     assert report[f"{report['backend']}_hit@1"] >= 0.99 * report["onnx_hit@1"]
     assert sorted(p.name for p in (tmp_path / "m").glob("*.onnx")) == [report["file"]]  # the other export is gone
     assert model.backend != "torch"
     torch_model = SupportModel.from_directory(tmp_path / "m", backend="torch")
     a, b = model.encode(["Are you open on Sunday?"]), torch_model.encode(["Are you open on Sunday?"])
     assert float(a[0] @ b[0]) > 0.95  # the same encoder, another runtime
+
+
+@pytest.mark.slow
+def test_an_int8_export_that_loses_quality_does_not_encode_the_knowledge_base(tmp_path, monkeypatch):
+    """The int8 export made useless (random vectors): the sample check keeps the fp32 export for the index, and the
+    query encoder is not the int8 one either."""
+    from omnicart.encoder import Encoder
+
+    encode = Encoder.encode
+
+    def broken_int8(self, texts, max_length, batch_size=64):
+        if self.onnx_file is not None and "int8" in self.onnx_file.name:
+            vectors = np.random.default_rng(len(texts)).standard_normal((len(texts), 384)).astype(np.float32)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return encode(self, texts, max_length, batch_size)
+
+    monkeypatch.setattr(Encoder, "encode", broken_int8)
+    report = _fine_tuned(tmp_path, monkeypatch, fastest="onnx_int8").meta_["onnx"]
+    check = report["index_check"]
+    assert check["onnx_int8_hit@1"] < 0.99 * check["onnx_hit@1"], check
+    assert report["index_backend"] == check["chosen"] == "onnx"
+    assert report["backend"] != "onnx_int8"
 
 
 @pytest.mark.slow
@@ -271,6 +296,17 @@ def test_evaluation_in_chunks_of_questions_gives_the_figures_of_one_pass(model_d
     for name, figures in whole.items():
         assert chunked[name] == pytest.approx(figures, nan_ok=True), name
     assert whole["model"]["questions"] == len(test) and whole["model"]["hit@1"] > 0
+    # the figures are those of the served scores: ``SupportModel.score``, without and within the product scope
+    from omnicart.metrics import rank_metrics
+    from omnicart.support.knowledge import relevance
+
+    truth = relevance("intent", test, model.kb_)
+    questions, products = test[C.question].tolist(), test[C.product_id].tolist()
+    for name, scope in (("model", None), ("model+scope", products)):
+        served = np.concatenate([fused for _, fused, _, _ in model.score(questions, scope, chunk=3)])
+        figures = rank_metrics(served, truth)
+        assert {m: whole[name][m] for m in figures} == pytest.approx(figures), name
+    assert whole["model+scope"] != whole["model"]  # the scope changes some ranking here
 
 
 def test_validation_on_candidates_gives_the_figures_of_every_doc(model_dir):

@@ -253,7 +253,9 @@ def _temporal_full(
     add("repeat", lambda part: own[part].toarray() + tie, time.perf_counter() - t)
 
     t = time.perf_counter()
-    p = params or recsys.RecSysParams(seed=seed)
+    from training.recommend import params_for
+
+    p = params or params_for(train, seed)  # sized to the history, as the platform's own training sizes it
     lam, tried = item2item.tune_ease_lambda(train, cut, p.ease_grid)
     _say(f"EASE λ tuned on the last month of train: {lam:g} ({', '.join(f'{k:g}: {v:.4f}' for k, v in tried.items())})")
     weights = item2item.ease(x_all, lam)

@@ -46,9 +46,16 @@ def test_temporal_full_on_canonical_files_ranks_in_the_channel_of_each_test_cust
     path, items = _canonical_files(tmp_path)
     interactions, catalog = bench.read_canonical(path, items)
     cut = START + pd.Timedelta(days=DAYS - 14)
+    # the model is sized to the training history as the platform's training sizes it (small ones here, for speed)
+    import training.recommend
+
+    sized = []
+    monkeypatch.setattr(training.recommend, "params_for", lambda train, seed: sized.append((train, seed)) or PARAMS)
     rows, gates = bench.temporal_full(
-        Settings(home=tmp_path / "home"), interactions, catalog, cut, params=PARAMS, executor=recsys.LocalExecutor()
+        Settings(home=tmp_path / "home"), interactions, catalog, cut, executor=recsys.LocalExecutor()
     )
+    assert len(sized) == 1 and sized[0][1] == 0
+    assert len(sized[0][0]) == (interactions[C.event_timestamp] < cut).sum()  # the rows before the split, no others
     by_model = {r["model"]: r for r in rows}
     assert list(by_model) == ["popularity", "repeat", "ease", "omnicart"]
     assert by_model["omnicart"]["stage_seconds"]["ranker"] > 0

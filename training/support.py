@@ -28,7 +28,7 @@ from omnicart.support.bm25 import tokenize
 from omnicart.support.calibration import confidence_features, share_accuracy_curve
 from omnicart.support.dataset import SupportDataset, canonical, scrub_dataset
 from omnicart.support.fit import DEFAULT_CONFIG, fit_scrubbed
-from omnicart.support.fusion import fuse
+from omnicart.support.fusion import fuse, in_scope
 from omnicart.support.knowledge import relevance as _relevant  # evaluate's name for the truth of its questions
 from omnicart.support.knowledge import scope_mask as _scope_mask
 from omnicart.support.predictor import SupportModel
@@ -164,13 +164,13 @@ def evaluate(
         conf[rows] = model.calibration_.confidence(confidence_features(fused, intent_p))
         add("model-dense", fuse(feats, {"dense_a": 1.0}), relevant)
         if scoped_too:
-            add("model+scope", fused if mask is None else np.where(mask, fused, -np.inf), relevant)
+            add("model+scope", in_scope(fused, mask), relevant)
         if baselines:
             for name, scores in (("bm25", bm25.scores(tokenize(questions[rows]))), ("minilm", base_q[rows] @ base_d.T)):
                 add(name, scores, relevant)
                 if scoped_too:
                     # no mask: no question of this chunk names a product, so every doc is in scope
-                    add(f"{name}+scope", scores if mask is None else np.where(mask, scores, -np.inf), relevant)
+                    add(f"{name}+scope", in_scope(scores, mask), relevant)
     out: dict[str, dict[str, float]] = {}
     answered = conf >= model.threshold_
     out["model"] = {metric: value / n for metric, value in sums["model"].items()}

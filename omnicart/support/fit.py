@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -86,6 +86,18 @@ class _Cached:
         return np.stack([self.cache[t] for t in texts]).astype(np.float32)
 
 
+class _Encoders(NamedTuple):
+    """One export's encoding caches: answers and questions (their max lengths differ)."""
+
+    answers: _Cached
+    questions: _Cached
+
+
+def _within_tolerance(hit1: float, reference_hit1: float, tolerance: float) -> bool:
+    """An encoder's validation hit@1 is good enough when it is within ``tolerance`` (relative) of the reference's."""
+    return hit1 >= (1 - tolerance) * reference_hit1
+
+
 def _available(kb: KnowledgeBase, classifier: IntentClassifier) -> list[str]:
     names = ["dense_a", "bm25_a"]
     if len(kb.questions):
@@ -156,14 +168,14 @@ def fit_scrubbed(dataset: SupportDataset, directory: Path, config: dict[str, Any
     val_kb_frame = pd.concat(val_kb_rows, ignore_index=True)
     index_check: dict[str, Any] = {}
     if device is None and cfg["index_backend"] == "auto" and {"onnx", "onnx_int8"} <= set(exports) and len(val_rows):
-        index_backend, index_check, caches = _check_index(
+        index_backend, index_check, chosen = _check_index(
             output, exports, val_kb_frame, val_rows, dataset.protocol, None if cfg["tune_answers"] else enc_a, cfg
         )
         stages["index_check"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        enc_q = caches[1]
+        enc_q = chosen.questions
         if cfg["tune_answers"]:
-            enc_a = caches[0]
+            enc_a = chosen.answers
     else:
         backend = "onnx" if cfg["index_backend"] == "auto" else cfg["index_backend"]
         index_backend = backend if device is None and backend in exports else "torch"
@@ -253,7 +265,7 @@ def _check_index(
     protocol: str,
     fixed_answers: Any,
     cfg: dict[str, Any],
-) -> tuple[str, dict[str, Any], tuple[_Cached, _Cached]]:
+) -> tuple[str, dict[str, Any], _Encoders]:
     """The export that encodes the knowledge base: "onnx_int8" when its validation hit@1 is within ``onnx_tolerance``
     of "onnx"'s (fp32), both judged on the same sample of the knowledge base (``kb_frame``: at most
     ``index_check_docs`` docs drawn by ``seed``, plus each validation question's own answer under "reqa", with at most
@@ -273,16 +285,18 @@ def _check_index(
     products = val_rows[C.product_id].tolist() if cfg["use_product_scope"] else [None] * len(val_rows)
     no_intents = np.zeros((len(val_rows), 0), dtype=np.float32)
     report: dict[str, Any] = {"docs": 0, "tolerance": cfg["onnx_tolerance"]}
-    caches: dict[str, tuple[_Cached, _Cached]] = {}
+    caches: dict[str, _Encoders] = {}
     for name in ("onnx", "onnx_int8"):
         encoder = Encoder(encoder_dir, exports[name])
-        caches[name] = (_Cached(encoder, cfg["answer_length"]), _Cached(encoder, cfg["question_length"]))
-        enc_a, enc_q = caches[name]
-        kb = KnowledgeBase.build(sample, fixed_answers or enc_a, enc_q)
-        pool = candidates(kb, val_rows, protocol, enc_q(questions), no_intents, [], products, cfg["candidate_depth"])
+        caches[name] = enc = _Encoders(_Cached(encoder, cfg["answer_length"]), _Cached(encoder, cfg["question_length"]))
+        kb = KnowledgeBase.build(sample, fixed_answers or enc.answers, enc.questions)
+        pool = candidates(
+            kb, val_rows, protocol, enc.questions(questions), no_intents, [], products, cfg["candidate_depth"]
+        )
         _, metrics = tune_weights(pool.features, pool.relevant, _available(kb, IntentClassifier()), pool.mask)
         report |= {"docs": len(kb), f"{name}_hit@1": metrics["hit@1"]}
-    chosen = "onnx_int8" if report["onnx_int8_hit@1"] >= (1 - cfg["onnx_tolerance"]) * report["onnx_hit@1"] else "onnx"
+    int8_ok = _within_tolerance(report["onnx_int8_hit@1"], report["onnx_hit@1"], cfg["onnx_tolerance"])
+    chosen = "onnx_int8" if int8_ok else "onnx"
     report["chosen"] = chosen
     return chosen, report, caches[chosen]
 
@@ -316,8 +330,7 @@ def _choose_onnx(
             report[f"{name}_hit@1"] = rank_metrics(fuse(pool.features, weights, pool.mask), pool.relevant)["hit@1"]
         report[f"{name}_sentences_per_s"] = throughput(candidate, sample, cfg["question_length"])
     # the fastest encoder whose quality is within tolerance of the index encoder's
-    floor = (1 - cfg["onnx_tolerance"]) * index_hit1
-    good = [n for n in candidates if report[f"{n}_hit@1"] >= floor]
+    good = [n for n in candidates if _within_tolerance(report[f"{n}_hit@1"], index_hit1, cfg["onnx_tolerance"])]
     chosen = max(good, key=lambda n: report[f"{n}_sentences_per_s"])
     report["backend"] = chosen
     report["file"] = exports[chosen].name if chosen in exports else None

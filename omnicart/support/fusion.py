@@ -27,7 +27,12 @@ def fuse(features: dict[str, np.ndarray], weights: dict[str, float], mask: np.nd
             total = features[name] * w if total is None else total + features[name] * w
     if total is None:
         total = np.zeros_like(features["dense_a"])
-    return total if mask is None else np.where(mask, total, -np.inf).astype(np.float32)
+    return in_scope(total, mask)
+
+
+def in_scope(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``scores`` with the docs outside each question's scope (``mask`` False) at -inf; no mask: every doc."""
+    return scores if mask is None else np.where(mask, scores, -np.inf).astype(scores.dtype, copy=False)
 
 
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)

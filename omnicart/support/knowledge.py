@@ -23,7 +23,7 @@ import pandas as pd
 
 from omnicart.schemas import C
 from omnicart.support.bm25 import BM25Index, tokenize
-from omnicart.support.fusion import FEATURES, normalise
+from omnicart.support.fusion import FEATURES, in_scope, normalise
 from omnicart.text import DIM
 
 # What ``KnowledgeBase.save`` writes into a model directory (files and folders).
@@ -300,7 +300,7 @@ def candidates(
         best = []
         for f in feats.values():
             for allowed in (mask, wrong):
-                scores = f if allowed is None else np.where(allowed, f, -np.inf)
+                scores = in_scope(f, allowed)
                 best.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
         docs = np.sort(np.concatenate(best, axis=1), axis=1)
         keep = np.ones(docs.shape, dtype=bool)

@@ -355,3 +355,19 @@ def test_relevance_never_matches_a_question_without_intent_to_a_doc_without_one(
     kb = SimpleNamespace(docs=pd.DataFrame({C.intent: [None, "a", "b"], C.answer: ["x y", "w", "z"]}))
     assert relevance("intent", queries, kb).tolist() == [[False, True, False], [False] * 3, [False, False, True]]
     assert relevance("reqa", queries, kb).tolist() == [[True, False, False], [False, False, True], [False, True, False]]
+
+
+def test_in_scope_masks_out_of_scope_docs_and_keeps_the_dtype():
+    """Docs outside a question's scope score -inf (so they never rank above one in scope); without a mask every doc
+    keeps its score, and the scores keep their dtype (BM25 baselines are float64, fused scores float32)."""
+    from omnicart.support.fusion import fuse, in_scope
+
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.4]])
+    mask = np.array([[False, True, True], [True, True, False]])
+    masked = in_scope(scores, mask)
+    assert masked.dtype == np.float64 and np.isneginf(masked[~mask]).all()
+    assert (masked[mask] == scores[mask]).all() and masked.argmax(axis=1).tolist() == [2, 1]
+    assert in_scope(scores, None) is scores
+    feats = {"dense_a": scores.astype(np.float32)}
+    fused = fuse(feats, {"dense_a": 1.0}, mask)
+    assert fused.dtype == np.float32 and (fused == in_scope(feats["dense_a"], mask)).all()

@@ -219,7 +219,7 @@ def _temporal_full(
     x = x_all[np.searchsorted(train_users, np.array(users))]
     kmax = max(KS)
     rows: list[dict[str, Any]] = []
-    block = max(1, BLOCK_CELLS // max(len(items), 1))
+    block = item2item.rows_per_block(BLOCK_CELLS, len(items))
 
     def add(name: str, score_rows: Callable[[slice], np.ndarray], seconds: float) -> None:
         ranked, discovered = ranked_in_blocks(score_rows, users, x, items, kmax, block)
@@ -256,7 +256,7 @@ def _temporal_full(
     from training.recommend import params_for
 
     p = params or params_for(train, seed)  # sized to the history, as the platform's own training sizes it
-    lam, tried = item2item.tune_ease_lambda(train, cut, p.ease_grid)
+    lam, tried = item2item.tune_ease_lambda(train, cut, p.ease_grid, block_cells=p.block_cells)
     _say(f"EASE λ tuned on the last month of train: {lam:g} ({', '.join(f'{k:g}: {v:.4f}' for k, v in tried.items())})")
     weights = item2item.ease(x_all, lam)
     add("ease", lambda part: item2item.scores(x[part], weights), time.perf_counter() - t)

@@ -152,6 +152,12 @@ def scores(x: sp.spmatrix | np.ndarray, weights: ItemMatrix, batch: int = 2048) 
     return out
 
 
+def rows_per_block(block_cells: int, columns: int) -> int:
+    """Rows (customers) per block so that a block's dense rows × ``columns`` matrix holds at most ``block_cells``
+    cells (at least one row): memory stays bounded whatever the catalog and customer counts."""
+    return max(1, block_cells // max(columns, 1))
+
+
 def tune_ease_lambda(
     events: pd.DataFrame,
     now: pd.Timestamp,
@@ -189,7 +195,7 @@ def tune_ease_lambda(
         judged = [judged[k] for k in keep]
         truth = {u: truth[u] for u in judged}
     rows = np.searchsorted(users, np.array(judged))
-    block = max(1, block_cells // max(len(items), 1))  # customers scored at once: a block × items matrix at most
+    block = rows_per_block(block_cells, len(items))
     results = {}
     for lam, weights in ease_path(x, tuple(grid)):
         rankings = {}

@@ -277,7 +277,7 @@ class RecSys:
         lam = p.ease_lambda
         self.ease_scores_: dict[float, float] = {}
         if lam is None:
-            lam, self.ease_scores_ = item2item.tune_ease_lambda(events, now, p.ease_grid)
+            lam, self.ease_scores_ = item2item.tune_ease_lambda(events, now, p.ease_grid, block_cells=p.block_cells)
         self.ease_lambda_ = float(lam)
         lap("ease_tune")
 
@@ -356,7 +356,7 @@ class RecSys:
     def block_users(self, n_items: int) -> int:
         """Customers per block: as many as keep the block's dense customers × items score matrices at
         ``block_cells`` cells, so memory stays bounded whatever the catalog and customer counts."""
-        return max(1, self.params.block_cells // max(n_items, 1))
+        return item2item.rows_per_block(self.params.block_cells, n_items)
 
     def _ranker_shards(
         self,

@@ -106,3 +106,11 @@ def test_past_the_dense_limit_cooccurrence_keeps_each_items_strongest_links(monk
     for row, kept in zip(dense, full, strict=True):  # each item keeps its 5 strongest (ties aside)
         if (row > 0).sum() > 5:
             assert kept[kept != 0].min() >= np.sort(row)[-5] - 1e-6
+
+
+def test_rows_per_block_bounds_the_block_and_keeps_one_row():
+    """A block of rows × columns stays within the cells asked for, and holds at least one row however wide."""
+    assert item2item.rows_per_block(10_000_000, 62_500) == 160
+    assert item2item.rows_per_block(10, 3) == 3 and 3 * 3 <= 10
+    assert item2item.rows_per_block(10, 50) == 1  # wider than the budget: one row at a time
+    assert item2item.rows_per_block(10, 0) == 10  # no columns: the budget in rows

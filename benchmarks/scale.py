@@ -267,6 +267,51 @@ def write_shop(settings: Settings) -> dict[str, int]:
     return rows
 
 
+def write_canonical(settings: Settings, out: Path) -> dict[str, int]:
+    """Simulate the shop of ``settings`` and write it in the canonical input format (PROTOCOLS.md), for
+    ``bench recommend --input``: ``interactions.parquet`` (user_id, item_id, timestamp, quantity, price, channel; its
+    purchase lines, one day at a time, so memory holds one day) and ``items.parquet`` (item_id, title, description,
+    category, price). The same shop as ``write_shop`` writes into the lake."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from omnicart.datasets.simulator import ShopSimulator
+    from omnicart.schemas import INPUT_TIMESTAMP, INPUT_USER, C
+
+    out.mkdir(parents=True, exist_ok=True)
+    sim = ShopSimulator(settings)
+    catalog = sim.catalog()[[C.item_id, C.title, C.description, C.category, C.price]]
+    catalog.to_parquet(out / "items.parquet", index=False)
+    rows = {"lines": 0, "customers": 0, "items": len(catalog)}
+    buyers: set[str] = set()
+    writer: pq.ParquetWriter | None = None
+    try:
+        for day in sim.days():
+            buys = day.events[day.events[C.event_type] == "purchase"]
+            frame = pd.DataFrame(
+                {
+                    INPUT_USER: buys[C.customer_id].astype(str).to_numpy(),
+                    C.item_id: buys[C.item_id].astype(str).to_numpy(),
+                    INPUT_TIMESTAMP: pd.to_datetime(buys[C.event_timestamp], utc=True).to_numpy(),
+                    C.quantity: buys[C.quantity].to_numpy(),
+                    C.price: buys[C.price].to_numpy(),
+                    C.channel: buys[C.channel].astype(str).to_numpy(),
+                }
+            )
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(out / "interactions.parquet", table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows["lines"] += len(frame)
+            buyers.update(frame[INPUT_USER])
+    finally:
+        if writer is not None:
+            writer.close()
+    rows["customers"] = len(buyers)
+    return rows
+
+
 def _train_rows(family: str, dataset: Any) -> int:
     """Training rows: purchase lines (recommend), item-days (pricing), tickets (support)."""
     return len(dataset.purchases) if family == "recommend" else len(dataset.train)

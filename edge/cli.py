@@ -310,6 +310,31 @@ def channel_report(
 
 
 @app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder for interactions.parquet and items.parquet.")],
+    purchases: Annotated[float, typer.Option(help="Millions of purchase lines (bench scale's sizing rule).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulator.")] = 0,
+) -> None:
+    """Write a simulated shop in the canonical input format, e.g. for `omnicart bench recommend --input`: about
+    PURCHASES million purchase lines over 56 days, with customers and items growing as in `bench scale`."""
+    from benchmarks import scale
+
+    try:
+        lvl = scale.level(int(round(purchases * 1e6)))
+    except ValueError as exc:
+        console.print(f"[red]--purchases:[/] {exc}")
+        raise typer.Exit(2) from exc
+    settings = scale.shop_settings(_settings(), lvl, out, seed)  # the simulator writes nothing into its home
+    with console.status(f"simulating {lvl.customers:,} customers and {lvl.items:,} items over {lvl.days} days…"):
+        rows = scale.write_canonical(settings, out)
+    console.print(
+        f"wrote {out / 'interactions.parquet'} ({rows['lines']:,} purchase lines, {rows['customers']:,} customers, "
+        f"{settings.sim_start:%Y-%m-%d} to {settings.sim_end:%Y-%m-%d}) "
+        f"and {out / 'items.parquet'} ({rows['items']:,} items)"
+    )
+
+
+@app.command()
 def bench(
     family: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHMARKS)}.")],
     dataset: Annotated[str | None, typer.Option(help="A public dataset in ../shared/datasets.")] = None,

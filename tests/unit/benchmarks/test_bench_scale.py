@@ -101,6 +101,37 @@ def test_the_shop_is_written_day_by_day_into_the_lake(tmp_path: Path) -> None:
     assert pd.api.types.is_datetime64_any_dtype(events[C.event_timestamp])
 
 
+def test_the_canonical_export_is_the_lake_s_shop_and_reads_back_as_recommend_input(tmp_path: Path) -> None:
+    """``write_canonical`` writes the same purchase lines ``write_shop`` puts into the lake, in the canonical format
+    that ``bench recommend --input`` reads; and ``omnicart simulate`` writes it from the command line."""
+    from typer.testing import CliRunner
+
+    from benchmarks.recommend import read_canonical
+    from edge.cli import app
+
+    settings = _shop(tmp_path)
+    scale.write_shop(settings)
+    lake_lines = lake.read_table(settings.lake_dir, schemas.EVENTS)
+    rows = scale.write_canonical(settings, tmp_path / "files")
+    interactions, catalog = read_canonical(
+        tmp_path / "files" / "interactions.parquet", tmp_path / "files" / "items.parquet"
+    )
+    assert rows["lines"] == len(interactions) == len(lake_lines) > 1_000
+    assert rows["customers"] == interactions[C.customer_id].nunique() and rows["items"] == len(catalog) == 50
+    assert set(interactions[C.item_id]) <= set(catalog[C.item_id])
+    key = [C.customer_id, C.item_id, C.event_timestamp, C.quantity]
+    exported = interactions[key].astype(str).sort_values(key).reset_index(drop=True)
+    in_lake = lake_lines[key].astype({C.event_timestamp: "datetime64[ns, UTC]"}).astype(str)
+    pd.testing.assert_frame_equal(exported, in_lake.sort_values(key).reset_index(drop=True))
+
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "cli"), "--purchases", "0.004"])
+    assert result.exit_code == 0, result.output
+    assert "purchase lines" in result.output and "2026-01-01 to 2026-02-25" in result.output
+    assert len(pd.read_parquet(tmp_path / "cli" / "interactions.parquet")) > 1_000
+    refused = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "tiny"), "--purchases", "0.0001"])
+    assert refused.exit_code == 2 and "at least 2,000" in refused.output
+
+
 def test_a_family_that_fails_or_outgrows_its_memory_is_recorded_not_raised(tmp_path: Path) -> None:
     settings = _shop(tmp_path)
     unknown = scale.run_child("no-such-family", settings, kill_gb=8.0)

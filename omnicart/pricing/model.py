@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 _BOOSTER, _META, _STATE, _ELASTICITIES = "booster.json", "model.json", "state.parquet", "elasticities.json"
 PRIOR_LABEL = "own-price elasticity (product prior)"
 Z90 = 1.6449
+ELASTICITY_CHUNK = 50_000  # rows whose arc elasticities are predicted at once (× the price points each)
 
 
 @dataclass
@@ -233,18 +234,23 @@ class DemandModel:
         return fx.units_from_target(predicted, self.spec_.target, self.smearing_)
 
     # --- elasticities -------------------------------------------------------------------------------------------
-    def row_elasticities(self, feats: fx.Features, rel_step: float = 0.1, points: int = 5) -> np.ndarray:
-        """Arc elasticity of each row: OLS slope of log expected units on log price over price × [1 ± rel_step]."""
-        if len(feats) == 0:
-            return np.zeros(0)
+    def row_elasticities(
+        self, feats: fx.Features, rel_step: float = 0.1, points: int = 5, chunk: int = ELASTICITY_CHUNK
+    ) -> np.ndarray:
+        """Arc elasticity of each row: OLS slope of log expected units on log price over price × [1 ± rel_step].
+        Rows go ``chunk`` at a time (each is predicted at ``points`` prices), so memory stays bounded however many
+        products there are; every row's slope is its own, whatever the chunk."""
+        out = np.zeros(len(feats))
         log_f = np.linspace(np.log1p(-rel_step), np.log1p(rel_step), points)
-        price = np.exp(feats.log_price)
-        n = len(feats)
-        rep = feats.take(np.repeat(np.arange(n), points))
-        units = self.expected_units(rep, np.repeat(price, points) * np.tile(np.exp(log_f), n)).reshape(n, points)
-        log_u = np.log(np.maximum(units, 1e-9))
         xc = log_f - log_f.mean()
-        return (log_u - log_u.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+        for start in range(0, len(feats), chunk):
+            part = feats.take(np.arange(start, min(start + chunk, len(feats))))
+            n = len(part)
+            rep = part.take(np.repeat(np.arange(n), points))
+            prices = np.repeat(np.exp(part.log_price), points) * np.tile(np.exp(log_f), n)
+            log_u = np.log(np.maximum(self.expected_units(rep, prices).reshape(n, points), 1e-9))
+            out[start : start + n] = (log_u - log_u.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+        return out
 
     def elasticities(
         self,

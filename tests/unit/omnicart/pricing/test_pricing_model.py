@@ -41,6 +41,18 @@ def test_elasticities_are_negative_banded_and_track_the_truth() -> None:
     assert (table[C.elasticity] - true).abs().median() < 0.5
 
 
+def test_row_elasticities_are_the_same_in_any_chunk_size() -> None:
+    """The arc elasticities go a chunk of rows at a time (bounded memory); each row's slope does not depend on it."""
+    model = fitted()
+    frame, _, _ = simulated()
+    feats = model.features(frame).take(np.arange(0, len(frame), 7))
+    whole = model.row_elasticities(feats, chunk=len(feats))
+    assert len(whole) == len(feats) > 100 and np.isfinite(whole).all() and (whole < 0).mean() > 0.9
+    np.testing.assert_allclose(model.row_elasticities(feats, chunk=37), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.row_elasticities(feats.take(np.arange(5))), whole[:5], rtol=1e-5, atol=1e-6)
+    assert model.row_elasticities(feats.take(np.arange(0)), chunk=37).shape == (0,)
+
+
 def test_features_look_only_at_earlier_periods() -> None:
     frame, _, _ = simulated()
     model = fitted()

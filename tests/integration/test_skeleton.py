@@ -235,8 +235,9 @@ def test_an_event_changes_the_next_recommendation(platform, clean_run):
     """/events writes the list /recommend reads: the next answer draws on the viewed item and says so."""
     s = platform.settings
     day, _ = clean_run
-    titles = lake.read_table(s.lake_dir, schemas.ITEMS).drop_duplicates(C.item_id, keep="last")
-    titles = titles.set_index(C.item_id)[C.title].to_dict()
+    catalog = lake.read_table(s.lake_dir, schemas.ITEMS).drop_duplicates(C.item_id, keep="last")
+    titles = catalog.set_index(C.item_id)[C.title].to_dict()
+    categories = catalog.set_index(C.item_id)[C.category].to_dict()
     # A CRM customer the model never saw buy and with no activity online: answered from popularity ...
     active = set(lake.read_table(s.lake_dir, schemas.EVENTS)[C.customer_id].dropna())
     quiet = sorted(set(lake.read_table(s.lake_dir, schemas.CUSTOMERS)[C.customer_id].dropna()) - active)
@@ -251,12 +252,19 @@ def test_an_event_changes_the_next_recommendation(platform, clean_run):
     viewed = before["items"][-1]["item_id"]  # an item the model knows (it sold), not the most popular
     pushed = _event(s, stranger, viewed)
     assert pushed["pushed"] is True and pushed["features"][F.recent_items] == [viewed]
-    # ... and right after one view, a personal answer built on the viewed item, which the reasons name.
+    # ... and right after one view, a personal answer built on the viewed item, which the reasons name: the item
+    # itself ("often bought with <it>", "similar to <it>") or its range, the customer's only one ("from a range you
+    # often buy (<its category>)"), whichever the ranker's contributions put first. The answer from popularity
+    # before the view named neither.
     after = _post(s, {"customer_id": stranger, "k": 10}).json()
     assert after["source"] == "personal" and after["fallback"] is None
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
-    named = [i for i in after["items"] if titles[viewed] in i["reason"]]
-    assert named, [i["reason"] for i in after["items"]]  # "often bought with <it>" / "similar to <it>"
+
+    def drawn_on_the_view(reason: str) -> bool:
+        return titles[viewed] in reason or f"range you often buy ({categories[viewed]})" in reason
+
+    assert any(drawn_on_the_view(i["reason"]) for i in after["items"]), [i["reason"] for i in after["items"]]
+    assert not any(drawn_on_the_view(i["reason"]) for i in before["items"]), [i["reason"] for i in before["items"]]
 
     # A known customer: a view of an item they never touched changes the ranking, and the view is remembered.
     customer = lake.read_table(s.lake_dir, schemas.EVENTS, day, day)[C.customer_id].dropna().iloc[0]

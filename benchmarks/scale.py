@@ -247,17 +247,23 @@ def _child(job: str, settings_json: str, out: str) -> None:
             raycluster.shutdown()
 
 
+def _purchase_days(sim: Any) -> Iterator[tuple[Any, Any]]:
+    """The simulator's days, each with its purchase lines (what both the lake and the canonical file hold)."""
+    from omnicart.schemas import C
+
+    for day in sim.days():
+        yield day, day.events[day.events[C.event_type] == "purchase"].reset_index(drop=True)
+
+
 def write_shop(settings: Settings) -> dict[str, int]:
     """Simulate the shop day by day into the lake: catalog, purchase lines, item-day prices, service tickets."""
     from omnicart import lake, schemas
     from omnicart.datasets.simulator import ShopSimulator
-    from omnicart.schemas import C
 
     sim = ShopSimulator(settings)
     lake.write_partition(settings.lake_dir, schemas.ITEMS, settings.sim_start, sim.catalog())
     rows = {"purchases": 0, "prices": 0, "tickets": 0, "customers": len(sim.customers()), "items": len(sim.catalog())}
-    for day in sim.days():
-        buys = day.events[day.events[C.event_type] == "purchase"].reset_index(drop=True)
+    for day, buys in _purchase_days(sim):
         lake.write_partition(settings.lake_dir, schemas.EVENTS, day.day, buys)
         lake.write_partition(settings.lake_dir, schemas.PRICES, day.day, day.prices)
         lake.write_partition(settings.lake_dir, schemas.SUPPORT, day.day, day.support)
@@ -287,18 +293,12 @@ def write_canonical(settings: Settings, out: Path) -> dict[str, int]:
     buyers: set[str] = set()
     writer: pq.ParquetWriter | None = None
     try:
-        for day in sim.days():
-            buys = day.events[day.events[C.event_type] == "purchase"]
-            frame = pd.DataFrame(
-                {
-                    INPUT_USER: buys[C.customer_id].astype(str).to_numpy(),
-                    C.item_id: buys[C.item_id].astype(str).to_numpy(),
-                    INPUT_TIMESTAMP: pd.to_datetime(buys[C.event_timestamp], utc=True).to_numpy(),
-                    C.quantity: buys[C.quantity].to_numpy(),
-                    C.price: buys[C.price].to_numpy(),
-                    C.channel: buys[C.channel].astype(str).to_numpy(),
-                }
+        for _, buys in _purchase_days(sim):
+            frame = buys[[C.customer_id, C.item_id, C.event_timestamp, C.quantity, C.price, C.channel]].rename(
+                columns={C.customer_id: INPUT_USER, C.event_timestamp: INPUT_TIMESTAMP}
             )
+            frame = frame.astype({INPUT_USER: str, C.item_id: str, C.channel: str})
+            frame[INPUT_TIMESTAMP] = pd.to_datetime(frame[INPUT_TIMESTAMP], utc=True)
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(out / "interactions.parquet", table.schema)

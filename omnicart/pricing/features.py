@@ -236,7 +236,8 @@ class Features:
     def __len__(self) -> int:
         return len(self.y)
 
-    def take(self, rows: np.ndarray) -> Features:
+    def take(self, rows: np.ndarray | slice) -> Features:
+        """These rows (a slice gives views, an index array copies)."""
         return Features(
             self.X[rows],
             self.y[rows],

@@ -235,16 +235,25 @@ class DemandModel:
 
     # --- elasticities -------------------------------------------------------------------------------------------
     def row_elasticities(
-        self, feats: fx.Features, rel_step: float = 0.1, points: int = 5, chunk: int = ELASTICITY_CHUNK
+        self,
+        feats: fx.Features,
+        rel_step: float = 0.1,
+        points: int = 5,
+        chunk: int = ELASTICITY_CHUNK,
+        *,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Arc elasticity of each row: OLS slope of log expected units on log price over price × [1 ± rel_step].
-        Rows go ``chunk`` at a time (each is predicted at ``points`` prices), so memory stays bounded however many
-        products there are; every row's slope is its own, whatever the chunk."""
-        out = np.zeros(len(feats))
+        """Arc elasticity of each row (of ``rows`` of ``feats`` when given, in their order): OLS slope of log expected
+        units on log price over price × [1 ± rel_step]. Rows go ``chunk`` at a time (each is predicted at ``points``
+        prices) and only a chunk's rows are taken, so memory stays bounded however many products there are; every
+        row's slope is its own, whatever the chunk."""
+        total = len(feats) if rows is None else len(rows)
+        out = np.zeros(total)
         log_f = np.linspace(np.log1p(-rel_step), np.log1p(rel_step), points)
         xc = log_f - log_f.mean()
-        for start in range(0, len(feats), chunk):
-            part = feats.take(np.arange(start, min(start + chunk, len(feats))))
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            part = feats.take(slice(start, stop) if rows is None else rows[start:stop])
             n = len(part)
             rep = part.take(np.repeat(np.arange(n), points))
             prices = np.repeat(np.exp(part.log_price), points) * np.tile(np.exp(log_f), n)
@@ -281,7 +290,7 @@ class DemandModel:
             .groupby("product", sort=False)
             .tail(rows_per_product)
         )
-        slopes = self.row_elasticities(feats.take(sample["row"].to_numpy()))
+        slopes = self.row_elasticities(feats, rows=sample["row"].to_numpy())
         rng = np.random.default_rng(seed)
         code = {p: i for i, p in enumerate(self.spec_.products)}
         out = []

@@ -51,6 +51,9 @@ def test_row_elasticities_are_the_same_in_any_chunk_size() -> None:
     np.testing.assert_allclose(model.row_elasticities(feats, chunk=37), whole, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.row_elasticities(feats.take(np.arange(5))), whole[:5], rtol=1e-5, atol=1e-6)
     assert model.row_elasticities(feats.take(np.arange(0)), chunk=37).shape == (0,)
+    picked = np.array([90, 3, 41, 3, 0, 77])  # rows taken a chunk at a time, in the order given
+    np.testing.assert_allclose(model.row_elasticities(feats, chunk=4, rows=picked), whole[picked], rtol=1e-5, atol=1e-6)
+    assert model.row_elasticities(feats, rows=np.array([], dtype=np.int64)).shape == (0,)
 
 
 def test_features_look_only_at_earlier_periods() -> None:

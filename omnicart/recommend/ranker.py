@@ -32,7 +32,9 @@ class RankerParams:
     eta: float = 0.1
     max_depth: int = 6
     min_child_weight: float = 20.0
-    subsample: float = 0.8
+    # rows drawn per tree: 0.5 against 0.8 on online_retail_ii's inner validation (fold 0 of the training cuts):
+    # holdout NDCG@10 0.4375 vs 0.4348 (main), 0.1977 vs 0.1996 (discover), about a third less fitting time
+    subsample: float = 0.5
     colsample_bytree: float = 0.8
     max_bin: int = 64
     num_parallel_tree: int = 1  # > 1: each round averages several subsampled trees (less variance)

@@ -526,9 +526,11 @@ def run(settings: Settings, options: runner.BenchOptions) -> runner.BenchResult:
             results[family][lvl.purchases] = fam_record
             rows.append(row_for(lvl, family, fam_record, simulated))
             failure = f", FAILED: {fam_record['error']}" if fam_record.get("error") else ""
+            quality = rows[-1].get("quality")
+            shown = f", {rows[-1]['metric']} {quality:.4f}" if isinstance(quality, int | float) else ""
             _say(
                 f"level {lvl.label}: {family} {family_seconds(fam_record):.0f} s, "
-                f"peak {fam_record['peak_bytes'] / 1e9:.2f} GB{failure}"
+                f"peak {fam_record['peak_bytes'] / 1e9:.2f} GB{shown}{failure}"
             )
         shutil.rmtree(home, ignore_errors=True)
     gates = [g for family in families for g in gates_for(family, results[family], sizes)]

@@ -524,10 +524,11 @@ def run(settings: Settings, options: runner.BenchOptions) -> runner.BenchResult:
             _say(f"level {lvl.label}: {family}")
             fam_record = run_child(family, shop, KILL_GB, options.time_limit)
             results[family][lvl.purchases] = fam_record
-            rows.append(row_for(lvl, family, fam_record, simulated))
+            row = row_for(lvl, family, fam_record, simulated)
+            rows.append(row)
             failure = f", FAILED: {fam_record['error']}" if fam_record.get("error") else ""
-            quality = rows[-1].get("quality")
-            shown = f", {rows[-1]['metric']} {quality:.4f}" if isinstance(quality, int | float) else ""
+            quality = row.get("quality")
+            shown = f", {row['metric']} {quality:.4f}" if isinstance(quality, int | float) else ""
             _say(
                 f"level {lvl.label}: {family} {family_seconds(fam_record):.0f} s, "
                 f"peak {fam_record['peak_bytes'] / 1e9:.2f} GB{shown}{failure}"

@@ -161,3 +161,47 @@ def test_a_cut_learns_from_at_most_users_per_cut_buyers_a_uniform_sample(two_fit
     assert groups_sampled <= 3 * cuts < groups_whole
     assert 0 < sampled.train_rows_ < whole.train_rows_
     assert recsys.RecSysParams().users_per_cut == 6_000  # the default, chosen on the inner split
+
+
+def test_the_held_fold_is_exactly_the_picked_rows_and_scores_as_its_quantised_twin(tmp_path):
+    """Early stopping reads the held fold as plain rows; each round's NDCG is the one the quantised matrix gives."""
+    import xgboost as xgb
+
+    writer = ranker.ShardWriter(tmp_path, RankerParams(neg_per_user=1000), ["x"])
+    for block in range(3):  # three files, groups in ascending order across them
+        frame = _candidates(40, 15, seed=block)
+        frame["group"] += 40 * block
+        frame["x"] += frame["label"] * 0.5  # something to learn
+        writer.write(frame)
+    shards = writer.shards()
+
+    def hold(r):
+        return r["fold"] == 1
+
+    def train(r):
+        return r["fold"] != 1
+
+    held = ranker._held_matrix(shards, shards.paths, hold)
+    rows = shards.read_all()
+    m = hold(rows)
+    assert held.num_row() == int(m.sum()) > 0 and held.feature_names == ["x"]
+    np.testing.assert_array_equal(held.get_label(), rows["y"][m])
+    np.testing.assert_array_equal(held.get_group(), np.bincount(rows["group"][m])[np.unique(rows["group"][m])])
+
+    dtrain = xgb.QuantileDMatrix(ranker._row_iterator(shards, shards.paths, train), max_bin=16)
+    quantised = xgb.QuantileDMatrix(ranker._row_iterator(shards, shards.paths, hold), ref=dtrain, max_bin=16)
+    logs = []
+    for dhold in (held, quantised):
+        log: dict = {}
+        xgb.train(
+            RankerParams(max_bin=16).xgb_params(),
+            dtrain,
+            10,
+            evals=[(dhold, "h")],
+            evals_result=log,
+            verbose_eval=False,
+        )
+        logs.append(log["h"]["ndcg@10-"])
+    assert len(set(logs[0])) > 1  # the model changes from round to round
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-6)
+    assert ranker._held_matrix(ranker.Shards((), ("x",), 0), (), hold).num_row() == 0  # a worker given no files

@@ -40,7 +40,10 @@ class RankerParams:
     num_parallel_tree: int = 1  # > 1: each round averages several subsampled trees (less variance)
     num_pair_per_sample: int = 16
     max_rounds: int = 400
-    early_stopping_rounds: int = 30
+    # rounds without a better holdout NDCG@10 before a booster stops: 20 against 30 on online_retail_ii's six boosters
+    # (their whole 400-round curves, fit once): 681 vs 792 rounds for main, mean holdout 0.4534 vs 0.4538; 373 vs 465
+    # for discover, 0.2033 vs 0.2037
+    early_stopping_rounds: int = 20
     eval_share: float = 0.2  # share of customers held out (in every cut) for early stopping: one fold of 1 / share
     # boosters per model, each early-stopped on another fold of customers (and trained on the others) with its own
     # seed; their scores are averaged, which evens out the sampling and the stopping point of any single one

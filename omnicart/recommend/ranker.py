@@ -247,7 +247,7 @@ def _held_matrix(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str,
     XGBoost adds each new tree's prediction on the evaluation rows every round, which on CPU costs several times as
     much on a ``QuantileDMatrix`` (dmlc/xgboost#10793): with online_retail_ii's 512k held rows a round of the first
     ``main`` booster took 0.57-0.61 s with the quantised fold, 0.44-0.46 s with these plain rows and 0.41-0.43 s with
-    no evaluation. The scores are the same (a split's threshold is a bin boundary)"""
+    no evaluation. The scores are the same (a split's threshold is a bin boundary)."""
     import xgboost as xgb
 
     x, y, group = [], [], []

@@ -208,7 +208,24 @@ class ShardWriter:
         return Shards(tuple(self.paths), self.features, self.rows)
 
 
-def _row_iterator(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str, np.ndarray]], np.ndarray]):
+Keep = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _picked(shards: Shards, paths: Sequence[str], keep: Keep):
+    """Each file's rows that ``keep`` picks, file by file (whole query groups), as (x, y, group); files with none are
+    skipped. What both the streamed training matrix and the held early-stopping fold read."""
+    for path in paths:
+        rows = shards.read(path)
+        m = keep(rows)
+        if m.any():
+            yield rows["x"][m], rows["y"][m], rows["group"][m]
+
+
+def _empty(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros((0, width), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+
+def _row_iterator(shards: Shards, paths: Sequence[str], keep: Keep):
     """An XGBoost ``DataIter`` over ``paths``: one file per batch (whole query groups), the rows ``keep`` picks."""
     import xgboost as xgb
 
@@ -216,32 +233,26 @@ def _row_iterator(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str
 
     class Rows(xgb.DataIter):
         def __init__(self) -> None:
-            self._next, self._given = 0, False
+            self.reset()
             super().__init__(release_data=True)
 
         def next(self, input_data: Callable) -> bool:
-            while self._next < len(paths):
-                rows = shards.read(paths[self._next])
-                self._next += 1
-                m = keep(rows)
-                if m.any():
-                    input_data(data=rows["x"][m], label=rows["y"][m], qid=rows["group"][m], feature_names=names)
-                    self._given = True
-                    return True
-            if not self._given:  # nothing kept (a worker's files hold none of these rows): one empty batch
-                self._given = True
-                empty = np.zeros((0, len(names)), np.float32)
-                input_data(data=empty, label=np.zeros(0, np.float32), qid=np.zeros(0, np.int64), feature_names=names)
-                return True
-            return False
+            part = next(self._parts, None)
+            if part is None and self._given:
+                return False
+            # nothing kept at all (a worker's files hold none of these rows): one empty batch
+            x, y, group = part if part is not None else _empty(len(names))
+            input_data(data=x, label=y, qid=group, feature_names=names)
+            self._given = True
+            return True
 
         def reset(self) -> None:
-            self._next, self._given = 0, False
+            self._parts, self._given = _picked(shards, paths, keep), False
 
     return Rows()
 
 
-def _held_matrix(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str, np.ndarray]], np.ndarray]):
+def _held_matrix(shards: Shards, paths: Sequence[str], keep: Keep):
     """The early-stopping rows ``keep`` picks from ``paths``, as a plain ``DMatrix`` (float32, one fold of the rows).
 
     XGBoost adds each new tree's prediction on the evaluation rows every round, which on CPU costs several times as
@@ -250,22 +261,10 @@ def _held_matrix(shards: Shards, paths: Sequence[str], keep: Callable[[dict[str,
     no evaluation. The scores are the same (a split's threshold is a bin boundary)."""
     import xgboost as xgb
 
-    x, y, group = [], [], []
-    for path in paths:
-        rows = shards.read(path)
-        m = keep(rows)
-        x.append(rows["x"][m])
-        y.append(rows["y"][m])
-        group.append(rows["group"][m])
-        del rows
-    x_all = np.concatenate(x) if x else np.zeros((0, len(shards.features)), np.float32)
-    del x
-    return xgb.DMatrix(
-        x_all,
-        label=np.concatenate(y) if y else np.zeros(0, np.float32),
-        qid=np.concatenate(group) if group else np.zeros(0, np.int64),
-        feature_names=list(shards.features),
-    )
+    parts = list(_picked(shards, paths, keep)) or [_empty(len(shards.features))]
+    x, y, group = (np.concatenate(column) for column in zip(*parts, strict=True))
+    del parts
+    return xgb.DMatrix(x, label=y, qid=group, feature_names=list(shards.features))
 
 
 def fit_boosters(
